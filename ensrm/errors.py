@@ -1,0 +1,41 @@
+"""The exceptions ensrm raises: one base class, one subclass per kind of problem.
+
+Every message names what is wrong, what was expected and what was found, so that the
+host process (a training loop, a filter service) can log it and carry on.
+"""
+
+from __future__ import annotations
+
+
+class EnsrmError(Exception):
+    """Base class of every error ensrm raises on purpose."""
+
+
+class MissingDependencyError(EnsrmError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class InputError(EnsrmError, ValueError):
+    """Arrays or texts given to the scorer are not what the bundle accepts."""
+
+
+class InputFileError(EnsrmError, ValueError):
+    """A JSONL input file has a malformed line; carries the path and 1-based line number."""
+
+    def __init__(self, path: str, line: int, problem: str):
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        super().__init__(f"{self.path}:{line}: {problem}")
+
+
+class BundleError(EnsrmError):
+    """A bundle directory is missing, damaged, or from an unsupported format version."""
+
+
+class ExportError(EnsrmError):
+    """A source model could not be exported, or the exported graph failed verification."""
+
+
+class ProviderError(EnsrmError):
+    """An execution provider was requested that this onnxruntime build does not have."""

@@ -1,0 +1,68 @@
+"""Read and write JSONL record files, reporting a malformed line by its number.
+
+Every command that reads records (``ensrm score``, ``calibrate``, ``train``) goes through
+:func:`read_records`, so the format and its errors are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ensrm.errors import InputFileError
+
+
+def parse_record(line: str, fields: Sequence[str], path: str | os.PathLike, lineno: int) -> dict:
+    """Parse one JSONL line into a dict whose ``fields`` are all strings."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise InputFileError(path, lineno, f"expected a JSON object, found {type(record).__name__}")
+    for field in fields:
+        if field not in record:
+            raise InputFileError(path, lineno, f"missing field {field!r} (has: {', '.join(sorted(record)) or 'nothing'})")
+        if not isinstance(record[field], str):
+            raise InputFileError(
+                path, lineno, f"field {field!r} must be a string, found {type(record[field]).__name__}"
+            )
+    return record
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for every non-blank line, streaming."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such records file: {path}")
+    with path.open("r", encoding="utf-8", errors="strict") as handle:
+        lineno = 0
+        while True:
+            try:
+                line = handle.readline()
+            except UnicodeDecodeError as exc:
+                raise InputFileError(path, lineno + 1, f"not UTF-8 ({exc.reason})") from None
+            if not line:
+                return
+            lineno += 1
+            if line.strip():
+                yield lineno, line
+
+
+def read_records(path: str | os.PathLike, fields: Sequence[str] = ("prompt", "response")) -> Iterator[dict]:
+    """Stream the records of a JSONL file, each a dict with string ``fields``.
+
+    >>> for record in read_records("refs.jsonl"):          # doctest: +SKIP
+    ...     print(record["prompt"], record["response"])
+    """
+    for lineno, line in iter_lines(path):
+        yield parse_record(line, fields, path, lineno)
+
+
+def write_records(path: str | os.PathLike, records) -> None:
+    """Write records as JSONL (UTF-8, one object a line)."""
+    with Path(path).open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
