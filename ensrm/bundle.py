@@ -1,0 +1,139 @@
+"""Bundle directories on disk: read and verify the manifest, write a new bundle atomically.
+
+A bundle is only ever seen complete: the exporter writes into a hidden staging directory
+beside the target and renames it into place at the end (:func:`staged_bundle`). Loading
+checks every file the manifest lists, so a truncated or altered file is reported by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ensrm.errors import BundleError
+from ensrm.spec import MANIFEST_NAME, EnsembleSpec, FileEntry
+
+VERIFY_MODES = ("sha256", "size", "none")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundle_file(bundle_dir: str | os.PathLike, name: str) -> Path:
+    """Resolve a file name from a manifest, refusing anything that leaves the bundle directory."""
+    root = Path(bundle_dir).resolve()
+    if not name or os.path.isabs(name) or Path(name).drive:
+        raise BundleError(f"bundle file name {name!r} is absolute or empty; names must be relative")
+    candidate = (root / name).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise BundleError(f"bundle file name {name!r} escapes the bundle directory {root}")
+    return candidate
+
+
+def read_spec(bundle_dir: str | os.PathLike) -> EnsembleSpec:
+    """Read ``ensemble.json`` without checking the other files."""
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle directory not found: {bundle_dir}")
+    manifest = bundle_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        raise BundleError(f"{bundle_dir} is not a bundle: {MANIFEST_NAME} is missing")
+    try:
+        return EnsembleSpec.from_json(manifest.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{manifest}: {exc}") from None
+
+
+def verify_files(bundle_dir: str | os.PathLike, spec: EnsembleSpec, mode: str = "sha256",
+                 only: set[str] | None = None) -> None:
+    """Check the listed files exist with the recorded size (and sha256 unless ``mode='size'``)."""
+    if mode not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {mode!r}")
+    if mode == "none":
+        return
+    for name, entry in spec.files.items():
+        if only is not None and name not in only:
+            continue
+        path = bundle_file(bundle_dir, name)
+        if not path.is_file():
+            raise BundleError(f"bundle file {name} is missing from {bundle_dir}")
+        size = path.stat().st_size
+        if size != entry.size:
+            raise BundleError(f"bundle file {name} has {size} bytes, the manifest says {entry.size} "
+                              "(truncated or replaced)")
+        if mode == "sha256" and sha256_file(path) != entry.sha256:
+            raise BundleError(f"bundle file {name} does not match its sha256 in the manifest (altered)")
+
+
+def load_spec(bundle_dir: str | os.PathLike, verify: str = "sha256") -> EnsembleSpec:
+    """Read the manifest and check the bundle's files.
+
+    >>> spec = load_spec("bundles/minilm", verify="size")   # doctest: +SKIP
+    """
+    spec = read_spec(bundle_dir)
+    verify_files(bundle_dir, spec, verify)
+    return spec
+
+
+def file_entries(bundle_dir: str | os.PathLike) -> dict[str, FileEntry]:
+    """Size and sha256 of every file in the bundle except the manifest (recursively)."""
+    root = Path(bundle_dir)
+    entries = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = path.relative_to(root).as_posix()
+        if name != MANIFEST_NAME:
+            entries[name] = FileEntry(size=path.stat().st_size, sha256=sha256_file(path))
+    return entries
+
+
+def write_manifest(bundle_dir: str | os.PathLike, spec: EnsembleSpec) -> EnsembleSpec:
+    """Record every file's hash in ``spec`` and write ``ensemble.json`` (via a temporary file)."""
+    spec = spec.replace(files=file_entries(bundle_dir))
+    target = Path(bundle_dir) / MANIFEST_NAME
+    tmp = target.with_name(f".{MANIFEST_NAME}.tmp")
+    tmp.write_text(spec.to_json(), encoding="utf-8")
+    os.replace(tmp, target)
+    return spec
+
+
+@contextlib.contextmanager
+def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory that becomes ``target`` only if the block succeeds.
+
+    The staging directory sits beside the target (same filesystem, so the final rename is
+    atomic) and is removed on any error or interruption. An existing target is replaced
+    only with ``overwrite=True``, and is left untouched if the block fails.
+
+    >>> with staged_bundle("bundles/minilm") as tmp:      # doctest: +SKIP
+    ...     (tmp / "ensemble.json").write_text("{}")
+    """
+    target = Path(target).absolute()
+    if target.exists() and not overwrite:
+        raise BundleError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+    if target.exists() and not target.is_dir():
+        raise BundleError(f"{target} exists and is not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is shared like any directory
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Torch → ONNX export of reward ensembles (needs ``pip install 'ensrm[export]'``)."""

@@ -1,0 +1,136 @@
+"""``export_bundle``: source checkpoint(s) in, verified bundle directory out."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ensrm._optional import require
+from ensrm.bundle import staged_bundle, write_manifest
+from ensrm.errors import ExportError
+from ensrm.spec import MODEL_FILES, EnsembleSpec
+
+Progress = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Steps:
+    """Numbered step messages with elapsed time, so a long export shows where it is."""
+
+    def __init__(self, total: int, report: Progress | None):
+        self.total, self.report, self.n, self.start = total, report, 0, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.n += 1
+        if self.report:
+            self.report(f"[{self.n}/{self.total}] {message} ({time.perf_counter() - self.start:.1f}s)")
+
+
+def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
+    """Trace ``module`` with torch's dynamo exporter into ``path`` and append the aggregation."""
+    torch = require("torch", "export")
+    onnx = require("onnx", "export")
+    from ensrm.export.graph import RAW_OUTPUT, append_aggregation
+
+    # Example sizes above 1: torch.export specialises dimensions of size 0 and 1.
+    batch, seq = 2, min(8, spec.max_length)
+    ids = torch.full((batch, seq), max(spec.pad_token_id, 0), dtype=torch.long)
+    args = tuple(torch.ones_like(ids) if name == "attention_mask" else ids.clone() for name in spec.inputs)
+    dims = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("seq", min=1, max=spec.max_length)}
+    try:
+        torch.onnx.export(
+            module, args, str(path), dynamo=True, input_names=list(spec.inputs), output_names=[RAW_OUTPUT],
+            dynamic_shapes={name: dims for name in spec.inputs}, opset_version=18, external_data=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; report them as one
+        raise ExportError(f"torch.onnx.export failed for {spec.model_type}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    model = onnx.load(str(path), load_external_data=False)
+    append_aggregation(model, spec.num_heads, spec.normalization.mu, spec.normalization.sigma, spec.uwo_lambda)
+    onnx.save(model, str(path))
+
+
+def export_bundle(
+    sources: Sequence[str | Path],
+    output: str | Path,
+    *,
+    heads: str | Path | None = None,
+    pooling: str | None = None,
+    uwo_lambda: float = 0.5,
+    max_length: int | None = None,
+    padding_side: str | None = None,
+    tolerance: float = 1e-4,
+    overwrite: bool = False,
+    attn_implementation: str = "eager",
+    trust_remote_code: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = _stderr,
+) -> EnsembleSpec:
+    """Export a reward model (or a full ensemble) into a verified bundle directory.
+
+    The bundle appears at ``output`` only once it is complete and verified; on any error
+    nothing is left behind and an existing bundle is untouched.
+
+    >>> spec = export_bundle(["checkpoints/rm"], "bundles/rm")     # doctest: +SKIP
+    >>> spec.num_heads
+    8
+    """
+    import ensrm
+    from ensrm.export.sources import load_source
+    from ensrm.export.verify import verify_against_torch
+    from ensrm.runtime.onnxruntime_backend import create_session
+
+    if uwo_lambda < 0:
+        raise ExportError(f"--lambda must be >= 0, got {uwo_lambda}")
+    step = _Steps(4, progress)
+    source = load_source(sources, heads=heads, pooling=pooling, max_length=max_length,
+                         attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    side = padding_side or ("left" if source.architecture == "decoder" else "right")
+    if side == "left" and source.pooling == "cls":
+        raise ExportError("first-token (cls) pooling needs right padding; left padding would pool a pad token")
+    step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
+         f"pooling {source.pooling}, max length {source.max_length}")
+    tokenizer = source.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    torch = require("torch", "export")
+    transformers = require("transformers", "export")
+    spec = EnsembleSpec(
+        num_heads=source.num_heads, architecture=source.architecture, model_type=source.model_type,
+        pooling=source.pooling,
+        inputs=("input_ids", "attention_mask") + (("token_type_ids",) if source.uses_token_type_ids else ()),
+        max_length=source.max_length, vocab_size=source.vocab_size,
+        pad_token_id=int(pad_id if pad_id is not None else 0), padding_side=side,
+        truncation_side="left" if source.architecture == "decoder" else "right",
+        uwo_lambda=float(uwo_lambda), head_names=source.head_names, source_kind=source.kind,
+        members=source.members, source_fingerprint=source.fingerprint,
+        producer={"ensrm": ensrm.__version__, "torch": torch.__version__,
+                  "transformers": transformers.__version__, "exporter": "torch.onnx dynamo"},
+    )
+    with staged_bundle(output, overwrite=overwrite) as staging:
+        model_path = staging / MODEL_FILES["fp32"]
+        trace_to_onnx(source.module, spec, model_path)
+        step("traced the ensemble graph")
+        session = create_session(model_path, threads=threads)
+        report = verify_against_torch(session, source.module, tokenizer, spec, tolerance)
+        step(f"verified against torch: max |diff| {report['max_abs_diff_heads']:.2e} "
+             f"on {report['sequences']} sequences, padding {'+'.join(report['padding_sides'])}")
+        if not report["passed"]:
+            raise ExportError(
+                f"the ONNX graph differs from the torch model by {report['max_abs_diff_heads']:.3g} "
+                f"(aggregates {report['max_abs_diff_aggregates']:.3g}), above the tolerance {tolerance:g}; "
+                "no bundle was written"
+            )
+        del session
+        tokenizer.save_pretrained(staging)
+        spec = spec.replace(variants={"fp32": {"file": MODEL_FILES["fp32"], "accepted": True, "checks": report}})
+        spec = write_manifest(staging, spec)
+        step(f"wrote bundle {Path(output)}")
+    if spec.num_heads > 1 and not spec.normalization.calibrated and progress:
+        progress(f"warning: {spec.num_heads} heads without calibrated normalisation: ens_min and ens_uwo "
+                 "compare raw head offsets; calibrate with --normalize-on REFS.jsonl")
+    return spec

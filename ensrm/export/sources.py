@@ -1,0 +1,232 @@
+"""Load what ``ens-export`` accepts into one torch module plus the facts the spec needs.
+
+Three kinds of local source, all ending in a module ``(ids, mask[, types]) -> [batch, K]``:
+
+- a Hugging Face ``*ForSequenceClassification`` checkpoint with ``num_labels = K``;
+- a base checkpoint plus ``heads.safetensors`` (``weight [K, hidden]``, ``bias [K]``) and a pooling;
+- several single- or multi-head classifiers (a full ensemble) sharing one tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ensrm._optional import require
+from ensrm.errors import ExportError
+from ensrm.export import modules
+
+torch = require("torch", "export")
+transformers = require("transformers", "export")
+
+# Encoders whose position ids start after the padding index.
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
+
+
+@dataclass
+class LoadedSource:
+    """A traceable module and the facts about it that go into the spec."""
+
+    module: object  # torch.nn.Module, eval mode
+    kind: str  # "sequence-classifier" | "encoder+heads" | "full-ensemble"
+    architecture: str  # "encoder" | "decoder"
+    model_type: str
+    pooling: str
+    uses_token_type_ids: bool
+    num_heads: int
+    head_names: tuple[str, ...]
+    members: int
+    max_length: int
+    vocab_size: int
+    tokenizer: object  # a transformers fast tokenizer, saved into the bundle
+    fingerprint: str
+
+
+def _is_decoder(config) -> bool:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_encoder_decoder", False):
+        raise ExportError(f"encoder-decoder models ({config.model_type}) are not supported; "
+                          "export an encoder-only or decoder-only reward model")
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
+        config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _uses_token_type_ids(model) -> bool:
+    import inspect
+
+    accepts = "token_type_ids" in inspect.signature(model.forward).parameters
+    return accepts and getattr(model.config, "type_vocab_size", 0) > 1
+
+
+def _max_positions(config) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            if config.model_type in _OFFSET_POSITION_MODELS:
+                value -= (config.pad_token_id or 0) + 1
+            return value
+    raise ExportError(f"cannot tell the maximum sequence length of {config.model_type}; pass --max-length")
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """sha256 over the config, tokenizer and weight files of every source, in order."""
+    digest = hashlib.sha256()
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*")
+                                                     if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+        for path in files:
+            digest.update(path.name.encode())
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ExportError(f"source {path} is not a directory (ens-export reads local checkpoints only)")
+    if not (path / "config.json").is_file():
+        raise ExportError(f"source {path} has no config.json; is it a Hugging Face checkpoint directory?")
+
+
+def _load_tokenizer(path: Path, trust_remote_code: bool):
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot load a tokenizer from {path}: {exc}") from None
+    if not tokenizer.is_fast:
+        raise ExportError(f"the tokenizer in {path} has no fast (tokenizer.json) form; the runtime needs one")
+    return tokenizer
+
+
+def _classifier(path: Path, attn: str, trust_remote_code: bool):
+    _check_dir(path)
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    archs = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ExportError(
+            f"{path} holds {', '.join(archs) or config.model_type}, not a *ForSequenceClassification model; "
+            "for a base model pass --heads heads.safetensors and --pooling cls|mean|last"
+        )
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=attn, trust_remote_code=trust_remote_code
+    ).eval()
+    if _is_decoder(config):
+        return modules.DecoderClassifier(model), config, "decoder", False
+    uses_types = _uses_token_type_ids(model)
+    return modules.EncoderClassifier(model, uses_types), config, "encoder", uses_types
+
+
+def _head_names(config, k: int, prefix: str = "head") -> tuple[str, ...]:
+    labels = getattr(config, "id2label", None) or {}
+    names = [str(labels.get(i, labels.get(str(i), ""))) for i in range(k)]
+    if len(set(names)) == k and not any(n.startswith("LABEL_") or not n for n in names):
+        return tuple(names)
+    return tuple(f"{prefix}_{i}" for i in range(k))
+
+
+def _load_heads(path: Path, hidden: int):
+    safetensors_torch = require("safetensors.torch", "export")
+    if not path.is_file():
+        raise ExportError(f"heads file not found: {path}")
+    try:
+        tensors = safetensors_torch.load_file(str(path))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ExportError(f"cannot read {path} as safetensors: {exc}") from None
+    if "weight" not in tensors:
+        raise ExportError(f"{path} must hold 'weight' [K, hidden] (and optionally 'bias' [K]); found {sorted(tensors)}")
+    weight = tensors["weight"].float()
+    if weight.ndim != 2 or weight.shape[1] != hidden:
+        raise ExportError(f"{path}: 'weight' must be [K, {hidden}] for this encoder, found {list(weight.shape)}")
+    bias = tensors.get("bias", torch.zeros(weight.shape[0])).float()
+    if bias.shape != (weight.shape[0],):
+        raise ExportError(f"{path}: 'bias' must be [{weight.shape[0]}], found {list(bias.shape)}")
+    return weight, bias
+
+
+def load_source(sources: list[str | Path], heads: str | Path | None = None, pooling: str | None = None,
+                max_length: int | None = None, attn_implementation: str = "eager",
+                trust_remote_code: bool = False) -> LoadedSource:
+    """Load one of the three source kinds (see the module docstring).
+
+    >>> src = load_source(["checkpoints/rm"])            # doctest: +SKIP
+    >>> src.num_heads, src.architecture
+    (8, 'encoder')
+    """
+    paths = [Path(s) for s in sources]
+    if not paths:
+        raise ExportError("no source given")
+    if heads is not None and len(paths) > 1:
+        raise ExportError("--heads goes with a single base model, not a full ensemble")
+    if pooling is not None and heads is None:
+        raise ExportError("--pooling applies only to a base model with --heads; a sequence classifier "
+                          "keeps its own pooling")
+
+    if heads is not None:
+        path = paths[0]
+        _check_dir(path)
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        decoder = _is_decoder(config)
+        pooling = pooling or ("last" if decoder else "cls")
+        base = transformers.AutoModel.from_pretrained(
+            path, dtype=torch.float32, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code).eval()
+        hidden = base.config.hidden_size
+        weight, bias = _load_heads(Path(heads), hidden)
+        uses_types = _uses_token_type_ids(base) and not decoder
+        module = modules.EncoderWithHeads(base, weight, bias, pooling, decoder, uses_types).eval()
+        k = weight.shape[0]
+        kind, architecture, names, members = "encoder+heads", ("decoder" if decoder else "encoder"), \
+            tuple(f"head_{i}" for i in range(k)), 1
+        configs = [config]
+    else:
+        loaded = [_classifier(p, attn_implementation, trust_remote_code) for p in paths]
+        configs = [c for _, c, _, _ in loaded]
+        archs = {a for _, _, a, _ in loaded}
+        if len(archs) > 1 or len({c.model_type for c in configs}) > 1:
+            raise ExportError("full-ensemble members must share one architecture; found "
+                              + ", ".join(f"{p}: {c.model_type}" for p, c in zip(paths, configs)))
+        architecture = archs.pop()
+        uses_types = loaded[0][3]
+        pooling = "last" if architecture == "decoder" else "cls"
+        if len(paths) == 1:
+            module, kind, members = loaded[0][0], "sequence-classifier", 1
+            k = configs[0].num_labels
+            names = _head_names(configs[0], k)
+        else:
+            module, kind, members = modules.FullEnsemble([m for m, _, _, _ in loaded]).eval(), "full-ensemble", len(paths)
+            k = sum(c.num_labels for c in configs)
+            names = tuple(f"member_{i}" if c.num_labels == 1 else f"member_{i}_head_{j}"
+                          for i, c in enumerate(configs) for j in range(c.num_labels))
+        config = configs[0]
+
+    tokenizer = _load_tokenizer(paths[0], trust_remote_code)
+    if len(paths) > 1:
+        first = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()), sort_keys=True)
+        for p in paths[1:]:
+            other = _load_tokenizer(p, trust_remote_code).backend_tokenizer.to_str()
+            if json.dumps(json.loads(other), sort_keys=True) != first:
+                raise ExportError(f"full-ensemble member {p} uses a different tokenizer from {paths[0]}; "
+                                  "members must share one tokenizer to share the graph's inputs")
+    limit = min(_max_positions(c) for c in configs)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < limit:
+        limit = tok_limit
+    if max_length is not None:
+        if max_length < 1 or max_length > limit:
+            raise ExportError(f"--max-length must be between 1 and the model's limit {limit}, got {max_length}")
+        limit = max_length
+    fp_paths = paths + ([Path(heads)] if heads is not None else [])
+    return LoadedSource(
+        module=module, kind=kind, architecture=architecture, model_type=config.model_type,
+        pooling=pooling, uses_token_type_ids=uses_types, num_heads=int(k), head_names=names,
+        members=members, max_length=int(limit), vocab_size=int(config.vocab_size),
+        tokenizer=tokenizer, fingerprint=fingerprint(fp_paths),
+    )

@@ -1,0 +1,99 @@
+"""Check an exported graph against the torch module it came from.
+
+Each sequence is scored alone and unpadded in torch; the ONNX graph scores the same
+sequences padded in mixed batches, on every padding side the bundle can be fed with. The
+largest absolute difference of the heads must stay within the tolerance, and the aggregates
+must equal what numpy computes from the heads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ensrm._optional import require
+from ensrm.spec import EnsembleSpec
+
+torch = require("torch", "export")
+
+# Short and long texts so a batch mixes lengths from a few tokens to the maximum.
+_PROMPTS = [
+    "Hi",
+    "How do I bake bread at home without a stand mixer?",
+    "Explain the difference between a list and a tuple in Python, with an example of each.",
+    "What should I pack for a three-day hiking trip in the mountains in late autumn?",
+]
+_RESPONSES = [
+    "Sure.",
+    "Mix flour, water, salt and yeast, knead by hand for ten minutes, let it rise, then bake at 230 C.",
+    "A list is mutable and a tuple is not: [1, 2].append(3) works, (1, 2).append(3) raises.",
+    "Layers, a rain shell, a warm hat, a map, a headlamp, water filter and food for four days. " * 40,
+]
+
+
+def reference_inputs(tokenizer, spec: EnsembleSpec) -> list[dict[str, np.ndarray]]:
+    """Tokenised (prompt, response) pairs of mixed length, the last at the maximum length."""
+    encoded = []
+    for i, prompt in enumerate(_PROMPTS):
+        for j, response in enumerate(_RESPONSES):
+            if (i + j) % 2 and j != len(_RESPONSES) - 1:
+                continue
+            enc = tokenizer(prompt, response, truncation=True, max_length=spec.max_length)
+            encoded.append({name: np.asarray(enc[name], dtype=np.int64) for name in spec.inputs
+                            if name != "attention_mask"})
+    return encoded
+
+
+def pad_batch(items: list[dict[str, np.ndarray]], spec: EnsembleSpec, side: str) -> dict[str, np.ndarray]:
+    seq = max(len(item["input_ids"]) for item in items)
+    batch = {name: np.zeros((len(items), seq), dtype=np.int64) for name in spec.inputs}
+    batch["input_ids"][:] = spec.pad_token_id
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        cols = slice(0, n) if side == "right" else slice(seq - n, seq)
+        batch["attention_mask"][row, cols] = 1
+        for name, values in item.items():
+            batch[name][row, cols] = values
+    return batch
+
+
+def aggregates(heads: np.ndarray, uwo_lambda: float) -> dict[str, np.ndarray]:
+    """The Contract's aggregates of ``heads`` ``[batch, K]`` in float64 numpy."""
+    heads = heads.astype(np.float64)
+    var = heads.var(axis=1)  # population variance, ddof=0
+    return {"ens_mean": heads.mean(axis=1), "ens_std": np.sqrt(var), "ens_min": heads.min(axis=1),
+            "ens_uwo": heads.mean(axis=1) - uwo_lambda * var}
+
+
+def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, tolerance: float = 1e-4) -> dict:
+    """Run the graph and the torch module; return a report with ``passed`` and the differences."""
+    items = reference_inputs(tokenizer, spec)
+    with torch.inference_mode():
+        reference = np.stack([
+            module(*[torch.from_numpy(pad_batch([item], spec, "right")[name]) for name in spec.inputs])[0].numpy()
+            for item in items
+        ])  # [n, K]
+    mu = np.asarray(spec.normalization.mu, dtype=np.float64)
+    sigma = np.asarray(spec.normalization.sigma, dtype=np.float64)
+    expected = (reference - mu) / sigma
+    sides = ["right", "left"] if spec.architecture == "decoder" else ["right"]
+    # Batches that mix lengths: every item, and the items in reverse order split in two.
+    orders = [list(range(len(items))), list(reversed(range(len(items))))]
+    head_diff = agg_diff = 0.0
+    for side in sides:
+        for order in orders:
+            for chunk in (order, order[: len(order) // 2], order[len(order) // 2:]):
+                batch = pad_batch([items[i] for i in chunk], spec, side)
+                outs = dict(zip(spec.outputs, session.run(list(spec.outputs), batch)))
+                head_diff = max(head_diff, float(np.abs(outs["heads"] - expected[chunk]).max()))
+                for name, value in aggregates(outs["heads"], spec.uwo_lambda).items():
+                    agg_diff = max(agg_diff, float(np.abs(outs[name] - value).max()))
+    lengths = [len(item["input_ids"]) for item in items]
+    return {
+        "passed": bool(head_diff <= tolerance and agg_diff <= tolerance),
+        "max_abs_diff_heads": head_diff,
+        "max_abs_diff_aggregates": agg_diff,
+        "tolerance": tolerance,
+        "sequences": len(items),
+        "lengths": [min(lengths), max(lengths)],
+        "padding_sides": sides,
+    }

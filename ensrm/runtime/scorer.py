@@ -1,0 +1,117 @@
+"""``Scorer``: a bundle directory in, numpy scores out. Needs numpy, onnxruntime, tokenizers."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ensrm.bundle import bundle_file, load_spec
+from ensrm.errors import BundleError, InputError
+from ensrm.runtime.inputs import check_inputs
+from ensrm.runtime.scores import Scores
+from ensrm.runtime.texts import TextEncoder, check_texts
+from ensrm.spec import MODEL_FILES
+
+
+class Scorer:
+    """Score (prompt, response) pairs with an exported reward ensemble.
+
+    ``providers`` are onnxruntime execution providers (``"cpu"``, ``"cuda"``, ``"tensorrt"`` or
+    full names); a provider that is asked for but missing raises :class:`ProviderError`.
+    ``precision`` picks ``fp32`` (``model.onnx``) or an accepted ``fp16``/``int8`` variant.
+    ``verify`` checks the bundle's files against the manifest: ``"sha256"`` (default),
+    ``"size"`` (fast) or ``"none"``. Batches larger than ``max_batch_size`` are split.
+
+    A scorer may be shared by several threads; onnxruntime sessions are thread-safe.
+
+    >>> scorer = Scorer("bundles/minilm")                                   # doctest: +SKIP
+    >>> scorer.score_texts(["How do I boil an egg?"], ["Simmer it for 8 minutes."]).uwo
+    array([0.73], dtype=float32)
+    """
+
+    def __init__(self, bundle_dir: str | os.PathLike, providers=None, threads: int | None = None,
+                 precision: str = "fp32", verify: str = "sha256", max_batch_size: int = 256,
+                 spinning: bool | None = None):
+        from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        self.bundle_dir = Path(bundle_dir)
+        self.spec = load_spec(self.bundle_dir, verify=verify)
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.max_batch_size = max_batch_size
+        self.precision = precision
+        self.backend = OnnxRuntimeBackend(self._model_path(precision), providers, threads, spinning)
+        self._encoder: TextEncoder | None = None
+        self._encoder_lock = threading.Lock()
+
+    def _model_path(self, precision: str) -> Path:
+        if precision not in MODEL_FILES:
+            raise ValueError(f"precision must be one of {', '.join(MODEL_FILES)}, got {precision!r}")
+        variant = self.spec.variants.get(precision)
+        if variant is None:
+            have = ", ".join(sorted(self.spec.variants)) or "none"
+            raise BundleError(f"bundle {self.bundle_dir} has no {precision} variant (has: {have})")
+        if not variant.get("accepted", False):
+            raise BundleError(f"the {precision} variant of {self.bundle_dir} failed its accuracy gate at "
+                              "export and is marked rejected")
+        return bundle_file(self.bundle_dir, variant["file"])
+
+    @property
+    def num_heads(self) -> int:
+        return self.spec.num_heads
+
+    def score(self, input_ids, attention_mask, token_type_ids=None) -> Scores:
+        """Score pre-tokenised batches: ``[batch, seq]`` integer arrays in, :class:`Scores` out.
+
+        Padding must match the bundle (``spec.padding_side``; decoders accept either side).
+        Sequences longer than ``spec.max_length`` are refused, never silently cut.
+
+        >>> s = scorer.score(ids, mask)                       # doctest: +SKIP
+        >>> s.heads.shape, s.uwo.shape
+        ((4, 8), (4,))
+        """
+        feeds = check_inputs(self.spec, input_ids, attention_mask, token_type_ids)
+        batch = feeds["input_ids"].shape[0]
+        if batch == 0:
+            return Scores.empty(self.num_heads)
+        parts = [
+            Scores.from_outputs(self.backend.run({k: v[start:start + self.max_batch_size] for k, v in feeds.items()}))
+            for start in range(0, batch, self.max_batch_size)
+        ]
+        return parts[0] if len(parts) == 1 else Scores.concatenate(parts, self.num_heads)
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = TextEncoder(self.bundle_dir, self.spec)
+            return self._encoder
+
+    def score_texts(self, prompts, responses, batch_size: int = 32, truncation: bool = True) -> Scores:
+        """Tokenise and score (prompt, response) pairs; results come back in input order.
+
+        Pairs are grouped by token length into batches of ``batch_size`` to cut padding.
+        With ``truncation`` (default) a pair longer than ``max_length`` loses tokens from its
+        longer side (from the end for encoders, from the start for decoders, whose reward
+        is read at the last token); without it such a pair raises :class:`InputError`.
+
+        >>> scorer.score_texts(["Hi"], ["Hello! How can I help?"]).mean     # doctest: +SKIP
+        """
+        prompts, responses = check_texts(prompts, responses)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        if not prompts:
+            return Scores.empty(self.num_heads)
+        encoder = self.text_encoder
+        encodings = encoder.encode(prompts, responses, truncation=truncation)
+        heads = np.empty((len(prompts), self.num_heads), dtype=np.float32)
+        aggregates = {name: np.empty(len(prompts), dtype=np.float32) for name in ("mean", "std", "min", "uwo")}
+        for rows, feeds in encoder.batches(encodings, batch_size):
+            scores = Scores.from_outputs(self.backend.run(feeds))
+            heads[rows] = scores.heads
+            for name, values in aggregates.items():
+                values[rows] = getattr(scores, name)
+        return Scores(heads=heads, **aggregates)

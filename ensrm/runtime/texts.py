@@ -1,0 +1,89 @@
+"""Text to padded token batches with the bundle's own tokenizer (the ``tokenizers`` library only)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ensrm._optional import require
+from ensrm.bundle import bundle_file
+from ensrm.errors import BundleError, InputError
+from ensrm.spec import EnsembleSpec
+
+
+def check_texts(prompts, responses) -> tuple[list[str], list[str]]:
+    """Both sides must be sequences of strings of equal length."""
+    for name, values in (("prompts", prompts), ("responses", responses)):
+        if isinstance(values, str) or not isinstance(values, Sequence):
+            raise InputError(f"{name} must be a list of strings, got {type(values).__name__}")
+    if len(prompts) != len(responses):
+        raise InputError(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up")
+    for name, values in (("prompts", prompts), ("responses", responses)):
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                raise InputError(f"{name}[{i}] must be a string, got {type(value).__name__}")
+    return list(prompts), list(responses)
+
+
+class TextEncoder:
+    """Tokenises (prompt, response) pairs the way the bundle's model was trained to read them."""
+
+    def __init__(self, bundle_dir: str | Path, spec: EnsembleSpec):
+        tokenizers = require("tokenizers", "core")
+        if not spec.tokenizer_file:
+            raise BundleError("this bundle has no tokenizer; score token ids with Scorer.score instead")
+        self.spec = spec
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(bundle_file(bundle_dir, spec.tokenizer_file)))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+    def encode(self, prompts: list[str], responses: list[str], truncation: bool = True) -> list:
+        """Encodings of each pair; with ``truncation`` the longer side is cut to fit ``max_length``."""
+        if truncation:
+            self.tokenizer.enable_truncation(self.spec.max_length, strategy="longest_first",
+                                             direction=self.spec.truncation_side)
+        else:
+            self.tokenizer.no_truncation()
+        try:
+            encodings = self.tokenizer.encode_batch(list(zip(prompts, responses)))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
+            raise InputError(f"the tokenizer could not encode the texts: {exc}") from None
+        for i, enc in enumerate(encodings):
+            if not enc.ids:
+                raise InputError(f"pair {i} encodes to no tokens; give a non-empty prompt or response")
+        if not truncation:
+            for i, enc in enumerate(encodings):
+                if len(enc.ids) > self.spec.max_length:
+                    raise InputError(f"pair {i} has {len(enc.ids)} tokens, above the model's maximum "
+                                     f"{self.spec.max_length}; pass truncation=True to cut it")
+        return encodings
+
+    def batches(self, encodings: list, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Yield ``(row_indices, feeds)`` for batches of similar length, padded to their longest.
+
+        Sorting by length before batching cuts the padding a mixed workload pays for;
+        the caller scatters results back by ``row_indices``.
+        """
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(lengths, kind="stable")
+        spec = self.spec
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            seq = max(int(lengths[rows].max()), 1)
+            ids = np.full((len(rows), seq), spec.pad_token_id, dtype=np.int64)
+            mask = np.zeros((len(rows), seq), dtype=np.int64)
+            types = np.zeros((len(rows), seq), dtype=np.int64) if spec.uses_token_type_ids else None
+            for r, i in enumerate(rows):
+                enc = encodings[i]
+                n = len(enc.ids)
+                cols = slice(0, n) if spec.padding_side == "right" else slice(seq - n, seq)
+                ids[r, cols] = enc.ids
+                mask[r, cols] = 1
+                if types is not None:
+                    types[r, cols] = enc.type_ids
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if types is not None:
+                feeds["token_type_ids"] = types
+            yield rows, feeds
