@@ -114,7 +114,7 @@ def train_joint(model, head_name: str, tokenizer, train_pairs: list[dict], count
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             logit_sum += logits.detach().double().sum(dim=0)
             seen += 2 * len(idx)
             bar.update(loss=loss_sum / (seen / 2), epoch=epoch + 1)

@@ -95,7 +95,8 @@ def _train_frozen(model, head, tokenizer, train, evals, counts, *, seed, l2, max
                        l2=l2, max_iter=max_iter)
     with torch.no_grad():
         head.weight.copy_(fitted.weight)
-        head.bias.copy_(fitted.bias)
+        if head.bias is not None:  # decoder score layers have no bias: their offsets stay uncentred
+            head.bias.copy_(fitted.bias)
         eval_rewards = head(features[2 * n:]).numpy()  # [2m, K], exactly what the saved classifier outputs
     return fitted.loss, eval_rewards[:m], eval_rewards[m:]
 
@@ -140,7 +141,8 @@ def train_reward_model(
     Head k starts from seed ``seed + k``; ``bootstrap=True`` gives each head its own resample of
     the training pairs; ``label_noise=p`` swaps each training pair with probability ``p`` (the
     held-out ``eval_fraction`` of pairs is never swapped). Head biases are set so each head's
-    mean reward on the training responses is about 0 (the loss leaves them free).
+    mean reward on the training responses is about 0 (the loss leaves them free); layers without a
+    bias (decoder ``score`` layers) keep their offsets.
 
     >>> result = train_reward_model("minilm/", "prefs.jsonl", "rm/", heads=8)   # doctest: +SKIP
     >>> result.metrics["accuracy"]["wco"]                                       # doctest: +SKIP
@@ -174,8 +176,9 @@ def train_reward_model(
         outcome = train_joint(model, head_name, tokenizer, train, counts, epochs=epochs, lr=lr, head_lr=head_lr,
                               batch_size=batch_size, max_length=max_length, seed=seed,
                               state_dir=out_dir / STATE_DIR, resume=resume, run=run, progress=progress)
-        with torch.no_grad():
-            head.bias -= torch.tensor(outcome.head_means, dtype=head.bias.dtype)  # centre each head near 0
+        if head.bias is not None:  # decoder score layers have no bias to centre with
+            with torch.no_grad():
+                head.bias -= torch.tensor(outcome.head_means, dtype=head.bias.dtype)  # each head's mean near 0
         start_epoch, steps, epoch_losses = outcome.start_epoch, outcome.steps, outcome.epoch_losses
         train_loss = epoch_losses[-1] if epoch_losses else float("nan")
         eval_c = eval_r = None
