@@ -160,6 +160,8 @@ def train_reward_model(
     out_dir = Path(out_dir)
 
     tokenizer = M.load_tokenizer(base_model)
+    if tokenizer.model_max_length < 1_000_000:  # unset limits are reported as a huge sentinel
+        max_length = min(max_length, tokenizer.model_max_length)
     model = M.load_classifier(base_model, heads, tokenizer, seed)
     head_name, head = M.final_linear(model, heads)
     M.init_heads(head, seed, float(getattr(model.config, "initializer_range", 0.02) or 0.02))

@@ -94,3 +94,36 @@ def test_head_k_is_seeded_with_seed_plus_k():
 def test_base_model_without_config_is_rejected(tmp_path, easy_prefs):
     with pytest.raises(TrainingError, match="config.json"):
         train_reward_model(tmp_path, easy_prefs, tmp_path / "out", progress=False)
+
+
+def _tiny_config(family, vocab_size):
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, bos_token_id=0, eos_token_id=0)
+    if family == "llama":
+        return transformers.LlamaConfig(num_key_value_heads=2, max_position_embeddings=256, **common)
+    if family == "gpt_neox":
+        return transformers.GPTNeoXConfig(max_position_embeddings=256, **common)
+    return transformers.RobertaConfig(max_position_embeddings=260, pad_token_id=0, **common)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "roberta"])
+def test_frozen_other_families(family, tiny_gpt2_dir, tmp_path):
+    """Decoders read the last token through ``score``; RoBERTa's head has dense+tanh before ``out_proj``."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_gpt2_dir))
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(_tiny_config(family, tokenizer.vocab_size)).save_pretrained(str(tmp_path / "base"))
+    tokenizer.save_pretrained(str(tmp_path / "base"))
+    prefs = generate_preferences(120, seed=5, aspects=("specificity",))
+    result = train_reward_model(tmp_path / "base", prefs, tmp_path / "rm", heads=2, eval_fraction=0.25,
+                                max_length=128, progress=False)
+    assert result.metrics["accuracy"]["mean"] > 0.6
+    logits, model = reload_logits(result.out_dir, result.eval_pairs, "chosen")
+    assert model.config.model_type == family and model.config.num_labels == 2
+    assert_same_logits(logits, result.eval_rewards_chosen)
+
+
+def test_existing_sequence_classifier_as_base(bert_run, easy_prefs, tmp_path):
+    result = train_reward_model(bert_run.out_dir, easy_prefs, tmp_path / "rm", heads=2, progress=False)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(result.out_dir))
+    assert model.config.num_labels == 2 and model.classifier.weight.shape[0] == 2
+    assert result.metrics["accuracy"]["mean"] > 0.75
