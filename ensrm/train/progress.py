@@ -18,7 +18,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.done = 0
         self.start = self._last = time.perf_counter()
-        self.values: dict[str, float] = {}
+        self.values: dict[str, float | int] = {}
 
     def update(self, n: int = 1, **values: float) -> None:
         self.done += n
@@ -30,7 +30,7 @@ class Progress:
 
     def _draw(self, now: float) -> None:
         elapsed = max(now - self.start, 1e-9)
-        extra = "".join(f" {k}={v:.4f}" for k, v in self.values.items())
+        extra = "".join(f" {k}={v:.4f}" if isinstance(v, float) else f" {k}={v}" for k, v in self.values.items())
         self.stream.write(f"\r{self.desc}: {self.done}/{self.total} {self.unit}s "
                           f"[{elapsed:.1f}s, {self.done / elapsed:.2f} {self.unit}s/s]{extra}")
         self.stream.flush()

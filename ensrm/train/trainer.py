@@ -82,7 +82,7 @@ def _score_pairs(model, tokenizer, pairs, max_length, batch_size):
     return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
 
 
-def _train_frozen(model, head, tokenizer, train, evals, counts, *, seed, l2, max_iter, max_length, batch_size, progress):
+def _train_frozen(model, head, tokenizer, train, evals, counts, *, l2, max_iter, max_length, batch_size, progress):
     prompts = [p["prompt"] for p in train] * 2 + [p["prompt"] for p in evals] * 2
     responses = ([p["chosen"] for p in train] + [p["rejected"] for p in train]
                  + [p["chosen"] for p in evals] + [p["rejected"] for p in evals])
@@ -169,7 +169,7 @@ def train_reward_model(
     start_epoch, steps, epoch_losses = 0, 1, []
     if mode == "frozen":
         train_loss, eval_c, eval_r = _train_frozen(
-            model, head, tokenizer, train, split.eval, counts, seed=seed, l2=l2, max_iter=max_iter,
+            model, head, tokenizer, train, split.eval, counts, l2=l2, max_iter=max_iter,
             max_length=max_length, batch_size=max(batch_size, 32), progress=progress)
     else:
         run = {"data": fingerprint(train), "base_model": str(Path(base_model).resolve()), "heads": heads,
