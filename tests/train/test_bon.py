@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ensrm.bestofn import best_of_n_kl, best_of_n_weights, expected_best_of_n
+from ensrm.train.bon import best_of_n_kl, best_of_n_weights, expected_best_of_n
 
 
 def brute_force(proxy, gold, n):

@@ -5,7 +5,8 @@ highest selects the candidate of proxy rank i (1 = lowest) with probability
 ``C(i - 1, n - 1) / C(N, n)``: it must be drawn, and the other n - 1 must come from the i - 1
 below it. The expected gold score of best-of-n is therefore a weighted sum over the pool, exact
 for every n <= N at once (the "unbiased best-of-n estimator" of Nakano et al. 2021 and
-Gao et al. 2022). numpy only.
+Gao et al. 2022). numpy only, like :mod:`ensrm.runtime.best_of_n`, which does the selection at
+run time; this module evaluates a reward model's best-of-n against a gold score.
 """
 
 from __future__ import annotations
