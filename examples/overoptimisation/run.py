@@ -45,7 +45,7 @@ from ensrm.data.synthetic import generate_candidates, generate_preferences, gene
 from ensrm.jsonl import write_records  # noqa: E402
 from ensrm.train.metrics import aggregates, pairwise_metrics  # noqa: E402
 
-DEFAULTS = dict(prompts=16, pool=256, pairs=400, heads=4, label_noise=0.25, references=200, test_pairs=100,
+DEFAULTS = dict(prompts=24, pool=256, pairs=400, heads=4, label_noise=0.25, references=200, test_pairs=100,
                 cost_slice=64, max_length=128, uwo_lambda=0.5, seed=0, export_tolerance=1e-4)
 CURVES = ("single", "multi_mean", "multi_wco", "multi_uwo", "full_mean", "full_wco", "full_uwo")
 
@@ -73,17 +73,6 @@ class Timer:
                 log(f"{name}: {timer.stages[name]:.1f}s")
 
         return _Stage()
-
-
-def rss_bytes() -> int | None:
-    """Resident memory of this process (Linux /proc), or None elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def stack_heads(checkpoints: dict[str, Path], out: Path) -> list[str]:
@@ -132,25 +121,48 @@ def score(bundle: Path, records: list[dict], response_key: str = "response", bat
                               batch_size=batch_size).heads.astype(np.float64)
 
 
-def deployment_cost(bundle: Path, records: list[dict], batch_size: int = 64) -> dict:
-    """Weights on disk, resident memory added by loading and scoring, and scoring time per 1000 candidates."""
-    import ensrm
+COST_PROBE = """
+import json, sys, time
+import ensrm
+from ensrm.jsonl import read_records
+bundle, records, repeats = sys.argv[1], list(read_records(sys.argv[2])), int(sys.argv[3])
+prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
+start = time.perf_counter()
+scorer = ensrm.Scorer(bundle, verify="size")
+scorer.score_texts(prompts[:8], responses[:8])  # warm-up: first-run allocations
+load = time.perf_counter() - start
+times = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    scorer.score_texts(prompts, responses, batch_size=64)
+    times.append(time.perf_counter() - start)
+# VmHWM (peak resident memory) starts afresh at exec; ru_maxrss would carry the parent's peak over.
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(json.dumps({"load_seconds": load, "best_seconds": min(times), "peak_rss_mb": hwm[0] / 1024 if hwm else None}))
+"""
+
+
+def deployment_cost(bundle: Path, records: list[dict], repeats: int = 3) -> dict:
+    """Weights on disk, and in a fresh process: load time, peak memory, best-of-``repeats`` scoring time.
+
+    A separate process per bundle keeps one bundle's allocations out of another's memory figure;
+    the best of several repeats keeps other load on the machine out of the time (as far as it can).
+    """
+    import subprocess
+    import tempfile
 
     files = [p for p in bundle.iterdir() if p.name.startswith("model.onnx")]
-    before = rss_bytes()
-    scorer = ensrm.Scorer(bundle, verify="size")
-    prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
-    scorer.score_texts(prompts[:16], responses[:16], batch_size=batch_size)  # warm-up: first-run allocations
-    start = time.perf_counter()
-    heads = scorer.score_texts(prompts, responses, batch_size=batch_size).heads
-    seconds = time.perf_counter() - start
-    after = rss_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_records(Path(tmp) / "slice.jsonl", [{"prompt": r["prompt"], "response": r["response"]} for r in records])
+        done = subprocess.run([sys.executable, "-c", COST_PROBE, str(bundle), str(Path(tmp) / "slice.jsonl"),
+                               str(repeats)], check=True, capture_output=True, text=True)
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
     return {
         "weights_mb": round(sum(p.stat().st_size for p in files) / 2**20, 1),
-        "rss_added_mb": None if before is None else round((after - before) / 2**20, 1),
-        "seconds_per_1000": round(1000 * seconds / len(records), 2),
+        "peak_rss_mb": None if probe["peak_rss_mb"] is None else round(probe["peak_rss_mb"], 1),  # Linux only
+        "load_seconds": round(probe["load_seconds"], 2),
+        "seconds_per_1000": round(1000 * probe["best_seconds"] / len(records), 2),
         "candidates_timed": len(records),
-        "_heads": heads,
     }
 
 
@@ -227,6 +239,12 @@ def run(out: Path, work: Path, base_model: str | None = None, **settings) -> dic
     ns = [n for n in (2 ** i for i in range(20)) if n <= cfg["pool"]]
     curves = {name: expected_best_of_n(values.reshape(gold.shape), gold, ns) for name, values in proxies.items()}
     curves["gold_oracle"] = expected_best_of_n(gold, gold, ns)  # best-of-n by the gold score itself
+    np.savez(work / "scores.npz", pool=raw_pool, references=raw_ref, gold=gold, names=np.array(names))
+    # Curves share prompts: the difference to the single proxy per prompt has a much smaller error.
+    paired = {name: {"mean": (c - curves["single"]).mean(axis=0).tolist(),
+                     "stderr": ((c - curves["single"]).std(axis=0, ddof=1) / np.sqrt(len(c))).tolist()
+                     if len(c) > 1 else None}
+              for name, c in curves.items() if name not in ("single", "gold_oracle")}
     summary = {name: {"mean": c.mean(axis=0).tolist(),
                       "stderr": (c.std(axis=0, ddof=1) / np.sqrt(len(c))).tolist() if len(c) > 1 else None}
                for name, c in curves.items()}
@@ -244,13 +262,11 @@ def run(out: Path, work: Path, base_model: str | None = None, **settings) -> dic
         with timer(f"export and time {label} bundle"):
             bundle = work / "bundles" / label
             export_bundle(sources, bundle, **export)
-            cost = deployment_cost(bundle, cost_records)
             cols = [i for i, n in enumerate(names) if n == label or n.startswith(label + "_")]
             reference = raw_pool[: len(cost_records), cols]
-            equivalence[label] = float(np.max(np.abs(cost.pop("_heads") - reference)) / np.max(np.abs(reference)))
-            costs[label] = {"heads": len(cols), "encoders": len(sources), **cost}
-    scoring_cost = deployment_cost(work / "bundles" / "scoring", cost_records)
-    scoring_cost.pop("_heads")
+            heads = score(bundle, cost_records)
+            equivalence[label] = float(np.max(np.abs(heads - reference)) / np.max(np.abs(reference)))
+            costs[label] = {"heads": len(cols), "encoders": len(sources), **deployment_cost(bundle, cost_records)}
 
     results = {
         "description": "Best-of-n against gold for proxies trained on 25%-noisy gold preferences; see README "
@@ -271,7 +287,7 @@ def run(out: Path, work: Path, base_model: str | None = None, **settings) -> dic
         "normalisation": {"heads": names, "mu": mu.tolist(), "sigma": sigma.tolist(),
                           "source": f"{cfg['references']} generate_references records, numpy (per-head mean/std)"},
         "costs": costs,
-        "scoring_bundle_cost": scoring_cost,
+        "paired_difference_vs_single": paired,
         "equivalence_max_rel_diff": equivalence,
         "seconds": {**timer.stages, "total": round(time.perf_counter() - started, 1)},
     }
@@ -297,6 +313,10 @@ def plot(results: dict, path: Path) -> None:
 
     kl, ns = results["kl"], results["config"]["ns"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    single = results["curves"]["single"]
+    low = [m - e for m, e in zip(single["mean"], single["stderr"] or [0] * len(kl))]
+    high = [m + e for m, e in zip(single["mean"], single["stderr"] or [0] * len(kl))]
+    ax.fill_between(kl, low, high, color="black", alpha=0.08, lw=0, label="single ± 1 s.e. (over prompts)")
     for name, (color, style, label) in STYLE.items():
         ax.plot(kl, results["curves"][name]["mean"], style, color=color, label=label, marker=".")
     ax.set_xlabel("KL(best-of-n ‖ base) = log n − (n − 1)/n   (nats)")
