@@ -71,6 +71,44 @@ def export_command(sources, output, heads, pooling, uwo_lambda, max_length, padd
                f"inputs {', '.join(spec.inputs)}")
 
 
+@click.command("bench")
+@click.option("-o", "--output", default="artifacts/bench", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for bench.json, bench.md (the results table) and bench.png.")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False),
+              help="Bundle to measure, with its fp16/int8 variants when present (default: export the checkpoint).")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False),
+              help="Classifier checkpoint for PyTorch eager and the comparison models (default: the embedded "
+                   "default model).")
+@click.option("--quick", is_flag=True, help="A smaller grid and fewer rounds (a first look, a few minutes).")
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["compare", "grid", "ceiling", "runtime"]),
+              help="Run only these suites (repeatable; default: all).")
+@click.option("--threads", type=int, help="Intra-op threads for onnxruntime and torch (default: all cores).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+              help="Where the comparison models are built and kept (default: ~/.cache/ensrm/bench).")
+@_one_line_errors
+def bench_command(output, bundle, checkpoint, quick, suites, threads, cache_dir):
+    """Measure the bundle against PyTorch eager, full ensembles, a plain export and the CPU's MatMul rate.
+
+    Every configuration runs in a fresh process, interleaved over rounds; results are
+    medians. Writes bench.json, bench.png and bench.md (each target with pass/fail).
+
+    \b
+    Examples:
+      ensrm bench --quick
+      ensrm bench --bundle bundles/default -o artifacts/bench
+    """
+    from ensrm.bench import run_benchmarks
+
+    given = {"--output": output, "--bundle": bundle, "--checkpoint": checkpoint, "--threads": threads,
+             "--cache": cache_dir}
+    command = " ".join(["ensrm bench"] + (["--quick"] if quick else []) + [f"--suite {s}" for s in suites]
+                       + [f"{k} {v}" for k, v in given.items() if v is not None])
+    paths = run_benchmarks(output, bundle=bundle, checkpoint=checkpoint, quick=quick, suites=suites or None,
+                           threads=threads, cache_dir=cache_dir, command=command)
+    click.echo(paths["markdown"].read_text(encoding="utf-8"))
+    click.echo(f"wrote {paths['json']}, {paths['png']}, {paths['markdown']}")
+
+
 @click.group()
 @click.version_option(package_name="ensrm")
 def main():
@@ -84,6 +122,7 @@ def main():
 
 
 main.add_command(export_command)
+main.add_command(bench_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
