@@ -74,7 +74,8 @@ class ModelCache:
         """An ensrm bundle exported (and verified) from ``checkpoints``; cached."""
         from ensrm.export.exporter import export_bundle
 
-        out = self.root / f"bundle-{name}-{_key([str(c) for c in checkpoints], self.max_length)}"
+        # Keyed by what it is made of, not by its role: member 0 and the K=1 model are one bundle.
+        out = self.root / f"bundle-{_key([str(c) for c in checkpoints], self.max_length)}"
         if (out / "ensemble.json").is_file():
             return out
         self._say(f"exporting {name} ({len(checkpoints)} checkpoint(s))")
