@@ -40,6 +40,7 @@ class BenchConfig:
     rounds: int = 3
     repeats: int = 5
     warmup: int = 1
+    grid_repeats: int = 3
     latency_repeats: int = 50
     text_pairs: int = 512
     text_words: tuple[int, int] = (12, 200)  # words per pair; ~16-256 tokens with a WordPiece vocabulary
@@ -51,7 +52,7 @@ class BenchConfig:
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(batches=(1, 32), lengths=(32, 128), heads_sweep=(1, 4, 64), full_ensemble_sizes=(1, 4),
-                   rounds=2, repeats=3, latency_repeats=20, text_pairs=256, startup_runs=2)
+                   rounds=2, repeats=3, grid_repeats=2, latency_repeats=20, text_pairs=128, startup_runs=2)
 
 
 def machine_info() -> dict:
@@ -192,8 +193,9 @@ class Bench:
         shapes = [[b, n] for n in lengths for b in c.batches]
         latency = {"length": min(c.target_length, self.spec.max_length), "repeats": c.latency_repeats}
         jobs = {f"bundle/{p}": self._job("ort", mode="scorer", bundle=str(self.bundle), precision=p, shapes=shapes,
-                                         latency=latency) for p in self.precisions}
-        jobs["torch/eager"] = self._job("torch", checkpoint=str(self.checkpoint), shapes=shapes, latency=latency)
+                                         latency=latency, repeats=c.grid_repeats) for p in self.precisions}
+        jobs["torch/eager"] = self._job("torch", checkpoint=str(self.checkpoint), shapes=shapes, latency=latency,
+                                        repeats=c.grid_repeats)
         out = {}
         for name, job in jobs.items():
             self.say(f"grid: {name} ({len(shapes)} shapes)")
@@ -235,7 +237,7 @@ class Bench:
         low, high = c.text_words
         self.results["texts"] = run_job(self._job("texts", bundle=str(self.bundle), pairs=c.text_pairs,
                                                   min_words=low, max_words=high, batch_size=c.target_batch,
-                                                  repeats=max(3, c.repeats // 2 + 1)))
+                                                  repeats=max(2, c.repeats // 2)))
         self.say("runtime: import ensrm + Scorer(bundle) in a fresh process")
         self.results["startup"] = startup_time(self.bundle, c.startup_runs)
 
