@@ -45,7 +45,7 @@ from ensrm.runtime.scores import Scores, parse_objective
 FIELDS = ("prompt", "response")
 OUTPUT_FIELD = "ensrm"
 
-#: ``progress(records_done, records_rejected, seconds_elapsed)``, called after every chunk.
+#: ``progress(records_scored, records_rejected, seconds_elapsed)``, called after every few batches.
 Progress = Callable[[int, int, float], None]
 
 
@@ -113,7 +113,7 @@ def _lines(path: Path):
 
 class _Run:
     def __init__(self, scorer, input_path, objective, batch_size, best_of_n, response_filter, skip_bad,
-                 output: _AtomicFile, rejects: _AtomicFile | None):
+                 output: _AtomicFile, rejects: _AtomicFile | None, progress: Progress | None):
         self.scorer = scorer
         self.input_path = input_path
         self.objective = objective
@@ -123,6 +123,9 @@ class _Run:
         self.skip_bad = skip_bad
         self.output = output
         self.rejects = rejects
+        self.progress = progress
+        self.start = time.perf_counter()
+        self.scored = 0
         self.written = 0
         self.rejected = 0
         self.accepted = 0
@@ -153,9 +156,17 @@ class _Run:
         return good, Scores.concatenate(parts, self.scorer.num_heads)
 
     def flush(self, chunk: list[tuple[int, str, dict]]) -> None:
-        if not chunk:
-            return
+        # Score a few batches at a time so that progress shows even on a slow machine; pairs
+        # are grouped by length within each slice.
+        step = 8 * self.batch_size
+        for start in range(0, len(chunk), step):
+            self._flush(chunk[start:start + step])
+            if self.progress is not None:
+                self.progress(self.scored, self.rejected, time.perf_counter() - self.start)
+
+    def _flush(self, chunk: list[tuple[int, str, dict]]) -> None:
         chunk, scores = self._score(chunk)
+        self.scored += len(chunk)
         values = scores.objective(self.objective)  # [n]
         decisions = self.filter.decide_scores(scores) if self.filter is not None else None
         for i, (_, _, record) in enumerate(chunk):
@@ -194,8 +205,8 @@ def score_file(scorer, input_path: str | os.PathLike, output_path: str | os.Path
                chunk_size: int = 1024, progress: Progress | None = None) -> BatchSummary:
     """Score every record of a JSONL file into another JSONL file (see the module docstring).
 
-    Records are read, tokenised and scored ``chunk_size`` at a time, so memory stays bounded
-    whatever the file's size.
+    Records are read ``chunk_size`` at a time and scored ``8 * batch_size`` at a time, so memory
+    stays bounded whatever the file's size (plus one best-of-n group).
 
     >>> summary = score_file(scorer, "candidates.jsonl", "scored.jsonl", best_of_n=True)  # doctest: +SKIP
     >>> summary.records, summary.groups                                                  # doctest: +SKIP
@@ -224,7 +235,8 @@ def score_file(scorer, input_path: str | os.PathLike, output_path: str | os.Path
         if rejects_path is not None:
             rejects_path.parent.mkdir(parents=True, exist_ok=True)
             rejects = _AtomicFile(rejects_path)
-        run = _Run(scorer, input_path, objective, batch_size, best_of_n, response_filter, skip_bad, output, rejects)
+        run = _Run(scorer, input_path, objective, batch_size, best_of_n, response_filter, skip_bad, output, rejects,
+                   progress)
         chunk: list[tuple[int, str, dict]] = []
         for lineno, text, problem in _lines(input_path):
             if problem is None:
@@ -242,8 +254,6 @@ def score_file(scorer, input_path: str | os.PathLike, output_path: str | os.Path
             if len(chunk) >= chunk_size:
                 run.flush(chunk)
                 chunk = []
-                if progress is not None:
-                    progress(run.written + len(run.group), run.rejected, time.perf_counter() - start)
         run.flush(chunk)
         run.close_group()
         if rejects is not None:

@@ -196,9 +196,17 @@ def test_output_appears_only_when_complete(scorer, tmp_path):
 
     summary = score_file(scorer, src, out, chunk_size=2, progress=progress)
     assert summary.records == 9 and summary.rejected == 0 and summary.groups is None
-    assert [d for d, _ in seen] == [2, 4, 6, 8, 9]
-    assert [exists for _, exists in seen[:-1]] == [False] * 4  # chunks written, file not there yet
+    assert [d for d, _ in seen] == [2, 4, 6, 8, 9, 9]
+    assert [exists for _, exists in seen[:-1]] == [False] * 5  # chunks written, file not there yet
     assert seen[-1] == (9, True)
+
+
+def test_progress_comes_every_few_batches_within_a_chunk(scorer, tmp_path):
+    src = write_lines(tmp_path / "in.jsonl", [json.dumps(r) for r in records()] * 3)  # 27 records
+    seen = []
+    score_file(scorer, src, tmp_path / "out.jsonl", batch_size=1, chunk_size=1024,
+               progress=lambda done, rejected, seconds: seen.append(done))
+    assert seen == [8, 16, 24, 27, 27]  # every 8 batches, then the final count
 
 
 class RefusingScorer:
