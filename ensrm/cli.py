@@ -129,7 +129,7 @@ def score_command(bundle, input_file, output, objective, batch_size, best_of_n, 
     \b
     Examples:
       ensrm score bundles/default candidates.jsonl -o scored.jsonl --best-of-n --objective wco
-      ensrm score bundles/default replies.jsonl -o decided.jsonl --filter bundles/default/filter.json --skip-bad
+      ensrm score bundles/default replies.jsonl -o decided.jsonl --filter bundles/default-filter.json --skip-bad
     """
     from ensrm.runtime.batch import score_file
     from ensrm.runtime.filter import ResponseFilter

@@ -136,7 +136,7 @@ class ResponseFilter:
         ``None`` or ``0`` turns a check off.
 
         >>> flt = ResponseFilter.fit(scorer, ref_prompts, ref_responses)      # doctest: +SKIP
-        >>> flt.save("bundles/default/filter.json")                           # doctest: +SKIP
+        >>> flt.save("bundles/default-filter.json")                           # doctest: +SKIP
         """
         for name, value in (("reject_low_fraction", reject_low_fraction),
                             ("reject_disagree_fraction", reject_disagree_fraction)):
