@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ensrm._optional import require
-from ensrm.bundle import staged_bundle, write_manifest
+from ensrm.bundle import check_target, staged_bundle, write_manifest
 from ensrm.errors import ExportError
 from ensrm.spec import MODEL_FILES, EnsembleSpec
 
@@ -87,6 +87,7 @@ def export_bundle(
 
     if uwo_lambda < 0:
         raise ExportError(f"--lambda must be >= 0, got {uwo_lambda}")
+    check_target(output, overwrite)
     step = _Steps(4, progress)
     source = load_source(sources, heads=heads, pooling=pooling, max_length=max_length,
                          attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
