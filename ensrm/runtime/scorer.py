@@ -115,3 +115,27 @@ class Scorer:
             for name, values in aggregates.items():
                 values[rows] = getattr(scores, name)
         return Scores(heads=heads, **aggregates)
+
+    def as_reward_function(self, objective: str = "uwo", batch_size: int = 32, prompt_messages: str = "last_user"):
+        """A reward function for TRL's GRPO trainer: ``f(prompts, completions, **kwargs) -> list[float]``.
+
+        Takes TRL's standard (strings) and conversational (message lists) formats and ignores
+        the extra keywords TRL passes; see :mod:`ensrm.runtime.rewards` for how a
+        conversation becomes text.
+
+        >>> trainer = GRPOTrainer(model=..., reward_funcs=scorer.as_reward_function("uwo"))  # doctest: +SKIP
+        """
+        from ensrm.runtime.rewards import GRPORewardFunction
+
+        return GRPORewardFunction(self, objective, batch_size=batch_size, prompt_messages=prompt_messages)
+
+    def as_token_reward_function(self, objective: str = "uwo"):
+        """Token ids + mask in, one float32 reward per row out (for custom PPO loops).
+
+        >>> reward = scorer.as_token_reward_function("wco")                 # doctest: +SKIP
+        >>> reward(input_ids, attention_mask).shape
+        (16,)
+        """
+        from ensrm.runtime.rewards import TokenRewardFunction
+
+        return TokenRewardFunction(self, objective)

@@ -35,19 +35,22 @@ class TextEncoder:
         if not spec.tokenizer_file:
             raise BundleError("this bundle has no tokenizer; score token ids with Scorer.score instead")
         self.spec = spec
-        self.tokenizer = tokenizers.Tokenizer.from_file(str(bundle_file(bundle_dir, spec.tokenizer_file)))
+        path = str(bundle_file(bundle_dir, spec.tokenizer_file))
+        # One tokenizer per truncation mode, configured here and never again: changing a
+        # tokenizer's settings while another thread encodes with it fails ("Already borrowed"),
+        # so a Scorer shared by threads must not reconfigure per call.
+        self.tokenizer = tokenizers.Tokenizer.from_file(path)  # truncates to max_length
         self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
+        self.tokenizer.enable_truncation(spec.max_length, strategy="longest_first", direction=spec.truncation_side)
+        self.untruncated = tokenizers.Tokenizer.from_file(path)
+        self.untruncated.no_padding()
+        self.untruncated.no_truncation()
 
     def encode(self, prompts: list[str], responses: list[str], truncation: bool = True) -> list:
         """Encodings of each pair; with ``truncation`` the longer side is cut to fit ``max_length``."""
-        if truncation:
-            self.tokenizer.enable_truncation(self.spec.max_length, strategy="longest_first",
-                                             direction=self.spec.truncation_side)
-        else:
-            self.tokenizer.no_truncation()
+        tokenizer = self.tokenizer if truncation else self.untruncated
         try:
-            encodings = self.tokenizer.encode_batch(list(zip(prompts, responses)))
+            encodings = tokenizer.encode_batch(list(zip(prompts, responses)))
         except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
             raise InputError(f"the tokenizer could not encode the texts: {exc}") from None
         for i, enc in enumerate(encodings):
