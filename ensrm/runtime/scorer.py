@@ -66,8 +66,12 @@ class Scorer:
     def score(self, input_ids, attention_mask, token_type_ids=None) -> Scores:
         """Score pre-tokenised batches: ``[batch, seq]`` integer arrays in, :class:`Scores` out.
 
-        Padding must match the bundle (``spec.padding_side``; decoders accept either side).
-        Sequences longer than ``spec.max_length`` are refused, never silently cut.
+        Encoders need right padding; decoders accept left, right or mixed padding. Lists go
+        through ``np.asarray``; an empty batch gives empty results (``heads`` ``(0, K)``).
+        Sequences with more than ``spec.max_length`` real tokens are refused, never silently
+        cut (columns that are padding in every row are dropped). Batches larger than
+        ``max_batch_size`` run in slices with identical results. See
+        :mod:`ensrm.runtime.inputs` for every rule; a violation raises :class:`InputError`.
 
         >>> s = scorer.score(ids, mask)                       # doctest: +SKIP
         >>> s.heads.shape, s.uwo.shape
@@ -109,7 +113,7 @@ class Scorer:
         encodings = encoder.encode(prompts, responses, truncation=truncation)
         heads = np.empty((len(prompts), self.num_heads), dtype=np.float32)
         aggregates = {name: np.empty(len(prompts), dtype=np.float32) for name in ("mean", "std", "min", "uwo")}
-        for rows, feeds in encoder.batches(encodings, batch_size):
+        for rows, feeds in encoder.batches(encodings, min(batch_size, self.max_batch_size)):
             scores = Scores.from_outputs(self.backend.run(feeds))
             heads[rows] = scores.heads
             for name, values in aggregates.items():
