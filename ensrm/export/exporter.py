@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ensrm._optional import require
-from ensrm.bundle import staged_bundle, write_manifest
+from ensrm.bundle import clean_stale, staged_bundle, write_manifest
 from ensrm.errors import BundleError, ExportError
 from ensrm.spec import MODEL_FILES, EnsembleSpec
 
@@ -87,6 +87,7 @@ def export_bundle(
 
     if uwo_lambda < 0:
         raise ExportError(f"--lambda must be >= 0, got {uwo_lambda}")
+    clean_stale(output)  # what a killed export left; may put back a bundle it had moved aside
     if Path(output).exists() and not overwrite:  # before the slow load; staged_bundle checks again
         raise BundleError(f"{Path(output).absolute()} already exists; pass --overwrite (overwrite=True) "
                           "to replace it")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ensrm.bundle import bundle_file, load_spec
-from ensrm.errors import BundleError, InputError
+from ensrm.errors import BundleError, EnsrmError, InputError
 from ensrm.runtime.inputs import check_inputs
 from ensrm.runtime.scores import Scores
 from ensrm.runtime.texts import TextEncoder, check_texts
@@ -43,7 +43,15 @@ class Scorer:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
         self.precision = precision
-        self.backend = OnnxRuntimeBackend(self._model_path(precision), providers, threads, spinning)
+        model_path = self._model_path(precision)
+        try:
+            self.backend = OnnxRuntimeBackend(model_path, providers, threads, spinning)
+        except EnsrmError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
+            raise BundleError(f"onnxruntime cannot load {model_path.name} of {self.bundle_dir}: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                              file=model_path.name) from None
         self._encoder: TextEncoder | None = None
         self._encoder_lock = threading.Lock()
 
