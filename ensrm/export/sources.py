@@ -145,9 +145,10 @@ def _load_heads(path: Path, hidden: int):
     safetensors_torch = require("safetensors.torch", "export")
     if not path.is_file():
         raise ExportError(f"heads file not found: {path}")
+    safetensors = require("safetensors", "export")
     try:
         tensors = safetensors_torch.load_file(str(path))
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as exc:
         raise ExportError(f"cannot read {path} as safetensors: {exc}") from None
     if "weight" not in tensors:
         raise ExportError(f"{path} must hold 'weight' [K, hidden] (and optionally 'bias' [K]); found {sorted(tensors)}")
