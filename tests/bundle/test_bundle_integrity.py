@@ -358,12 +358,26 @@ def test_staged_bundle_replaces_only_with_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]  # no staging or old dirs left
 
 
+def test_weights_are_external_data_listed_in_the_manifest(bundle):
+    """The path models over 2 GB need (protobuf's limit) is the one every export takes."""
+    import onnx
+
+    spec = load_spec(bundle)
+    entry = spec.files["model.onnx.data"]
+    assert entry.size > 0 and re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+    model = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
+    big = [t for t in model.graph.initializer if np.prod(t.dims) * 4 > 1024]
+    assert big, "expected weight tensors"
+    inline = [t.name for t in big if t.data_location != onnx.TensorProto.EXTERNAL]
+    assert not inline, f"weights stored inside model.onnx: {inline[:5]}"
+    locations = {e.value for t in big for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}  # relative, beside the graph
+
+
 def test_scoring_a_bundle_moved_elsewhere(bundle, tmp_path):
     """model.onnx finds model.onnx.data by a relative location: a moved, renamed bundle still scores."""
     from ensrm import Scorer
 
-    spec = load_spec(bundle)
-    assert spec.files["model.onnx.data"].size > 0 and len(spec.files["model.onnx.data"].sha256) == 64
     before = Scorer(bundle).score_texts(["Hi"], ["Hello there"])
     moved = tmp_path / "deeper" / "renamed bundle"
     moved.parent.mkdir()
