@@ -61,20 +61,20 @@ class TextEncoder:
         if not spec.tokenizer_file:
             raise BundleError("this bundle has no tokenizer; score token ids with Scorer.score instead")
         self.spec = spec
-        text = bundle_file(bundle_dir, spec.tokenizer_file).read_text(encoding="utf-8")
-        # Two configured copies instead of toggling one: a scorer shared by threads may
-        # encode with and without truncation at the same time.
-        self._full = tokenizers.Tokenizer.from_str(text)
-        self._full.no_padding()
-        self._full.no_truncation()
-        self._truncating = tokenizers.Tokenizer.from_str(text)
-        self._truncating.no_padding()
-        self._truncating.enable_truncation(spec.max_length, strategy="longest_first",
-                                           direction=spec.truncation_side)
+        path = str(bundle_file(bundle_dir, spec.tokenizer_file))
+        # One tokenizer per truncation mode, configured here and never again: changing a
+        # tokenizer's settings while another thread encodes with it fails ("Already borrowed"),
+        # so a Scorer shared by threads must not reconfigure per call.
+        self.tokenizer = tokenizers.Tokenizer.from_file(path)  # truncates to max_length
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(spec.max_length, strategy="longest_first", direction=spec.truncation_side)
+        self.untruncated = tokenizers.Tokenizer.from_file(path)
+        self.untruncated.no_padding()
+        self.untruncated.no_truncation()
 
     def encode(self, prompts: list[str], responses: list[str], truncation: bool = True) -> list:
         """Encodings of each pair; with ``truncation`` the longer side is cut to fit ``max_length``."""
-        tokenizer = self._truncating if truncation else self._full
+        tokenizer = self.tokenizer if truncation else self.untruncated
         try:
             encodings = tokenizer.encode_batch(list(zip(prompts, responses)))
         except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
