@@ -178,17 +178,10 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
     return done
 
 
-@contextlib.contextmanager
-def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty staging directory that becomes ``target`` only if the block succeeds.
+def check_target(target: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing target unless ``overwrite``; call early to fail before slow work.
 
-    The staging directory sits beside the target (same filesystem, so the final rename is
-    atomic) and is removed on any error or interruption. An existing target is replaced
-    only with ``overwrite=True``, and is left untouched if the block fails. Leftovers of a
-    killed earlier export are cleaned first (:func:`clean_stale`).
-
-    >>> with staged_bundle("bundles/minilm") as tmp:      # doctest: +SKIP
-    ...     (tmp / "ensemble.json").write_text("{}")
+    Cleans what a killed earlier export left first (:func:`clean_stale`).
     """
     target = Path(target).absolute()
     if target.parent.is_dir():
@@ -197,6 +190,22 @@ def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterato
         raise BundleError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
     if target.exists() and not target.is_dir():
         raise BundleError(f"{target} exists and is not a directory")
+    return target
+
+
+@contextlib.contextmanager
+def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory that becomes ``target`` only if the block succeeds.
+
+    The staging directory sits beside the target (same filesystem, so the final rename is
+    atomic) and is removed on any error or interruption. An existing target is replaced
+    only with ``overwrite=True``, and is left untouched if the block fails. Leftovers of a
+    killed earlier export are cleaned first (:func:`check_target`).
+
+    >>> with staged_bundle("bundles/minilm") as tmp:      # doctest: +SKIP
+    ...     (tmp / "ensemble.json").write_text("{}")
+    """
+    target = check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.{{}}-{os.getpid()}-"
     staging = Path(tempfile.mkdtemp(prefix=prefix.format(_STAGING), dir=target.parent))

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ensrm._optional import require
-from ensrm.bundle import clean_stale, staged_bundle, write_manifest
-from ensrm.errors import BundleError, ExportError
+from ensrm.bundle import check_target, staged_bundle, write_manifest
+from ensrm.errors import ExportError
 from ensrm.spec import MODEL_FILES, EnsembleSpec
 
 Progress = Callable[[str], None]
@@ -87,10 +87,7 @@ def export_bundle(
 
     if uwo_lambda < 0:
         raise ExportError(f"--lambda must be >= 0, got {uwo_lambda}")
-    clean_stale(output)  # what a killed export left; may put back a bundle it had moved aside
-    if Path(output).exists() and not overwrite:  # before the slow load; staged_bundle checks again
-        raise BundleError(f"{Path(output).absolute()} already exists; pass --overwrite (overwrite=True) "
-                          "to replace it")
+    check_target(output, overwrite)
     step = _Steps(4, progress)
     source = load_source(sources, heads=heads, pooling=pooling, max_length=max_length,
                          attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
