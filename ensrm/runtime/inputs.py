@@ -33,9 +33,10 @@ def _as_int64(name: str, value, allow_bool: bool = False) -> np.ndarray:
         raise InputError(f"{name} is required, got None", field=name, expected="an integer array", actual=None)
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise InputError(f"{name} must be a rectangular integer array [batch, seq]; np.asarray failed: {exc}",
-                         field=name, expected="rectangular [batch, seq]", actual="ragged") from None
+    except (ValueError, TypeError):  # ragged nested lists
+        raise InputError(f"{name} must be a rectangular integer array [batch, seq], got rows of different "
+                         "lengths (pad them to one length)", field=name, expected="rectangular [batch, seq]",
+                         actual="ragged") from None
     if array.size == 0 and array.ndim <= 2 and array.dtype in (np.float64, np.object_):
         array = np.zeros((0, 0) if array.ndim < 2 else array.shape, dtype=np.int64)  # [] or [[]]: empty batch
     ok = np.issubdtype(array.dtype, np.integer) or (allow_bool and array.dtype == np.bool_)
@@ -99,10 +100,11 @@ def _drop_padding_columns(feeds: dict[str, np.ndarray], mask: np.ndarray, max_le
         longest = int(mask.sum(axis=1).max())
         if longest > max_length:
             row = int(np.argmax(mask.sum(axis=1)))
-            message = (f"attention_mask row {row} has {longest} tokens, above the model's maximum {max_length}; "
-                       "truncate the input or use score_texts(..., truncation=True)")
+            message = (f"sequence length {longest} (attention_mask row {row}) exceeds the model's maximum "
+                       f"{max_length}; truncate the input or use score_texts(..., truncation=True)")
         else:
-            message = (f"the batch's tokens span {last - first} columns, above the model's maximum {max_length}; "
+            message = (f"the batch's tokens span {last - first} columns, which exceeds the model's maximum "
+                       f"{max_length}; "
                        "score left- and right-padded rows of this length in separate calls")
         raise InputError(message, field="input_ids", expected=f"at most {max_length} tokens",
                          actual=f"{max(longest, last - first)} tokens")

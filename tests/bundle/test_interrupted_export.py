@@ -16,7 +16,6 @@ from click.testing import CliRunner
 
 from ensrm.bundle import load_spec
 from ensrm.cli import main
-from ensrm.spec import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,23 +106,24 @@ def test_sigkill_at_any_point_leaves_no_partial_bundle(checkpoints, bundles, tmp
     assert result.exit_code == 1 and "already exists; pass --overwrite" in result.output
     assert not staging_dirs(target)
     assert snapshot(target) == runs["graph-written"][1]
+    # With --overwrite an export that runs to the end replaces the bundle, leaving nothing beside it.
+    result = CliRunner().invoke(main, ["export", str(source), "-o", str(target), "--overwrite", "--lambda", "0.75"])
+    assert result.exit_code == 0, result.output
+    assert load_spec(target).uwo_lambda == 0.75
+    assert sorted(p.name for p in target.parent.iterdir()) == ["rm"]
 
 
-def test_existing_bundle_is_replaced_only_with_overwrite(checkpoints, bundles, tmp_path):
+def test_existing_bundle_is_refused_without_overwrite(checkpoints, bundles, tmp_path):
+    """Refused before any slow work; replacement with --overwrite is checked after the kills above."""
     source = checkpoints("bert")
     target = tmp_path / "rm"
     shutil.copytree(bundles("bert"), target)
-    (target / MANIFEST_NAME).write_text((target / MANIFEST_NAME).read_text().replace('"uwo_lambda": 0.5',
-                                                                                    '"uwo_lambda": 0.25'))
     before = snapshot(target)
     result = CliRunner().invoke(main, ["export", str(source), "-o", str(target)])
     assert result.exit_code == 1
     assert result.output.strip().startswith("Error:") and "already exists; pass --overwrite" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert snapshot(target) == before
-    result = CliRunner().invoke(main, ["export", str(source), "-o", str(target), "--overwrite", "--lambda", "0.75"])
-    assert result.exit_code == 0, result.output
-    assert load_spec(target).uwo_lambda == 0.75
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]
 
 

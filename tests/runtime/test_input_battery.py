@@ -260,8 +260,8 @@ def test_more_real_tokens_than_max_length_are_refused(scorers, kind):
     scorer = scorers(kind)
     over = scorer.spec.max_length + 3
     ids, mask = batch(scorer, rows=2, seq=over)
-    err = refused(lambda: scorer.score(ids, mask), "input_ids", f"{over} tokens",
-                  f"maximum {scorer.spec.max_length}", "truncat")
+    err = refused(lambda: scorer.score(ids, mask), "input_ids", f"sequence length {over}",
+                  f"exceeds the model's maximum {scorer.spec.max_length}", "truncat")
     assert err.expected == f"at most {scorer.spec.max_length} tokens"
 
 
