@@ -151,19 +151,17 @@ def check_inputs(spec: EnsembleSpec, input_ids, attention_mask, token_type_ids=N
     if seq > spec.max_length:
         feeds = _drop_padding_columns(feeds, mask, spec.max_length)
         ids, mask = feeds["input_ids"], feeds["attention_mask"]
-    real = mask.astype(bool)  # [batch, seq]
-    bad = real & ((ids < 0) | (ids >= spec.vocab_size))  # [batch, seq]
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise InputError(f"input_ids[{row}, {col}] = {int(ids[row, col])} is outside the vocabulary "
-                         f"[0, {spec.vocab_size})", field="input_ids", expected=f"0 <= id < {spec.vocab_size}",
-                         actual=int(ids[row, col]))
-    if not real.all():
-        # Padding ids never reach attention, but an out-of-range one would still crash the
-        # embedding gather in onnxruntime; give the graph the pad id there.
-        outside = ~real & ((ids < 0) | (ids >= spec.vocab_size))
-        if outside.any():
-            ids = ids.copy()  # may be the caller's (or a read-only) array
-            ids[outside] = spec.pad_token_id
-            feeds["input_ids"] = ids
+    if int(ids.min()) < 0 or int(ids.max()) >= spec.vocab_size:  # the common case stops here
+        outside = (ids < 0) | (ids >= spec.vocab_size)  # [batch, seq]
+        bad = outside & (mask == 1)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise InputError(f"input_ids[{row}, {col}] = {int(ids[row, col])} is outside the vocabulary "
+                             f"[0, {spec.vocab_size})", field="input_ids", expected=f"0 <= id < {spec.vocab_size}",
+                             actual=int(ids[row, col]))
+        # Only padding positions are out of range: they never reach attention, but would still
+        # crash the embedding gather in onnxruntime, so the graph gets the pad id there.
+        ids = ids.copy()  # may be the caller's (or a read-only) array
+        ids[outside] = spec.pad_token_id
+        feeds["input_ids"] = ids
     return feeds
