@@ -239,3 +239,37 @@ def test_refuses_to_overwrite_its_input(scorer, tmp_path):
     src = write_lines(tmp_path / "in.jsonl", [json.dumps(records()[0])])
     with pytest.raises(ValueError, match="is the input file"):
         score_file(scorer, src, src)
+
+
+def test_score_cli_and_apis_run_with_torch_unavailable(bundle, tmp_path):
+    """The scoring process of a user without torch: best-of-n, filter, reward function, ``ensrm score``."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    src = write_lines(tmp_path / "in.jsonl", [json.dumps(r) for r in records()[:4]])
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {{"torch", "transformers", "onnx", "onnxscript", "safetensors"}}:
+                    raise ImportError(name + " is blocked in this test")
+
+        sys.meta_path.insert(0, Block())
+        import ensrm
+        from ensrm.cli import main
+        scorer = ensrm.Scorer({str(bundle)!r})
+        assert ensrm.best_of_n(scorer, "q", ["a", "b"], "wco").index in (0, 1)
+        flt = ensrm.ResponseFilter(scorer, min_score=0.0)
+        flt.save({str(tmp_path / "f.json")!r})
+        assert len(scorer.as_reward_function()(prompts=["q"], completions=["a"], trainer_state=None)) == 1
+        main(["score", {str(bundle)!r}, {str(src)!r}, "-o", {str(tmp_path / "out.jsonl")!r},
+              "--best-of-n", "--filter", {str(tmp_path / "f.json")!r}, "--quiet"])
+    """)
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "4 records scored" in result.stdout
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 4
