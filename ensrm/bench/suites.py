@@ -32,7 +32,7 @@ class BenchConfig:
     """What to measure; :meth:`quick` is a smaller grid for a first look (a few minutes)."""
 
     batches: tuple[int, ...] = (1, 8, 32, 64)
-    lengths: tuple[int, ...] = (32, 128, 512)
+    lengths: tuple[int, ...] = (32, 128, 256, 512)  # those above the bundle's max_length are skipped
     target_batch: int = 32
     target_length: int = 128
     heads_sweep: tuple[int, ...] = (1, 4, 16, 64)

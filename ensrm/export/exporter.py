@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ensrm._optional import require
-from ensrm.bundle import staged_bundle, write_manifest
+from ensrm.bundle import check_target, staged_bundle, write_manifest
 from ensrm.errors import ExportError
 from ensrm.spec import MODEL_FILES, EnsembleSpec
 
@@ -87,12 +87,16 @@ def export_bundle(
 
     if uwo_lambda < 0:
         raise ExportError(f"--lambda must be >= 0, got {uwo_lambda}")
+    check_target(output, overwrite)
     step = _Steps(4, progress)
     source = load_source(sources, heads=heads, pooling=pooling, max_length=max_length,
                          attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     side = padding_side or ("left" if source.architecture == "decoder" else "right")
     if side == "left" and source.pooling == "cls":
         raise ExportError("first-token (cls) pooling needs right padding; left padding would pool a pad token")
+    if side == "left" and source.architecture == "encoder":
+        # Encoders number positions by column; left padding would shift every position.
+        raise ExportError(f"{source.model_type} is an encoder: it needs right padding (--padding-side right)")
     step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
          f"pooling {source.pooling}, max length {source.max_length}")
     tokenizer = source.tokenizer
