@@ -57,7 +57,7 @@ class ModelCache:
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             self.checkpoint, num_labels=num_labels, ignore_mismatched_sizes=True, dtype=torch.float32)
         with torch.no_grad():
-            head = getattr(model, "classifier", None) or getattr(model, "score")
+            head = model.classifier if hasattr(model, "classifier") else model.score
             head = getattr(head, "out_proj", head)
             head.weight.normal_(0.0, 0.05)
             if perturb:

@@ -167,6 +167,7 @@ def plot(report: dict, path: Path) -> None:
     """Throughput and memory against K (multi-head vs full ensemble), and throughput per configuration."""
     matplotlib = require("matplotlib", "bench")
     matplotlib.use("Agg")
+    require("matplotlib.ticker", "bench")
     plt = require("matplotlib.pyplot", "bench")
     cmp = report["results"].get("compare", {})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -180,6 +181,7 @@ def plot(report: dict, path: Path) -> None:
             axes[1].plot(ks, [r["rss_model_mb"] for _, r in rows], "o-", label=label)
     for ax, ylabel in ((axes[0], "sequences / s"), (axes[1], "model memory (MiB, peak RSS - runtime)")):
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # K = 1, 4, 16, 64, not 2^k
         ax.set_xlabel("K (ensemble members / heads)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

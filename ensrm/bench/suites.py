@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensrm.bench.harness import _child_env, interleave, load_average, run_job
+from ensrm.bench.harness import _child_env, interleave, load_average, run_job, summarize
 from ensrm.bundle import load_spec
 from ensrm.errors import EnsrmError
 
@@ -81,8 +81,6 @@ def _median(results: list[dict], path: Callable[[dict], float]) -> float | None:
 
 def _pooled_shape(results: list[dict], index: int = 0) -> dict:
     """Pool the timed calls of every round of one job and summarise them."""
-    from ensrm.bench.harness import summarize
-
     ok = [r for r in results if "error" not in r]
     if not ok:
         return {"error": results[0].get("error", "no result") if results else "no result"}
