@@ -106,6 +106,16 @@ def write_manifest(bundle_dir: str | os.PathLike, spec: EnsembleSpec) -> Ensembl
     return spec
 
 
+def check_target(target: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing target unless ``overwrite``; call early to fail before slow work."""
+    target = Path(target).absolute()
+    if target.exists() and not overwrite:
+        raise BundleError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+    if target.exists() and not target.is_dir():
+        raise BundleError(f"{target} exists and is not a directory")
+    return target
+
+
 @contextlib.contextmanager
 def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging directory that becomes ``target`` only if the block succeeds.
@@ -117,11 +127,7 @@ def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterato
     >>> with staged_bundle("bundles/minilm") as tmp:      # doctest: +SKIP
     ...     (tmp / "ensemble.json").write_text("{}")
     """
-    target = Path(target).absolute()
-    if target.exists() and not overwrite:
-        raise BundleError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
-    if target.exists() and not target.is_dir():
-        raise BundleError(f"{target} exists and is not a directory")
+    target = check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
     try:

@@ -226,5 +226,18 @@ main.add_command(quantize_command)
 main.add_command(build_engine_command)
 
 
+@main.command("demo")
+@click.option("--checkpoint", type=click.Path(file_okay=False), default="checkpoints/default", show_default=True,
+              help="Where the default reward model is built (reused if present).")
+@click.option("--bundle", type=click.Path(file_okay=False), default="bundles/default", show_default=True,
+              help="Where its bundle is exported (reused if present).")
+@_one_line_errors
+def demo_command(checkpoint, bundle):
+    """Build the default MiniLM ensemble (8 heads), export it and score example responses."""
+    from ensrm.demo import run_demo
+
+    run_demo(checkpoint, bundle, echo=click.echo)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -39,3 +39,7 @@ class ExportError(EnsrmError):
 
 class ProviderError(EnsrmError):
     """An execution provider was requested that this onnxruntime build does not have."""
+
+
+class TrainingError(EnsrmError):
+    """A reward model could not be trained: unsupported base model, bad settings, or a stale resume state."""

@@ -46,12 +46,11 @@ def bundles(checkpoints, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def minilm_bundle(tmp_path_factory):
-    """The real all-MiniLM-L6-v2 encoder with 8 seeded random heads, exported."""
+def minilm_checkpoint(tmp_path_factory):
+    """The real all-MiniLM-L6-v2 encoder with 8 seeded random heads, as a sequence classifier."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ensrm.export.exporter import export_bundle
     from tests.models import minilm_path
 
     torch.manual_seed(0)
@@ -59,6 +58,14 @@ def minilm_bundle(tmp_path_factory):
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=8)
     model.save_pretrained(ckpt)
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(ckpt)
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def minilm_bundle(minilm_checkpoint, tmp_path_factory):
+    """``minilm_checkpoint`` exported with max_length 128."""
+    from ensrm.export.exporter import export_bundle
+
     out = tmp_path_factory.mktemp("bundle") / "minilm"
-    export_bundle([ckpt], out, max_length=128, progress=None)
+    export_bundle([minilm_checkpoint], out, max_length=128, progress=None)
     return out

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ensrm._optional import require
-from ensrm.bundle import staged_bundle, write_manifest
+from ensrm.bundle import check_target, staged_bundle, write_manifest
 from ensrm.errors import ExportError
 from ensrm.spec import MODEL_FILES, EnsembleSpec
 
@@ -97,6 +97,7 @@ def export_bundle(
 
     if uwo_lambda < 0:
         raise ExportError(f"--lambda must be >= 0, got {uwo_lambda}")
+    check_target(output, overwrite)
     from ensrm.calibration.variants import build_variants, parse_precisions
 
     precisions = parse_precisions(precisions)

@@ -119,9 +119,9 @@ def _classifier(path: Path, attn: str, trust_remote_code: bool):
         path, dtype=torch.float32, attn_implementation=attn, trust_remote_code=trust_remote_code
     ).eval()
     if _is_decoder(config):
-        return modules.DecoderClassifier(model), config, "decoder", False
+        return modules.DecoderClassifier(model).eval(), config, "decoder", False
     uses_types = _uses_token_type_ids(model)
-    return modules.EncoderClassifier(model, uses_types), config, "encoder", uses_types
+    return modules.EncoderClassifier(model, uses_types).eval(), config, "encoder", uses_types
 
 
 def _head_names(config, k: int, prefix: str = "head") -> tuple[str, ...]:
