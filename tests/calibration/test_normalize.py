@@ -67,3 +67,17 @@ def test_malformed_reference_line_is_reported_with_its_number(bundles, record_fi
     with pytest.raises(InputFileError, match=r"refs.jsonl:7: missing field 'response'"):
         calibrate_bundle(bundle, bad)
     assert (bundle / "ensemble.json").read_text() == manifest  # nothing half-written
+
+
+def test_calibrate_command_prints_one_summary_line(bundles, record_files, tmp_path):
+    from click.testing import CliRunner
+
+    from ensrm.cli import main
+
+    bundle = tmp_path / "rm"
+    shutil.copytree(bundles("bert", 4), bundle)
+    result = CliRunner().invoke(main, ["calibrate", str(bundle), str(record_files["refs"])])
+    assert result.exit_code == 0, result.output
+    assert f"bundle {bundle}: 4 heads normalised on 60 records" in result.output
+    missing = CliRunner().invoke(main, ["calibrate", str(bundle), str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
