@@ -25,6 +25,11 @@ class Scorer:
     ``verify`` checks the bundle's files against the manifest: ``"sha256"`` (default),
     ``"size"`` (fast) or ``"none"``. Batches larger than ``max_batch_size`` are split.
 
+    ``backend="tensorrt"`` runs the bundle's TensorRT engine for ``precision`` (built with
+    ``ensrm build-engine`` on this GPU and TensorRT version) instead of onnxruntime. With
+    ``providers=["tensorrt", ...]`` onnxruntime's TensorRT execution provider caches its
+    engines under ``BUNDLE/engines/ort-<precision>`` unless options are given.
+
     A scorer may be shared by several threads; onnxruntime sessions are thread-safe.
 
     >>> scorer = Scorer("bundles/minilm")                                   # doctest: +SKIP
@@ -34,8 +39,8 @@ class Scorer:
 
     def __init__(self, bundle_dir: str | os.PathLike, providers=None, threads: int | None = None,
                  precision: str = "fp32", verify: str = "sha256", max_batch_size: int = 256,
-                 spinning: bool | None = None):
-        from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+                 spinning: bool | None = None, backend: str = "onnxruntime"):
+        from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend, with_tensorrt_cache
 
         self.bundle_dir = Path(bundle_dir)
         self.spec = load_spec(self.bundle_dir, verify=verify)
@@ -44,14 +49,22 @@ class Scorer:
         self.max_batch_size = max_batch_size
         self.precision = precision
         model_path = self._model_path(precision)
-        try:
-            self.backend = OnnxRuntimeBackend(model_path, providers, threads, spinning)
-        except EnsrmError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
-            raise BundleError(f"onnxruntime cannot load {model_path.name} of {self.bundle_dir}: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                              file=model_path.name) from None
+        if backend == "tensorrt":
+            from ensrm.runtime.tensorrt_backend import TensorRTBackend, engine_path
+
+            self.backend = TensorRTBackend(engine_path(self.bundle_dir, precision))
+        elif backend == "onnxruntime":
+            providers = with_tensorrt_cache(providers, self.bundle_dir / "engines" / f"ort-{precision}")
+            try:
+                self.backend = OnnxRuntimeBackend(model_path, providers, threads, spinning)
+            except EnsrmError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
+                raise BundleError(f"onnxruntime cannot load {model_path.name} of {self.bundle_dir}: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                  file=model_path.name) from None
+        else:
+            raise ValueError(f"backend must be onnxruntime or tensorrt, got {backend!r}")
         self._encoder: TextEncoder | None = None
         self._encoder_lock = threading.Lock()
 
