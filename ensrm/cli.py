@@ -44,9 +44,27 @@ def _one_line_errors(func):
               help="Largest |ONNX - torch| accepted by the verification.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the checkpoint to run.")
+@click.option("--normalize-on", type=click.Path(exists=True, dir_okay=False),
+              help="JSONL reference records (prompt, response): normalise each head to mean 0, std 1 on them.")
+@click.option("--precision", "precisions", default="fp32", show_default=True,
+              help="Comma-separated precisions to write: fp32 (always), fp16, int8. Each variant is gated "
+                   "on ranking agreement with fp32 and written only if it passes.")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
+              help="JSONL records to calibrate INT8 on (a quarter is held out for the gate unless --eval-on).")
+@click.option("--eval-on", type=click.Path(exists=True, dir_okay=False),
+              help="JSONL records the precision gates compare on.")
+@click.option("--int8-mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+              help="static: explicit Q/DQ, symmetric, calibrated (TensorRT can build it); "
+                   "dynamic: per-batch activation scales, onnxruntime CPU only.")
+@click.option("--min-spearman", type=float, help="Override the gates' Spearman threshold (fp16 0.999, int8 0.99).")
+@click.option("--min-top1", type=float, help="Override the INT8 gate's best-of-n top-1 agreement threshold (0.95).")
+@click.option("--tensorrt", "tensorrt_batches", default=None,
+              help="Also build TensorRT engines for the written variants, for these batch sizes "
+                   "(e.g. 1,8,32); needs a GPU and the tensorrt package.")
 @_one_line_errors
 def export_command(sources, output, heads, pooling, uwo_lambda, max_length, padding_side, tolerance,
-                   overwrite, trust_remote_code):
+                   overwrite, trust_remote_code, normalize_on, precisions, calibration, eval_on, int8_mode,
+                   min_spearman, min_top1, tensorrt_batches):
     """Export a reward model into a bundle: one ONNX graph with the ensemble aggregates.
 
     SOURCE is a local Hugging Face *ForSequenceClassification checkpoint with K labels
@@ -58,17 +76,260 @@ def export_command(sources, output, heads, pooling, uwo_lambda, max_length, padd
       ens-export checkpoints/rm -o bundles/rm
       ens-export checkpoints/minilm --heads heads.safetensors --pooling mean -o bundles/rm
       ens-export members/rm0 members/rm1 members/rm2 members/rm3 -o bundles/full4
+      ens-export checkpoints/rm -o bundles/rm --normalize-on refs.jsonl \\
+          --precision fp16,int8 --calibration calib.jsonl
 
     The graph is checked against the torch model before the bundle appears; if it differs
     by more than --tolerance nothing is written.
     """
     from ensrm.export.exporter import export_bundle
 
+    batches = _parse_batches(tensorrt_batches) if tensorrt_batches else None
+    if batches:
+        from ensrm.export.tensorrt_engine import check_tensorrt
+
+        check_tensorrt()  # before the export, not after minutes of it
     spec = export_bundle(list(sources), output, heads=heads, pooling=pooling, uwo_lambda=uwo_lambda,
                          max_length=max_length, padding_side=padding_side, tolerance=tolerance,
-                         overwrite=overwrite, trust_remote_code=trust_remote_code)
+                         overwrite=overwrite, trust_remote_code=trust_remote_code, normalize_on=normalize_on,
+                         precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
+                         gates=_gates(min_spearman, min_top1))
     click.echo(f"bundle {output}: {spec.num_heads} heads, {spec.model_type} {spec.architecture}, "
-               f"inputs {', '.join(spec.inputs)}")
+               f"inputs {', '.join(spec.inputs)}, precisions "
+               + ", ".join(p for p, v in spec.variants.items() if v.get("accepted")))
+    if batches:
+        from ensrm.export.tensorrt_engine import build_engine
+
+        for precision in ("fp16", "int8"):
+            if spec.variants.get(precision, {}).get("accepted"):
+                engine = build_engine(output, precision, batch_sizes=batches, progress=click.echo)
+                click.echo(f"engine {engine}")
+
+
+# -- calibration and precision (issue 3) --------------------------------------------------------
+
+
+def _parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"batch sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"batch sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def _gates(min_spearman, min_top1):
+    if min_spearman is None and min_top1 is None:
+        return None
+    import dataclasses
+
+    from ensrm.calibration.gate import DEFAULT_GATES
+
+    gates = {}
+    for precision, gate in DEFAULT_GATES.items():
+        changes = {"min_spearman": min_spearman} if min_spearman is not None else {}
+        if min_top1 is not None:
+            changes["min_top1"] = min_top1
+        gates[precision] = dataclasses.replace(gate, **changes)
+    return gates
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command("calibrate")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("references", type=click.Path(exists=True, dir_okay=False))
+@click.option("--threads", type=int, help="onnxruntime intra-op threads.")
+@_one_line_errors
+def calibrate_command(bundle, references, threads):
+    """Normalise each head of BUNDLE to mean 0, std 1 on REFERENCES (JSONL prompt/response).
+
+    Rewrites the constants in every graph of the bundle, re-runs the precision gates on the
+    references, and replaces the bundle atomically.
+
+    \b
+    Example:
+      ensrm calibrate bundles/rm refs.jsonl
+    """
+    from ensrm.calibration.normalize import calibrate_bundle
+
+    spec = calibrate_bundle(bundle, references, threads=threads, progress=_echo_err)
+    norm = spec.normalization
+    click.echo(f"bundle {bundle}: {spec.num_heads} heads normalised on {norm.records} records")
+
+
+@click.command("quantize")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--precision", "precisions", required=True, help="fp16, int8 or both (comma-separated).")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), help="JSONL records for INT8.")
+@click.option("--eval-on", type=click.Path(exists=True, dir_okay=False), help="JSONL records for the gates.")
+@click.option("--int8-mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True)
+@click.option("--min-spearman", type=float, help="Override the gates' Spearman threshold.")
+@click.option("--min-top1", type=float, help="Override the INT8 gate's top-1 agreement threshold.")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads.")
+@_one_line_errors
+def quantize_command(bundle, precisions, calibration, eval_on, int8_mode, min_spearman, min_top1, threads):
+    """Add gated fp16 / INT8 variants to an existing BUNDLE.
+
+    \b
+    Example:
+      ensrm quantize bundles/rm --precision int8 --calibration calib.jsonl
+    """
+    from ensrm.calibration.variants import add_variants
+
+    spec = add_variants(bundle, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
+                        gates=_gates(min_spearman, min_top1), threads=threads, progress=_echo_err)
+    for precision, variant in spec.variants.items():
+        click.echo(f"{precision}: {'accepted' if variant.get('accepted') else 'rejected'}")
+
+
+@click.command("build-engine")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
+@click.option("--batch-sizes", default="1,8,32", show_default=True,
+              help="Batch sizes the engine's optimization profile covers (min, ..., max).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False),
+              help="Persistent timing cache (default: BUNDLE/engines/timing.cache).")
+@_one_line_errors
+def build_engine_command(bundle, precision, batch_sizes, timing_cache):
+    """Build a strongly typed TensorRT engine from BUNDLE's ONNX variant (needs a GPU).
+
+    \b
+    Example:
+      ensrm build-engine bundles/rm --precision int8 --batch-sizes 1,16,64
+    """
+    from ensrm.export.tensorrt_engine import build_engine
+
+    engine = build_engine(bundle, precision, batch_sizes=_parse_batches(batch_sizes),
+                          timing_cache=timing_cache, progress=_echo_err)
+    click.echo(f"engine {engine}")
+
+
+@click.command("bench")
+@click.option("-o", "--output", default="artifacts/bench", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for bench.json, bench.md (the results table) and bench.png.")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False),
+              help="Bundle to measure, with its fp16/int8 variants when present (default: export the checkpoint).")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False),
+              help="Classifier checkpoint for PyTorch eager and the comparison models (default: the embedded "
+                   "default model).")
+@click.option("--quick", is_flag=True, help="A smaller grid and fewer rounds (a first look, a few minutes).")
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["compare", "grid", "ceiling", "runtime"]),
+              help="Run only these suites (repeatable; default: all).")
+@click.option("--threads", type=int, help="Intra-op threads for onnxruntime and torch (default: all cores).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+              help="Where the comparison models are built and kept (default: ~/.cache/ensrm/bench).")
+@_one_line_errors
+def bench_command(output, bundle, checkpoint, quick, suites, threads, cache_dir):
+    """Measure the bundle against PyTorch eager, full ensembles, a plain export and the CPU's MatMul rate.
+
+    Every configuration runs in a fresh process, interleaved over rounds; results are
+    medians. Writes bench.json, bench.png and bench.md (each target with pass/fail).
+
+    \b
+    Examples:
+      ensrm bench --quick
+      ensrm bench --bundle bundles/default -o artifacts/bench
+    """
+    from ensrm.bench import run_benchmarks
+
+    given = {"--output": output, "--bundle": bundle, "--checkpoint": checkpoint, "--threads": threads,
+             "--cache": cache_dir}
+    command = " ".join(["ensrm bench"] + (["--quick"] if quick else []) + [f"--suite {s}" for s in suites]
+                       + [f"{k} {v}" for k, v in given.items() if v is not None])
+    paths = run_benchmarks(output, bundle=bundle, checkpoint=checkpoint, quick=quick, suites=suites or None,
+                           threads=threads, cache_dir=cache_dir, command=command)
+    click.echo(paths["markdown"].read_text(encoding="utf-8"))
+    click.echo(f"wrote {paths['json']}, {paths['png']}, {paths['markdown']}")
+
+
+# -- ensrm score -------------------------------------------------------------------------------
+
+
+class _RateLine:
+    """A one-line progress display on stderr: records done and records per second."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.shown = False
+
+    def __call__(self, done: int, rejected: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        rate = done / seconds if seconds > 0 else 0.0
+        extra = f", {rejected:,} rejected" if rejected else ""
+        click.echo(f"\r  {done:,} records{extra}, {rate:,.0f} records/s", err=True, nl=False)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
+@click.command("score")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("input_file", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="JSONL file to write (appears only when the whole input is scored).")
+@click.option("--objective", default="uwo", show_default=True,
+              help="Score to report and rank by: mean, wco (min), uwo or head:K.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per model call.")
+@click.option("--best-of-n", is_flag=True,
+              help="Mark the best response of each run of consecutive records sharing a prompt.")
+@click.option("--filter", "filter_file", type=click.Path(exists=True, dir_okay=False),
+              help="A filter JSON (ResponseFilter.save) to add accept/reject decisions with.")
+@click.option("--skip-bad", is_flag=True, help="Write malformed records to a rejects file instead of stopping.")
+@click.option("--rejects", type=click.Path(dir_okay=False),
+              help="Rejects file for --skip-bad (default: OUTPUT with .rejects.jsonl).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Which of the bundle's accepted model files to run.")
+@click.option("--provider", "providers", multiple=True,
+              help="onnxruntime execution provider (cpu, cuda, tensorrt); repeat for a fallback order.")
+@click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice, one per core).")
+@click.option("--chunk-size", type=int, default=1024, show_default=True,
+              help="Records read and scored at a time; bounds memory.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@_one_line_errors
+def score_command(bundle, input_file, output, objective, batch_size, best_of_n, filter_file, skip_bad, rejects,
+                  precision, providers, threads, chunk_size, quiet):
+    """Score a JSONL file of {"prompt", "response"} records into OUTPUT.jsonl.
+
+    Every input field is kept; an "ensrm" field is added with the per-head scores, the
+    aggregates and the objective's score (plus "best_of_n" and "filter" when asked).
+    A malformed line stops the run naming its line number, unless --skip-bad.
+
+    \b
+    Examples:
+      ensrm score bundles/default candidates.jsonl -o scored.jsonl --best-of-n --objective wco
+      ensrm score bundles/default replies.jsonl -o decided.jsonl --filter bundles/default-filter.json --skip-bad
+    """
+    from ensrm.runtime.batch import score_file
+    from ensrm.runtime.filter import ResponseFilter
+    from ensrm.runtime.scorer import Scorer
+
+    if rejects is not None and not skip_bad:
+        raise click.UsageError("--rejects goes with --skip-bad")
+    scorer = Scorer(bundle, providers=list(providers) or None, threads=threads, precision=precision)
+    response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
+    progress = _RateLine(enabled=not quiet)
+    try:
+        summary = score_file(scorer, input_file, output, objective=objective, batch_size=batch_size,
+                             best_of_n=best_of_n, response_filter=response_filter, skip_bad=skip_bad,
+                             rejects_path=rejects, chunk_size=chunk_size, progress=progress)
+    finally:
+        progress.close()
+    parts = [f"{summary.records:,} records scored in {summary.seconds:.1f} s "
+             f"({summary.records_per_second:,.0f} records/s) -> {summary.output}"]
+    if summary.groups is not None:
+        parts.append(f"{summary.groups:,} best-of-n groups")
+    if summary.accepted is not None:
+        parts.append(f"{summary.accepted:,} accepted by the filter")
+    if summary.rejects is not None:
+        parts.append(f"{summary.rejected:,} bad records -> {summary.rejects}")
+    click.echo("; ".join(parts))
 
 
 @click.command("train")
@@ -150,6 +411,11 @@ def main():
 
 
 main.add_command(export_command)
+main.add_command(score_command)
+main.add_command(calibrate_command)
+main.add_command(quantize_command)
+main.add_command(build_engine_command)
+main.add_command(bench_command)
 main.add_command(train_command)
 
 

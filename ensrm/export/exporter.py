@@ -69,12 +69,22 @@ def export_bundle(
     attn_implementation: str = "eager",
     trust_remote_code: bool = False,
     threads: int | None = None,
+    normalize_on: str | Path | None = None,
+    precisions=(),
+    calibration: str | Path | None = None,
+    eval_on: str | Path | None = None,
+    int8_mode: str = "static",
+    gates: dict | None = None,
     progress: Progress | None = _stderr,
 ) -> EnsembleSpec:
     """Export a reward model (or a full ensemble) into a verified bundle directory.
 
     The bundle appears at ``output`` only once it is complete and verified; on any error
     nothing is left behind and an existing bundle is untouched.
+
+    ``normalize_on`` (a JSONL file of prompt/response records) calibrates the per-head
+    normalisation; ``precisions`` (``"fp16,int8"``) adds variants, each kept only if it passes
+    its accuracy gate on held-out records (``eval_on``, else a quarter of ``calibration``).
 
     >>> spec = export_bundle(["checkpoints/rm"], "bundles/rm")     # doctest: +SKIP
     >>> spec.num_heads
@@ -88,12 +98,18 @@ def export_bundle(
     if uwo_lambda < 0:
         raise ExportError(f"--lambda must be >= 0, got {uwo_lambda}")
     check_target(output, overwrite)
-    step = _Steps(4, progress)
+    from ensrm.calibration.variants import build_variants, parse_precisions
+
+    precisions = parse_precisions(precisions)
+    step = _Steps(4 + (normalize_on is not None) + bool(precisions), progress)
     source = load_source(sources, heads=heads, pooling=pooling, max_length=max_length,
                          attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     side = padding_side or ("left" if source.architecture == "decoder" else "right")
     if side == "left" and source.pooling == "cls":
         raise ExportError("first-token (cls) pooling needs right padding; left padding would pool a pad token")
+    if side == "left" and source.architecture == "encoder":
+        # Encoders number positions by column; left padding would shift every position.
+        raise ExportError(f"{source.model_type} is an encoder: it needs right padding (--padding-side right)")
     step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
          f"pooling {source.pooling}, max length {source.max_length}")
     tokenizer = source.tokenizer
@@ -129,6 +145,20 @@ def export_bundle(
         del session
         tokenizer.save_pretrained(staging)
         spec = spec.replace(variants={"fp32": {"file": MODEL_FILES["fp32"], "accepted": True, "checks": report}})
+        references = None
+        if normalize_on is not None:
+            from ensrm.calibration.normalize import normalize_staged
+
+            spec, references = normalize_staged(staging, spec, normalize_on, threads)
+            step(f"normalised {spec.num_heads} heads on {len(references)} reference records")
+        if precisions:
+            spec = build_variants(staging, spec, precisions, calibration=calibration, eval_on=eval_on,
+                                  references=references, int8_mode=int8_mode, gates=gates, threads=threads,
+                                  progress=progress)
+            kept = [p for p in precisions if spec.variants[p]["accepted"]]
+            step(f"precision variants: {', '.join(kept) or 'none'} accepted"
+                 + (f", {', '.join(p for p in precisions if p not in kept)} rejected (not written)"
+                    if len(kept) < len(precisions) else ""))
         spec = write_manifest(staging, spec)
         step(f"wrote bundle {Path(output)}")
     if spec.num_heads > 1 and not spec.normalization.calibrated and progress:

@@ -1,0 +1,149 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import ensrm.calibration.variants as variants_module
+from ensrm import Scorer
+from ensrm.bundle import load_spec
+from ensrm.calibration.data import load_records
+from ensrm.calibration.int8 import quantize_int8
+from ensrm.cli import main
+from ensrm.errors import BundleError, ExportError
+
+onnx = pytest.importorskip("onnx")
+
+from tests.calibration.conftest import GATES
+
+
+def test_manifest_records_each_variant_with_its_gate_numbers(variant_bundle):
+    bundle, messages = variant_bundle
+    manifest = json.loads((bundle / "ensemble.json").read_text())
+    assert set(manifest["variants"]) == {"fp32", "fp16", "int8"}
+    for precision in ("fp16", "int8"):
+        variant = manifest["variants"][precision]
+        checks = variant["checks"]
+        assert variant["accepted"] and variant["file"] == f"model.{precision}.onnx", checks["reasons"]
+        assert checks["records"] == 12  # every 4th of 48 calibration records is held out
+        assert set(checks["spearman"]) == {"mean", "std", "min", "uwo"} and len(checks["spearman_heads"]) == 4
+        assert set(checks["top1"]) == {"4"}  # 12 records are too few for best-of-16
+        assert checks["stress"]["finite"] and checks["stress"]["max_length"] == manifest["max_length"]
+    assert manifest["variants"]["int8"]["method"]["method"] == "static-qdq"
+    assert any(m.startswith("int8: ACCEPTED") for m in messages)
+    assert any("top-1@4" in m for m in messages)
+
+
+def test_runtime_loads_each_variant_and_ranks_like_fp32(variant_bundle, record_files):
+    bundle, _ = variant_bundle
+    records = load_records(record_files["eval"], "eval")
+    prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
+    fp32 = Scorer(bundle).score_texts(prompts, responses)
+    fp16 = Scorer(bundle, precision="fp16").score_texts(prompts, responses)
+    int8 = Scorer(bundle, precision="int8").score_texts(prompts, responses)
+    assert np.isfinite(int8.heads).all() and np.isfinite(fp16.heads).all()
+    np.testing.assert_allclose(fp16.heads, fp32.heads, atol=0.05)
+    assert not np.array_equal(int8.heads, fp32.heads)  # it really is another graph
+
+
+def test_fp16_graph_keeps_normalisations_heads_and_tail_in_fp32(variant_bundle):
+    bundle, _ = variant_bundle
+    model = onnx.load(str(bundle / "model.fp16.onnx"))
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    matmul_weights = [n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert matmul_weights and all(inits[w] == f16 for w in matmul_weights)
+    for node in model.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax") or node.name.startswith("ensrm/"):
+            assert all(inits.get(i, f32) in (f32, onnx.TensorProto.INT64) for i in node.input[1:]), node.name
+    assert inits["ensrm_norm_sigma"] == f32
+    assert [i.type.tensor_type.elem_type for i in model.graph.output] == [f32] * 5
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.INT64] * 3
+
+
+def test_int8_graph_is_symmetric_qdq_with_a_float_tail(variant_bundle):
+    bundle, _ = variant_bundle
+    model = onnx.load(str(bundle / "model.int8.onnx"))
+    numpy_helper = onnx.numpy_helper
+    inits = {i.name: i for i in model.graph.initializer}
+    quant = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dequant = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert quant and dequant
+    for node in quant + dequant:
+        zero = numpy_helper.to_array(inits[node.input[2]])
+        assert zero.dtype == np.int8 and not zero.any(), node.name  # symmetric: zero point 0
+    per_channel = [n for n in dequant if numpy_helper.to_array(inits[n.input[1]]).ndim == 1]
+    assert per_channel and all(a.i == 1 for n in per_channel for a in n.attribute if a.name == "axis")
+    produced_by_dq = {n.output[0] for n in dequant}
+    for node in model.graph.node:
+        if node.op_type in ("Gemm", "Gather") or node.name.startswith("ensrm/"):
+            assert not set(node.input) & produced_by_dq, f"{node.name} should stay float"
+
+
+def _damaging_quantizer(source, target, mode="static", calibration=None):
+    """Quantize, then scramble the int8 weights: a variant that loads and runs but ranks badly."""
+    report = quantize_int8(source, target, mode, calibration)
+    model = onnx.load(str(target))
+    for init in model.graph.initializer:
+        if init.name.endswith("_quantized") and init.data_type == onnx.TensorProto.INT8:
+            values = onnx.numpy_helper.to_array(init)
+            init.CopyFrom(onnx.numpy_helper.from_array(np.random.default_rng(0).permutation(values.ravel())
+                                                       .reshape(values.shape), init.name))
+    onnx.save(model, str(target))
+    return report
+
+
+def test_gate_rejects_a_damaged_int8_variant(variant_bundle, record_files, tmp_path, monkeypatch):
+    bundle = tmp_path / "rm"
+    shutil.copytree(variant_bundle[0], bundle)
+    args = ["quantize", str(bundle), "--precision", "int8", "--calibration", str(record_files["calib"]),
+            "--eval-on", str(record_files["eval"]), "--min-spearman", "0.9", "--min-top1", "0.6"]
+    undamaged = CliRunner().invoke(main, args)
+    assert undamaged.exit_code == 0 and "int8: ACCEPTED on 40 held-out records" in undamaged.output
+    monkeypatch.setattr("ensrm.calibration.int8.quantize_int8", _damaging_quantizer)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "int8: REJECTED on 40 held-out records" in result.output
+    assert "int8: rejected" in result.output
+    spec = load_spec(bundle)
+    assert spec.variants["int8"]["accepted"] is False and spec.variants["int8"]["file"] is None
+    assert spec.variants["int8"]["checks"]["gate"]["min_spearman"] == 0.9
+    assert not (bundle / "model.int8.onnx").exists()
+    assert spec.variants["int8"]["checks"]["spearman"]["mean"] < 0.9
+    assert spec.variants["fp16"]["accepted"]  # untouched
+    with pytest.raises(BundleError, match="failed its accuracy gate"):
+        Scorer(bundle, precision="int8")
+
+
+def test_dynamic_int8_needs_no_calibration(spread_bundle, record_files, tmp_path):
+    bundle = tmp_path / "rm"
+    shutil.copytree(spread_bundle, bundle)
+    spec = variants_module.add_variants(bundle, "int8", int8_mode="dynamic", eval_on=record_files["eval"],
+                                        gates=GATES)
+    assert spec.variants["int8"]["method"]["method"] == "dynamic"
+    assert Scorer(bundle, precision="int8").score_texts(["Hi"], ["Hello"]).heads.shape == (1, 4)
+
+
+def test_static_int8_without_calibration_is_an_error_naming_the_option(spread_bundle, record_files, tmp_path):
+    bundle = tmp_path / "rm"
+    shutil.copytree(spread_bundle, bundle)
+    with pytest.raises(ExportError, match="--calibration"):
+        variants_module.add_variants(bundle, "int8", eval_on=record_files["eval"])
+    with pytest.raises(ExportError, match="need records to be judged on"):
+        variants_module.add_variants(bundle, "fp16")
+    with pytest.raises(ValueError, match="unknown precision 'bf16'"):
+        variants_module.parse_precisions("fp16,bf16")
+
+
+def test_calibrating_a_bundle_with_variants_updates_and_regates_them(variant_bundle, record_files, tmp_path):
+    from ensrm.calibration.normalize import calibrate_bundle
+
+    bundle = tmp_path / "rm"
+    shutil.copytree(variant_bundle[0], bundle)
+    spec = calibrate_bundle(bundle, record_files["eval"])
+    assert spec.normalization.records == 40
+    assert spec.variants["fp16"]["checks"]["records"] == 40
+    fp16 = onnx.load(str(bundle / "model.fp16.onnx"))
+    sigma = next(i for i in fp16.graph.initializer if i.name == "ensrm_norm_sigma")
+    np.testing.assert_allclose(onnx.numpy_helper.to_array(sigma), spec.normalization.sigma, rtol=1e-6)
