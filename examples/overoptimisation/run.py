@@ -18,8 +18,9 @@ Every candidate of the pool is scored through an exported bundle with :class:`en
 Because frozen training leaves every proxy on the identical MiniLM encoder, all 1 + 2K heads
 are stacked into one ``scoring`` bundle and the pool goes through the encoder once; the three
 deployment bundles (single, multi-head, full-ensemble graph) are exported as well, timed on a
-slice of the pool, and checked to give the same heads as the scoring bundle there. Heads are
-normalised per head (mean/std over reference responses) before mean/WCO/UWO.
+slice of the pool, and checked to give the same heads as the scoring bundle there. Every bundle
+is calibrated at export (``normalize_on``): heads are normalised per head (mean/std over
+reference responses) inside the graph, before mean/WCO/UWO.
 
 Best-of-n is evaluated exactly over each prompt's pool (:func:`ensrm.train.bon.expected_best_of_n`)
 and plotted against KL(n) = log n - (n - 1)/n.
@@ -113,7 +114,7 @@ def stack_heads(checkpoints: dict[str, Path], out: Path) -> list[str]:
 
 
 def score(bundle: Path, records: list[dict], response_key: str = "response", batch_size: int = 64) -> np.ndarray:
-    """Raw (un-normalised) heads ``[n, K]`` of ``records`` through the bundle's runtime."""
+    """Heads ``[n, K]`` of ``records`` through the bundle's runtime (normalised when the bundle is calibrated)."""
     import ensrm
 
     scorer = ensrm.Scorer(bundle, verify="size")
@@ -166,12 +167,6 @@ def deployment_cost(bundle: Path, records: list[dict], repeats: int = 3) -> dict
     }
 
 
-def normalise(raw: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(raw - mu) / sigma`` with per-head ``mu``/``sigma`` from the reference scores (DESIGN fact 1)."""
-    mu, sigma = reference.mean(axis=0), reference.std(axis=0)  # [K], [K]
-    return (raw - mu) / np.maximum(sigma, 1e-12), mu, sigma
-
-
 def objectives(normalised: np.ndarray, names: list[str], uwo_lambda: float) -> dict[str, np.ndarray]:
     """Every proxy objective of the experiment, ``[n]`` each, from the stacked normalised heads."""
     pick = lambda prefix: normalised[:, [i for i, n in enumerate(names) if n.startswith(prefix + "_")]]  # noqa: E731
@@ -204,6 +199,7 @@ def run(out: Path, work: Path, base_model: str | None = None, **settings) -> dic
         write_records(work / "prefs.jsonl", [{f: r[f] for f in ("prompt", "chosen", "rejected")} for r in prefs])
         test_pairs = generate_preferences(cfg["test_pairs"], seed=seed + 1)  # clean labels
         references = generate_references(cfg["references"], seed=seed + 2)
+        write_records(work / "references.jsonl", references)
         pool = generate_candidates(cfg["prompts"], cfg["pool"], seed=seed + 3)
         gold = np.array([c["gold"] for c in pool]).reshape(cfg["prompts"], cfg["pool"])  # [P, N]
 
@@ -222,24 +218,25 @@ def run(out: Path, work: Path, base_model: str | None = None, **settings) -> dic
             training[name] = train_reward_model(base_model, work / "prefs.jsonl", checkpoints[name], heads=1,
                                                 seed=seed + 1000 + i, bootstrap=True, **common)
 
+    # Heads are normalised inside every graph: per-head mean/std over the reference records (DESIGN fact 1).
     export = dict(max_length=cfg["max_length"], uwo_lambda=cfg["uwo_lambda"], tolerance=cfg["export_tolerance"],
-                  overwrite=True, progress=None)
+                  normalize_on=work / "references.jsonl", overwrite=True, progress=None)
     with timer("export scoring bundle"):
         names = stack_heads(checkpoints, work / "ckpt" / "stacked")
         export_bundle([work / "ckpt" / "stacked"], work / "bundles" / "scoring", **export)
     with timer("score pool"):
-        raw_pool = score(work / "bundles" / "scoring", pool)  # [P * N, 1 + 2K]
-    with timer("score references and test pairs"):
-        raw_ref = score(work / "bundles" / "scoring", references)
-        raw_chosen = score(work / "bundles" / "scoring", test_pairs, "chosen")
-        raw_rejected = score(work / "bundles" / "scoring", test_pairs, "rejected")
+        pool_heads = score(work / "bundles" / "scoring", pool)  # [P * N, 1 + 2K], normalised in the graph
+    with timer("score test pairs"):
+        test_chosen = score(work / "bundles" / "scoring", test_pairs, "chosen")
+        test_rejected = score(work / "bundles" / "scoring", test_pairs, "rejected")
+    from ensrm.bundle import load_spec
 
-    pool_heads, mu, sigma = normalise(raw_pool, raw_ref)
+    normalization = load_spec(work / "bundles" / "scoring").normalization
     proxies = objectives(pool_heads, names, cfg["uwo_lambda"])
     ns = [n for n in (2 ** i for i in range(20)) if n <= cfg["pool"]]
     curves = {name: expected_best_of_n(values.reshape(gold.shape), gold, ns) for name, values in proxies.items()}
     curves["gold_oracle"] = expected_best_of_n(gold, gold, ns)  # best-of-n by the gold score itself
-    np.savez(work / "scores.npz", pool=raw_pool, references=raw_ref, gold=gold, names=np.array(names))
+    np.savez(work / "scores.npz", pool=pool_heads, gold=gold, names=np.array(names))
     # Curves share prompts: the difference to the single proxy per prompt has a much smaller error.
     paired = {name: {"mean": (c - curves["single"]).mean(axis=0).tolist(),
                      "stderr": ((c - curves["single"]).std(axis=0, ddof=1) / np.sqrt(len(c))).tolist()
@@ -251,8 +248,7 @@ def run(out: Path, work: Path, base_model: str | None = None, **settings) -> dic
 
     def clean_accuracy(prefix):
         cols = [i for i, n in enumerate(names) if n == prefix or n.startswith(prefix + "_")]
-        c, r = normalise(raw_chosen, raw_ref)[0][:, cols], normalise(raw_rejected, raw_ref)[0][:, cols]
-        return pairwise_metrics(c, r, cfg["uwo_lambda"])
+        return pairwise_metrics(test_chosen[:, cols], test_rejected[:, cols], cfg["uwo_lambda"])
 
     costs, equivalence = {}, {}
     cost_records = pool[: cfg["cost_slice"]]
@@ -263,7 +259,7 @@ def run(out: Path, work: Path, base_model: str | None = None, **settings) -> dic
             bundle = work / "bundles" / label
             export_bundle(sources, bundle, **export)
             cols = [i for i, n in enumerate(names) if n == label or n.startswith(label + "_")]
-            reference = raw_pool[: len(cost_records), cols]
+            reference = pool_heads[: len(cost_records), cols]
             heads = score(bundle, cost_records)
             equivalence[label] = float(np.max(np.abs(heads - reference)) / np.max(np.abs(reference)))
             costs[label] = {"heads": len(cols), "encoders": len(sources), **deployment_cost(bundle, cost_records)}
@@ -284,8 +280,9 @@ def run(out: Path, work: Path, base_model: str | None = None, **settings) -> dic
         "training": {name: {"n_train": r.n_train, "train_loss": r.train_loss, "seconds": round(r.seconds, 1),
                             "noisy_heldout_accuracy": r.metrics["accuracy"] if r.metrics else None}
                      for name, r in training.items()},
-        "normalisation": {"heads": names, "mu": mu.tolist(), "sigma": sigma.tolist(),
-                          "source": f"{cfg['references']} generate_references records, numpy (per-head mean/std)"},
+        "normalisation": {"heads": names, "mu": list(normalization.mu), "sigma": list(normalization.sigma),
+                          "records": normalization.records,
+                          "source": "export_bundle(normalize_on=references.jsonl): generate_references records"},
         "costs": costs,
         "paired_difference_vs_single": paired,
         "equivalence_max_rel_diff": equivalence,
