@@ -21,5 +21,8 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/ensrm bench -o artifacts/bench
+
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "Scorer": ("ensrm.runtime.scorer", "Scorer"),
     "Scores": ("ensrm.runtime.scores", "Scores"),
+    "best_of_n": ("ensrm.runtime.best_of_n", "best_of_n"),
+    "best_of_n_batch": ("ensrm.runtime.best_of_n", "best_of_n_batch"),
+    "ResponseFilter": ("ensrm.runtime.filter", "ResponseFilter"),
 }
 
 
@@ -26,5 +29,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ensrm' has no attribute {name!r}")
 
 
-__all__ = ["Scorer", "Scores", "EnsrmError", "InputError", "BundleError", "ExportError", "ProviderError",
+__all__ = ["Scorer", "Scores", "best_of_n", "best_of_n_batch", "ResponseFilter", "EnsrmError", "InputError", "BundleError", "ExportError", "ProviderError",
            "__version__"]

@@ -208,6 +208,130 @@ def build_engine_command(bundle, precision, batch_sizes, timing_cache):
     click.echo(f"engine {engine}")
 
 
+@click.command("bench")
+@click.option("-o", "--output", default="artifacts/bench", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for bench.json, bench.md (the results table) and bench.png.")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False),
+              help="Bundle to measure, with its fp16/int8 variants when present (default: export the checkpoint).")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False),
+              help="Classifier checkpoint for PyTorch eager and the comparison models (default: the embedded "
+                   "default model).")
+@click.option("--quick", is_flag=True, help="A smaller grid and fewer rounds (a first look, a few minutes).")
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["compare", "grid", "ceiling", "runtime"]),
+              help="Run only these suites (repeatable; default: all).")
+@click.option("--threads", type=int, help="Intra-op threads for onnxruntime and torch (default: all cores).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+              help="Where the comparison models are built and kept (default: ~/.cache/ensrm/bench).")
+@_one_line_errors
+def bench_command(output, bundle, checkpoint, quick, suites, threads, cache_dir):
+    """Measure the bundle against PyTorch eager, full ensembles, a plain export and the CPU's MatMul rate.
+
+    Every configuration runs in a fresh process, interleaved over rounds; results are
+    medians. Writes bench.json, bench.png and bench.md (each target with pass/fail).
+
+    \b
+    Examples:
+      ensrm bench --quick
+      ensrm bench --bundle bundles/default -o artifacts/bench
+    """
+    from ensrm.bench import run_benchmarks
+
+    given = {"--output": output, "--bundle": bundle, "--checkpoint": checkpoint, "--threads": threads,
+             "--cache": cache_dir}
+    command = " ".join(["ensrm bench"] + (["--quick"] if quick else []) + [f"--suite {s}" for s in suites]
+                       + [f"{k} {v}" for k, v in given.items() if v is not None])
+    paths = run_benchmarks(output, bundle=bundle, checkpoint=checkpoint, quick=quick, suites=suites or None,
+                           threads=threads, cache_dir=cache_dir, command=command)
+    click.echo(paths["markdown"].read_text(encoding="utf-8"))
+    click.echo(f"wrote {paths['json']}, {paths['png']}, {paths['markdown']}")
+
+
+# -- ensrm score -------------------------------------------------------------------------------
+
+
+class _RateLine:
+    """A one-line progress display on stderr: records done and records per second."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.shown = False
+
+    def __call__(self, done: int, rejected: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        rate = done / seconds if seconds > 0 else 0.0
+        extra = f", {rejected:,} rejected" if rejected else ""
+        click.echo(f"\r  {done:,} records{extra}, {rate:,.0f} records/s", err=True, nl=False)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
+@click.command("score")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("input_file", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="JSONL file to write (appears only when the whole input is scored).")
+@click.option("--objective", default="uwo", show_default=True,
+              help="Score to report and rank by: mean, wco (min), uwo or head:K.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per model call.")
+@click.option("--best-of-n", is_flag=True,
+              help="Mark the best response of each run of consecutive records sharing a prompt.")
+@click.option("--filter", "filter_file", type=click.Path(exists=True, dir_okay=False),
+              help="A filter JSON (ResponseFilter.save) to add accept/reject decisions with.")
+@click.option("--skip-bad", is_flag=True, help="Write malformed records to a rejects file instead of stopping.")
+@click.option("--rejects", type=click.Path(dir_okay=False),
+              help="Rejects file for --skip-bad (default: OUTPUT with .rejects.jsonl).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Which of the bundle's accepted model files to run.")
+@click.option("--provider", "providers", multiple=True,
+              help="onnxruntime execution provider (cpu, cuda, tensorrt); repeat for a fallback order.")
+@click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice, one per core).")
+@click.option("--chunk-size", type=int, default=1024, show_default=True,
+              help="Records read and scored at a time; bounds memory.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@_one_line_errors
+def score_command(bundle, input_file, output, objective, batch_size, best_of_n, filter_file, skip_bad, rejects,
+                  precision, providers, threads, chunk_size, quiet):
+    """Score a JSONL file of {"prompt", "response"} records into OUTPUT.jsonl.
+
+    Every input field is kept; an "ensrm" field is added with the per-head scores, the
+    aggregates and the objective's score (plus "best_of_n" and "filter" when asked).
+    A malformed line stops the run naming its line number, unless --skip-bad.
+
+    \b
+    Examples:
+      ensrm score bundles/default candidates.jsonl -o scored.jsonl --best-of-n --objective wco
+      ensrm score bundles/default replies.jsonl -o decided.jsonl --filter bundles/default-filter.json --skip-bad
+    """
+    from ensrm.runtime.batch import score_file
+    from ensrm.runtime.filter import ResponseFilter
+    from ensrm.runtime.scorer import Scorer
+
+    if rejects is not None and not skip_bad:
+        raise click.UsageError("--rejects goes with --skip-bad")
+    scorer = Scorer(bundle, providers=list(providers) or None, threads=threads, precision=precision)
+    response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
+    progress = _RateLine(enabled=not quiet)
+    try:
+        summary = score_file(scorer, input_file, output, objective=objective, batch_size=batch_size,
+                             best_of_n=best_of_n, response_filter=response_filter, skip_bad=skip_bad,
+                             rejects_path=rejects, chunk_size=chunk_size, progress=progress)
+    finally:
+        progress.close()
+    parts = [f"{summary.records:,} records scored in {summary.seconds:.1f} s "
+             f"({summary.records_per_second:,.0f} records/s) -> {summary.output}"]
+    if summary.groups is not None:
+        parts.append(f"{summary.groups:,} best-of-n groups")
+    if summary.accepted is not None:
+        parts.append(f"{summary.accepted:,} accepted by the filter")
+    if summary.rejects is not None:
+        parts.append(f"{summary.rejected:,} bad records -> {summary.rejects}")
+    click.echo("; ".join(parts))
+
+
 @click.group()
 @click.version_option(package_name="ensrm")
 def main():
@@ -221,9 +345,11 @@ def main():
 
 
 main.add_command(export_command)
+main.add_command(score_command)
 main.add_command(calibrate_command)
 main.add_command(quantize_command)
 main.add_command(build_engine_command)
+main.add_command(bench_command)
 
 
 @main.command("demo")

@@ -17,6 +17,7 @@ from ensrm.spec import MANIFEST_NAME
 
 DEFAULT_CHECKPOINT = Path("checkpoints/default")
 DEFAULT_BUNDLE = Path("bundles/default")
+REFERENCE_RECORDS = 400
 
 
 def ensure_default_bundle(checkpoint: Path = DEFAULT_CHECKPOINT, bundle: Path = DEFAULT_BUNDLE,
@@ -28,10 +29,15 @@ def ensure_default_bundle(checkpoint: Path = DEFAULT_CHECKPOINT, bundle: Path = 
         echo(f"building the default reward model (MiniLM + 8 heads) in {checkpoint} …")
         build_default_model(checkpoint)
     if not (bundle / MANIFEST_NAME).is_file():
+        from ensrm.data.synthetic import generate_references
         from ensrm.export.exporter import export_bundle
+        from ensrm.jsonl import write_records
 
-        echo(f"exporting {checkpoint} to {bundle} …")
-        export_bundle([checkpoint], bundle, max_length=256, overwrite=bundle.exists())
+        # Heads must be normalised before min/uwo compare them (DESIGN, fact 1).
+        references = checkpoint / "references.jsonl"
+        write_records(references, generate_references(REFERENCE_RECORDS, seed=1))
+        echo(f"exporting {checkpoint} to {bundle}, normalised on {REFERENCE_RECORDS} reference records …")
+        export_bundle([checkpoint], bundle, max_length=256, normalize_on=references, overwrite=bundle.exists())
     return bundle
 
 

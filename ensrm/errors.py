@@ -16,7 +16,24 @@ class MissingDependencyError(EnsrmError, ImportError):
 
 
 class InputError(EnsrmError, ValueError):
-    """Arrays or texts given to the scorer are not what the bundle accepts."""
+    """Arrays or texts given to the scorer are not what the bundle accepts.
+
+    ``field`` names the argument (``"input_ids"``, ``"attention_mask"``, ``"prompts[3]"``),
+    ``expected`` and ``actual`` say what was wanted and found, so a host can log them apart;
+    all three are ``None`` when the message alone describes the problem.
+
+    >>> err = InputError("input_ids must be 2-D [batch, seq], got shape (3,)",
+    ...                  field="input_ids", expected="2-D [batch, seq]", actual="shape (3,)")
+    >>> err.field, isinstance(err, ValueError)
+    ('input_ids', True)
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, expected: object = None,
+                 actual: object = None):
+        super().__init__(message)
+        self.field = field
+        self.expected = expected
+        self.actual = actual
 
 
 class InputFileError(EnsrmError, ValueError):
@@ -30,7 +47,14 @@ class InputFileError(EnsrmError, ValueError):
 
 
 class BundleError(EnsrmError):
-    """A bundle directory is missing, damaged, or from an unsupported format version."""
+    """A bundle directory is missing, damaged, or from an unsupported format version.
+
+    ``file`` is the bundle file at fault (as the manifest names it) when there is one.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None):
+        super().__init__(message)
+        self.file = file
 
 
 class ExportError(EnsrmError):

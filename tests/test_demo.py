@@ -20,6 +20,7 @@ def test_demo_builds_exports_and_scores(tmp_path):
     assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 8
     manifest = json.loads((bundle / "ensemble.json").read_text())
     assert manifest["num_heads"] == 8 and manifest["variants"]["fp32"]["checks"]["passed"]
+    assert manifest["normalization"]["records"] == 400 and "normalisation calibrated" in result.output
     assert result.output.count("PROMPT:") == 3
     assert result.output.count("best of 4: mean → #") == 3 and "wco → #" in result.output
 

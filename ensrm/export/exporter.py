@@ -107,6 +107,9 @@ def export_bundle(
     side = padding_side or ("left" if source.architecture == "decoder" else "right")
     if side == "left" and source.pooling == "cls":
         raise ExportError("first-token (cls) pooling needs right padding; left padding would pool a pad token")
+    if side == "left" and source.architecture == "encoder":
+        # Encoders number positions by column; left padding would shift every position.
+        raise ExportError(f"{source.model_type} is an encoder: it needs right padding (--padding-side right)")
     step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
          f"pooling {source.pooling}, max length {source.max_length}")
     tokenizer = source.tokenizer

@@ -106,6 +106,17 @@ def _load_tokenizer(path: Path, trust_remote_code: bool):
     return tokenizer
 
 
+def _from_pretrained(auto_class, path: Path, attn: str, trust_remote_code: bool):
+    """Load weights; a pickle (``.bin``) checkpoint goes through transformers' ``weights_only`` loader,
+    which refuses anything but tensors, so a malicious checkpoint fails here instead of running code."""
+    try:
+        return auto_class.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
+                                          trust_remote_code=trust_remote_code).eval()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ExportError(f"cannot load the weights of {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+                          "ensrm reads safetensors, or .bin files holding tensors only") from None
+
+
 def _classifier(path: Path, attn: str, trust_remote_code: bool):
     _check_dir(path)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -115,9 +126,7 @@ def _classifier(path: Path, attn: str, trust_remote_code: bool):
             f"{path} holds {', '.join(archs) or config.model_type}, not a *ForSequenceClassification model; "
             "for a base model pass --heads heads.safetensors and --pooling cls|mean|last"
         )
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=torch.float32, attn_implementation=attn, trust_remote_code=trust_remote_code
-    ).eval()
+    model = _from_pretrained(transformers.AutoModelForSequenceClassification, path, attn, trust_remote_code)
     if _is_decoder(config):
         return modules.DecoderClassifier(model).eval(), config, "decoder", False
     uses_types = _uses_token_type_ids(model)
@@ -136,9 +145,10 @@ def _load_heads(path: Path, hidden: int):
     safetensors_torch = require("safetensors.torch", "export")
     if not path.is_file():
         raise ExportError(f"heads file not found: {path}")
+    safetensors = require("safetensors", "export")
     try:
         tensors = safetensors_torch.load_file(str(path))
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as exc:
         raise ExportError(f"cannot read {path} as safetensors: {exc}") from None
     if "weight" not in tensors:
         raise ExportError(f"{path} must hold 'weight' [K, hidden] (and optionally 'bias' [K]); found {sorted(tensors)}")
@@ -175,9 +185,7 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         decoder = _is_decoder(config)
         pooling = pooling or ("last" if decoder else "cls")
-        base = transformers.AutoModel.from_pretrained(
-            path, dtype=torch.float32, attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code).eval()
+        base = _from_pretrained(transformers.AutoModel, path, attn_implementation, trust_remote_code)
         hidden = base.config.hidden_size
         weight, bias = _load_heads(Path(heads), hidden)
         uses_types = _uses_token_type_ids(base) and not decoder

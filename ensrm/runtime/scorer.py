@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ensrm.bundle import bundle_file, load_spec
-from ensrm.errors import BundleError, InputError
+from ensrm.errors import BundleError, EnsrmError, InputError
 from ensrm.runtime.inputs import check_inputs
 from ensrm.runtime.scores import Scores
 from ensrm.runtime.texts import TextEncoder, check_texts
@@ -55,7 +55,14 @@ class Scorer:
             self.backend = TensorRTBackend(engine_path(self.bundle_dir, precision))
         elif backend == "onnxruntime":
             providers = with_tensorrt_cache(providers, self.bundle_dir / "engines" / f"ort-{precision}")
-            self.backend = OnnxRuntimeBackend(model_path, providers, threads, spinning)
+            try:
+                self.backend = OnnxRuntimeBackend(model_path, providers, threads, spinning)
+            except EnsrmError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
+                raise BundleError(f"onnxruntime cannot load {model_path.name} of {self.bundle_dir}: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                  file=model_path.name) from None
         else:
             raise ValueError(f"backend must be onnxruntime or tensorrt, got {backend!r}")
         self._encoder: TextEncoder | None = None
@@ -80,8 +87,12 @@ class Scorer:
     def score(self, input_ids, attention_mask, token_type_ids=None) -> Scores:
         """Score pre-tokenised batches: ``[batch, seq]`` integer arrays in, :class:`Scores` out.
 
-        Padding must match the bundle (``spec.padding_side``; decoders accept either side).
-        Sequences longer than ``spec.max_length`` are refused, never silently cut.
+        Encoders need right padding; decoders accept left, right or mixed padding. Lists go
+        through ``np.asarray``; an empty batch gives empty results (``heads`` ``(0, K)``).
+        Sequences with more than ``spec.max_length`` real tokens are refused, never silently
+        cut (columns that are padding in every row are dropped). Batches larger than
+        ``max_batch_size`` run in slices with identical results. See
+        :mod:`ensrm.runtime.inputs` for every rule; a violation raises :class:`InputError`.
 
         >>> s = scorer.score(ids, mask)                       # doctest: +SKIP
         >>> s.heads.shape, s.uwo.shape
@@ -123,9 +134,33 @@ class Scorer:
         encodings = encoder.encode(prompts, responses, truncation=truncation)
         heads = np.empty((len(prompts), self.num_heads), dtype=np.float32)
         aggregates = {name: np.empty(len(prompts), dtype=np.float32) for name in ("mean", "std", "min", "uwo")}
-        for rows, feeds in encoder.batches(encodings, batch_size):
+        for rows, feeds in encoder.batches(encodings, min(batch_size, self.max_batch_size)):
             scores = Scores.from_outputs(self.backend.run(feeds))
             heads[rows] = scores.heads
             for name, values in aggregates.items():
                 values[rows] = getattr(scores, name)
         return Scores(heads=heads, **aggregates)
+
+    def as_reward_function(self, objective: str = "uwo", batch_size: int = 32, prompt_messages: str = "last_user"):
+        """A reward function for TRL's GRPO trainer: ``f(prompts, completions, **kwargs) -> list[float]``.
+
+        Takes TRL's standard (strings) and conversational (message lists) formats and ignores
+        the extra keywords TRL passes; see :mod:`ensrm.runtime.rewards` for how a
+        conversation becomes text.
+
+        >>> trainer = GRPOTrainer(model=..., reward_funcs=scorer.as_reward_function("uwo"))  # doctest: +SKIP
+        """
+        from ensrm.runtime.rewards import GRPORewardFunction
+
+        return GRPORewardFunction(self, objective, batch_size=batch_size, prompt_messages=prompt_messages)
+
+    def as_token_reward_function(self, objective: str = "uwo"):
+        """Token ids + mask in, one float32 reward per row out (for custom PPO loops).
+
+        >>> reward = scorer.as_token_reward_function("wco")                 # doctest: +SKIP
+        >>> reward(input_ids, attention_mask).shape
+        (16,)
+        """
+        from ensrm.runtime.rewards import TokenRewardFunction
+
+        return TokenRewardFunction(self, objective)

@@ -14,17 +14,43 @@ from ensrm.spec import EnsembleSpec
 
 
 def check_texts(prompts, responses) -> tuple[list[str], list[str]]:
-    """Both sides must be sequences of strings of equal length."""
+    """Both sides must be lists (tuples, 1-D arrays) of strings of equal length.
+
+    >>> check_texts(["Hi"], ["Hello"])
+    (['Hi'], ['Hello'])
+    """
     for name, values in (("prompts", prompts), ("responses", responses)):
-        if isinstance(values, str) or not isinstance(values, Sequence):
-            raise InputError(f"{name} must be a list of strings, got {type(values).__name__}")
+        if isinstance(values, np.ndarray) and values.ndim != 1:
+            raise InputError(f"{name} must be a 1-D list of strings, got an array of shape {values.shape}",
+                             field=name, expected="1-D list of str", actual=f"shape {values.shape}")
+        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+            raise InputError(f"{name} must be a list of strings, got {type(values).__name__}",
+                             field=name, expected="list of str", actual=type(values).__name__)
     if len(prompts) != len(responses):
-        raise InputError(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up")
+        raise InputError(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up",
+                         field="responses", expected=f"{len(prompts)} items", actual=f"{len(responses)} items")
     for name, values in (("prompts", prompts), ("responses", responses)):
         for i, value in enumerate(values):
             if not isinstance(value, str):
-                raise InputError(f"{name}[{i}] must be a string, got {type(value).__name__}")
-    return list(prompts), list(responses)
+                raise InputError(f"{name}[{i}] must be a string, got {type(value).__name__}",
+                                 field=f"{name}[{i}]", expected="str", actual=type(value).__name__)
+    return [str(p) for p in prompts], [str(r) for r in responses]
+
+
+def _unencodable(prompts: list[str], responses: list[str]) -> InputError | None:
+    """Find the text that the tokenizer cannot take (lone surrogates are not valid Unicode)."""
+    for name, values in (("prompts", prompts), ("responses", responses)):
+        for i, value in enumerate(values):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                char = value[exc.start]
+                return InputError(
+                    f"{name}[{i}] is not valid Unicode: lone surrogate {char!r} at position {exc.start} "
+                    "(often a JSON \\ud800-style escape of half an emoji); repair or drop the text, e.g. "
+                    "text.encode('utf-8', 'replace').decode()", field=f"{name}[{i}]",
+                    expected="valid Unicode text", actual=f"lone surrogate {char!r} at {exc.start}")
+    return None
 
 
 class TextEncoder:
@@ -35,29 +61,33 @@ class TextEncoder:
         if not spec.tokenizer_file:
             raise BundleError("this bundle has no tokenizer; score token ids with Scorer.score instead")
         self.spec = spec
-        self.tokenizer = tokenizers.Tokenizer.from_file(str(bundle_file(bundle_dir, spec.tokenizer_file)))
+        path = str(bundle_file(bundle_dir, spec.tokenizer_file))
+        # One tokenizer per truncation mode, configured here and never again: changing a
+        # tokenizer's settings while another thread encodes with it fails ("Already borrowed"),
+        # so a Scorer shared by threads must not reconfigure per call.
+        self.tokenizer = tokenizers.Tokenizer.from_file(path)  # truncates to max_length
         self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
+        self.tokenizer.enable_truncation(spec.max_length, strategy="longest_first", direction=spec.truncation_side)
+        self.untruncated = tokenizers.Tokenizer.from_file(path)
+        self.untruncated.no_padding()
+        self.untruncated.no_truncation()
 
     def encode(self, prompts: list[str], responses: list[str], truncation: bool = True) -> list:
         """Encodings of each pair; with ``truncation`` the longer side is cut to fit ``max_length``."""
-        if truncation:
-            self.tokenizer.enable_truncation(self.spec.max_length, strategy="longest_first",
-                                             direction=self.spec.truncation_side)
-        else:
-            self.tokenizer.no_truncation()
+        tokenizer = self.tokenizer if truncation else self.untruncated
         try:
-            encodings = self.tokenizer.encode_batch(list(zip(prompts, responses)))
+            encodings = tokenizer.encode_batch(list(zip(prompts, responses)))
         except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
-            raise InputError(f"the tokenizer could not encode the texts: {exc}") from None
+            raise (_unencodable(prompts, responses) or
+                   InputError(f"the tokenizer could not encode the texts: {exc}", field="texts")) from None
         for i, enc in enumerate(encodings):
             if not enc.ids:
-                raise InputError(f"pair {i} encodes to no tokens; give a non-empty prompt or response")
-        if not truncation:
-            for i, enc in enumerate(encodings):
-                if len(enc.ids) > self.spec.max_length:
-                    raise InputError(f"pair {i} has {len(enc.ids)} tokens, above the model's maximum "
-                                     f"{self.spec.max_length}; pass truncation=True to cut it")
+                raise InputError(f"pair {i} encodes to no tokens; give a non-empty prompt or response",
+                                 field=f"prompts[{i}]", expected="at least one token", actual="no tokens")
+            if len(enc.ids) > self.spec.max_length:
+                raise InputError(f"pair {i} has {len(enc.ids)} tokens, above the model's maximum "
+                                 f"{self.spec.max_length}; pass truncation=True to cut it", field=f"prompts[{i}]",
+                                 expected=f"at most {self.spec.max_length} tokens", actual=f"{len(enc.ids)} tokens")
         return encodings
 
     def batches(self, encodings: list, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:

@@ -32,8 +32,17 @@ def quiet_transformers():
         transformers.logging.set_verbosity(previous)
 
 
+def check_checkpoint(base_model: str | Path) -> Path:
+    """Refuse a directory that is not a Hugging Face checkpoint before anything loads from it."""
+    path = Path(base_model)
+    if not (path / "config.json").is_file():
+        raise TrainingError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
+    return path
+
+
 def load_tokenizer(base_model: str | Path):
     """The base model's tokenizer; decoders without a pad token pad with their eos token."""
+    check_checkpoint(base_model)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(base_model))
     except (OSError, ValueError) as exc:
@@ -54,9 +63,7 @@ def load_classifier(base_model: str | Path, heads: int, tokenizer, seed: int):
     Works for a bare encoder/decoder checkpoint (the classifier layers are created) and for an
     existing sequence classifier (its final layer is replaced when its size differs).
     """
-    path = Path(base_model)
-    if not (path / "config.json").is_file():
-        raise TrainingError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
+    path = check_checkpoint(base_model)
     labels = {i: f"head_{i}" for i in range(heads)}
     config = transformers.AutoConfig.from_pretrained(str(path))
     extra = {}

@@ -1,0 +1,88 @@
+"""``ensrm bench``: the multi-head bundle against PyTorch eager, full ensembles, a plain export
+and the hardware's own MatMul rate, in one run on one machine.
+
+>>> from ensrm.bench import run_benchmarks
+>>> paths = run_benchmarks("artifacts/bench", quick=True)        # doctest: +SKIP
+>>> sorted(paths)
+['json', 'markdown', 'png']
+
+Layout: :mod:`~ensrm.bench.harness` (timing, fresh-process jobs), :mod:`~ensrm.bench.worker`
+(what runs inside a job), :mod:`~ensrm.bench.models` (the compared models, cached),
+:mod:`~ensrm.bench.suites` (which jobs, in what order), :mod:`~ensrm.bench.report`
+(JSON, PNG, Markdown with the targets).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ensrm.errors import EnsrmError
+
+DEFAULT_CACHE = Path.home() / ".cache" / "ensrm" / "bench"
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def default_model(bundle: Path | None, progress: Callable[[str], None] | None) -> tuple[Path, Path | None]:
+    """The embedded default (``checkpoints/default``, ``bundles/default``, as ``ensrm demo`` makes them).
+
+    Builds what is missing: the checkpoint always (PyTorch eager and the comparison models
+    need it), the bundle only when none was given.
+    """
+    from ensrm.demo import DEFAULT_BUNDLE, DEFAULT_CHECKPOINT, ensure_default_bundle
+
+    echo = progress or (lambda message: None)
+    if bundle is None:
+        return DEFAULT_CHECKPOINT, ensure_default_bundle(DEFAULT_CHECKPOINT, DEFAULT_BUNDLE, echo)
+    if not (DEFAULT_CHECKPOINT / "config.json").is_file():
+        from ensrm.train.default import build_default_model
+
+        echo(f"building the default reward model in {DEFAULT_CHECKPOINT} (for PyTorch eager and the comparisons)")
+        build_default_model(DEFAULT_CHECKPOINT)
+    return DEFAULT_CHECKPOINT, bundle
+
+
+def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpoint: str | Path | None = None,
+                   quick: bool = False, suites: Sequence[str] | None = None, cache_dir: str | Path | None = None,
+                   threads: int | None = None, config=None, command: str | None = None,
+                   progress: Callable[[str], None] | None = _stderr) -> dict[str, Path]:
+    """Run the benchmark suites and write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output``.
+
+    ``bundle`` is the bundle to measure (with its fp16/int8 variants when present); without
+    it, ``checkpoint`` is exported first. Without either, the embedded default model and
+    bundle (``checkpoints/default``, ``bundles/default``, built as ``ensrm demo`` builds them).
+    PyTorch eager runs ``checkpoint``; the comparison models (K sweep, full ensembles, plain
+    export) are built from it into ``cache_dir`` and reused by later runs; random heads cost
+    what trained ones do. Returns the paths written.
+    """
+    from ensrm.bench.report import write_outputs
+    from ensrm.bench.suites import SUITES, Bench, BenchConfig, config_dict, machine_info
+
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    cache.mkdir(parents=True, exist_ok=True)
+    config = config or (BenchConfig.quick() if quick else BenchConfig())
+    if threads is not None:
+        if threads < 1:
+            raise EnsrmError(f"threads must be >= 1, got {threads}")
+        config.threads = threads
+    if checkpoint is None:
+        checkpoint, bundle = default_model(Path(bundle) if bundle else None, progress)
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "config.json").is_file():
+        raise EnsrmError(f"checkpoint {checkpoint} has no config.json; pass a Hugging Face classifier directory")
+    if bundle is None:
+        from ensrm.bench.models import ModelCache
+
+        from ensrm.bench.models import model_max_length
+
+        longest = min(max(config.lengths), model_max_length(checkpoint))
+        bundle = ModelCache(checkpoint, cache, max_length=longest, progress=progress).bundle([checkpoint], "main")
+    bench = Bench(bundle, checkpoint, cache, config, progress=progress)
+    results = bench.run(tuple(suites) if suites else SUITES)
+    report = {"command": command or "ensrm bench", "machine": machine_info(), "config": config_dict(config),
+              "model": bench.model_info(), "results": results}
+    return write_outputs(report, output)

@@ -1,0 +1,217 @@
+"""Turn a benchmark run into ``bench.json``, ``bench.png`` and ``bench.md`` (targets with pass/fail)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ensrm._optional import require
+
+
+def _get(data: dict, *keys):
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _target(name: str, threshold: str, value, passed, unit: str = "", detail: str = "") -> dict:
+    return {"target": name, "threshold": threshold, "value": value, "unit": unit,
+            "passed": None if value is None else bool(passed), "detail": detail}
+
+
+def evaluate_targets(report: dict) -> list[dict]:
+    """The issue's targets with their measured values; ``passed`` is None where not measured."""
+    res = report["results"]
+    cmp = res.get("compare", {})
+    model = report.get("model", {})
+    k = model.get("num_heads")
+
+    def seqs(name):
+        return _get(cmp, name, "seq_per_s")
+
+    def mem(name):
+        return _get(cmp, name, "rss_model_mb")
+
+    sweep = sorted(int(n.split("/k")[1]) for n in cmp if n.startswith("multihead/k") and seqs(n) is not None)
+    targets = []
+    if sweep:
+        lo, hi = sweep[0], sweep[-1]
+        extra = _ratio(_get(cmp, f"multihead/k{hi}", "median_s"), _get(cmp, f"multihead/k{lo}", "median_s"))
+        extra = None if extra is None else extra - 1
+        targets.append(_target(f"K={hi} heads vs K={lo}: extra time", "<= +2%", extra,
+                               extra is not None and extra <= 0.02, "%"))
+    full = max((int(n.split("/k")[1]) for n in cmp if n.startswith("full_sessions/k")), default=None)
+    if full:
+        for kind, label in (("full_sessions", f"{full} sessions"), ("full_graph", "one graph")):
+            speed = _ratio(seqs(f"multihead/k{full}"), seqs(f"{kind}/k{full}"))
+            targets.append(_target(f"multi-head vs full ensemble ({label}), K={full}: throughput", ">= 3.8x",
+                                   speed, speed is not None and speed >= 3.8, "x"))
+            memory = _ratio(mem(f"multihead/k{full}"), mem(f"{kind}/k{full}"))
+            targets.append(_target(f"multi-head vs full ensemble ({label}), K={full}: memory", "<= 0.3x",
+                                   memory, memory is not None and memory <= 0.3, "x",
+                                   "peak RSS of the process minus its RSS after importing the runtime"))
+    eager = seqs("torch/eager")
+    for precision, need in (("fp32", 2.0), ("int8", 5.0)):
+        value = _ratio(seqs(f"bundle/{precision}"), eager)
+        targets.append(_target(f"{precision} bundle (K={k}) vs PyTorch eager: throughput", f">= {need:g}x", value,
+                               value is not None and value >= need, "x",
+                               "" if value is not None else f"no accepted {precision} variant in the bundle"))
+    ceiling = _get(res, "ceiling", "fp32", "gflops")
+    flops = _get(model, "matrix_flops_per_seq", "total")
+    implied = None if not ceiling or not flops else ceiling * 1e9 / flops
+    fraction = _ratio(seqs("bundle/fp32"), implied)
+    targets.append(_target("fp32 bundle vs ceiling-implied rate", ">= 85%", fraction,
+                           fraction is not None and fraction >= 0.85, "%",
+                           "" if implied is None else f"ceiling {ceiling:.0f} GFLOP/s / {flops / 1e9:.2f} GFLOP "
+                                                      f"per sequence = {implied:.0f} seq/s"))
+    overhead = _get(res, "overhead", "overhead_fraction")
+    targets.append(_target(f"runtime overhead vs session.run, batch {report['config']['target_batch']}", "<= 3%",
+                           overhead, overhead is not None and overhead <= 0.03, "%"))
+    cases = _get(res, "texts", "cases") or {}
+    texts = _ratio(_get(cases, "score_texts", "pairs_per_s"), _get(cases, "pretokenised_grouped", "pairs_per_s"))
+    targets.append(_target("score_texts vs pre-tokenised throughput", ">= 90%", texts,
+                           texts is not None and texts >= 0.9, "%"))
+    grouping = _ratio(_get(cases, "pretokenised_grouped", "pairs_per_s"),
+                      _get(cases, "pretokenised_arrival", "pairs_per_s"))
+    lengths = res.get("texts", {})
+    targets.append(_target("length grouping vs arrival-order padding", ">= 1.3x", grouping,
+                           grouping is not None and grouping >= 1.3, "x",
+                           f"{lengths.get('pairs')} pairs of {lengths.get('length_min')}-{lengths.get('length_max')} "
+                           f"tokens" if grouping is not None else ""))
+    startup = _get(res, "startup", "total_s")
+    targets.append(_target("import ensrm + Scorer(bundle), fresh process", "< 1 s", startup,
+                           startup is not None and startup < 1.0, "s"))
+    return targets
+
+
+def _fmt(value, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "%":
+        return f"{value * 100:.1f}%"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "s":
+        return f"{value:.2f} s"
+    return f"{value:.3g}"
+
+
+def _fmt_target(t: dict) -> str:
+    if t["value"] is not None and t["unit"] == "%" and t["target"].endswith("extra time"):
+        return f"{t['value'] * 100:+.1f}%"
+    if t["value"] is not None and t["unit"] == "%":
+        return f"{t['value'] * 100:.1f}%"
+    return _fmt(t["value"], t["unit"])
+
+
+def markdown(report: dict) -> str:
+    """The README table: targets with measured values, then throughput and memory per configuration."""
+    machine, model = report["machine"], report.get("model", {})
+    lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores ({', '.join(machine.get('isa', []))}); "
+             f"onnxruntime {machine['onnxruntime']}; load average {report['results'].get('load_average_start')} "
+             f"at start. Model: {model.get('model_type')} {model.get('layers')} layers, hidden "
+             f"{model.get('hidden_size')}, K = {model.get('num_heads')}. Command: `{report.get('command')}`.", "",
+             "| Target | Threshold | Measured | Result |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        result = "n/a" if t["passed"] is None else ("pass" if t["passed"] else "**fail**")
+        note = f" ({t['detail']})" if t["detail"] else ""
+        lines.append(f"| {t['target']}{note} | {t['threshold']} | {_fmt_target(t)} | {result} |")
+    cmp = report["results"].get("compare")
+    if cmp:
+        base = _get(cmp, "bundle/fp32", "seq_per_s")
+        lines += ["", f"Batch {report['config']['target_batch']} x {report['config']['target_length']} tokens, "
+                  f"{report['config']['threads']} threads, median of {report['config']['rounds']} rounds in fresh "
+                  "processes:", "",
+                  "| Configuration | seq/s | tokens/s | vs fp32 bundle | model memory (MiB) | peak RSS (MiB) |",
+                  "|---|---|---|---|---|---|"]
+        for name, row in cmp.items():
+            if "error" in row:
+                lines.append(f"| {name} | error: {row['error']} | | | | |")
+                continue
+            rel = f"{row['seq_per_s'] / base:.2f}x" if base else "n/a"
+            lines.append(f"| {name} | {row['seq_per_s']:.1f} | {row['tokens_per_s']:.0f} | {rel} | "
+                         f"{row['rss_model_mb']:.0f} | {row['rss_peak_mb']:.0f} |")
+    grid = report["results"].get("grid")
+    if grid:
+        lines += ["", "Throughput (seq/s) over batch size x length; latency at batch 1:", ""]
+        for name, data in grid.items():
+            if "error" in data:
+                lines.append(f"- {name}: error: {data['error']}")
+                continue
+            lengths = sorted({r["length"] for r in data["shapes"]})
+            batches = sorted({r["batch"] for r in data["shapes"]})
+            cell = {(r["batch"], r["length"]): r["seq_per_s"] for r in data["shapes"]}
+            lat = data["latency_batch1"]
+            lines += [f"{name} (p50 {lat['p50_s'] * 1e3:.1f} ms, p99 {lat['p99_s'] * 1e3:.1f} ms at 1 x {lat['length']}):",
+                      "", "| batch | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
+                      "|---|" + "---|" * len(lengths)]
+            lines += [f"| {b} | " + " | ".join(f"{cell.get((b, n), float('nan')):.1f}" for n in lengths) + " |"
+                      for b in batches]
+            lines.append("")
+    ceiling = report["results"].get("ceiling")
+    if ceiling and "error" not in ceiling:
+        lines += ["", "Ceiling (onnxruntime MatMul, tokens x in x out): " + "; ".join(
+            f"{p} " + ", ".join(f"{s['m']}x{s['k']}x{s['n']} {s['gflops']:.0f}" for s in ceiling[p]["shapes"])
+            + (" GFLOP/s" if p == "fp32" else " GOP/s") for p in ("fp32", "int8"))]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Throughput and memory against K (multi-head vs full ensemble), and throughput per configuration."""
+    matplotlib = require("matplotlib", "bench")
+    matplotlib.use("Agg")
+    require("matplotlib.ticker", "bench")
+    plt = require("matplotlib.pyplot", "bench")
+    cmp = report["results"].get("compare", {})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    series = {"multi-head (one encoder, K heads)": "multihead", "full ensemble, K sessions": "full_sessions",
+              "full ensemble, one graph": "full_graph"}
+    for label, prefix in series.items():
+        rows = sorted((int(n.split("/k")[1]), r) for n, r in cmp.items() if n.startswith(prefix + "/k") and "error" not in r)
+        if rows:
+            ks = [k for k, _ in rows]
+            axes[0].plot(ks, [r["seq_per_s"] for _, r in rows], "o-", label=label)
+            axes[1].plot(ks, [r["rss_model_mb"] for _, r in rows], "o-", label=label)
+    for ax, ylabel in ((axes[0], "sequences / s"), (axes[1], "model memory (MiB, peak RSS - runtime)")):
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # K = 1, 4, 16, 64, not 2^k
+        ax.set_xlabel("K (ensemble members / heads)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title("throughput vs K")
+    axes[1].set_title("memory vs K")
+    names = [n for n in cmp if n.startswith(("bundle/", "torch/", "plain/")) and "error" not in cmp[n]]
+    axes[2].bar(range(len(names)), [cmp[n]["seq_per_s"] for n in names], color="tab:blue")
+    axes[2].set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    axes[2].set_ylabel("sequences / s")
+    axes[2].set_title("throughput per precision / runtime")
+    cfg = report.get("config", {})
+    fig.suptitle(f"{report['machine']['cpu']} ({report['machine']['cores']} cores), batch "
+                 f"{cfg.get('target_batch')} x {cfg.get('target_length')} tokens", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_outputs(report: dict, output: str | Path) -> dict[str, Path]:
+    """Write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output`` (each via a temp file)."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    report["targets"] = evaluate_targets(report)
+    paths = {"json": output / "bench.json", "markdown": output / "bench.md", "png": output / "bench.png"}
+    for key, text in (("json", json.dumps(report, indent=2, default=float) + "\n"), ("markdown", markdown(report))):
+        tmp = paths[key].with_name("." + paths[key].name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, paths[key])
+    plot(report, paths["png"])
+    return paths

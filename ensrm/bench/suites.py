@@ -1,0 +1,291 @@
+"""The comparisons of ``ensrm bench``: which jobs run, in what order, and what they add up to.
+
+Suites (``--suite``): ``compare`` (every configuration at the target shape, interleaved over
+rounds: precisions, PyTorch eager, the plain export, the K sweep, full ensembles), ``grid``
+(throughput over batch sizes and lengths and batch-1 latency for each precision and eager),
+``ceiling`` (onnxruntime's own MatMul rate), ``runtime`` (Scorer overhead, ``score_texts``,
+length grouping, import-and-load time).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ensrm.bench.harness import _child_env, interleave, load_average, run_job, summarize
+from ensrm.bundle import load_spec
+from ensrm.errors import EnsrmError
+
+SUITES = ("compare", "grid", "ceiling", "runtime")
+
+
+@dataclass
+class BenchConfig:
+    """What to measure; :meth:`quick` is a smaller grid for a first look (a few minutes)."""
+
+    batches: tuple[int, ...] = (1, 8, 32, 64)
+    lengths: tuple[int, ...] = (32, 128, 256, 512)  # those above the bundle's max_length are skipped
+    target_batch: int = 32
+    target_length: int = 128
+    heads_sweep: tuple[int, ...] = (1, 4, 16, 64)
+    full_ensemble_sizes: tuple[int, ...] = (1, 2, 4)
+    rounds: int = 3
+    repeats: int = 5
+    warmup: int = 1
+    grid_repeats: int = 3
+    latency_repeats: int = 50
+    text_pairs: int = 512
+    text_words: tuple[int, int] = (12, 200)  # words per pair; ~16-256 tokens with a WordPiece vocabulary
+    matmul_shapes: tuple[tuple[int, int, int], ...] = ((4096, 384, 1536), (4096, 384, 384), (4096, 1536, 384))
+    matmul_min_time: float = 1.0  # seconds of timed MatMul calls per shape
+    startup_runs: int = 3
+    threads: int | None = field(default_factory=os.cpu_count)
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        return cls(batches=(1, 32), lengths=(32, 128), heads_sweep=(1, 4, 64), full_ensemble_sizes=(1, 4),
+                   rounds=2, repeats=3, grid_repeats=2, latency_repeats=20, text_pairs=128, startup_runs=2)
+
+
+def machine_info() -> dict:
+    """CPU model, core count and library versions, recorded beside every result."""
+    import onnxruntime
+
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        model = fields.get("Model name", model).strip()
+        flags = fields.get("Flags", "")
+        isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags.split()]
+    except (OSError, subprocess.SubprocessError):
+        isa = []
+    return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "env": {k: v for k, v in os.environ.items()
+                    if k.startswith(("OMP_", "OPENBLAS_", "MKL_", "ORT_"))}}
+
+
+def _median(results: list[dict], path: Callable[[dict], float]) -> float | None:
+    values = [path(r) for r in results if "error" not in r]
+    return float(np.median(values)) if values else None
+
+
+def _pooled_shape(results: list[dict], index: int = 0) -> dict:
+    """Pool the timed calls of every round of one job and summarise them."""
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return {"error": results[0].get("error", "no result") if results else "no result"}
+    times = [t for r in ok for t in r["shapes"][index]["times"]]
+    shape = ok[0]["shapes"][index]
+    stats = summarize(times)
+    return {"batch": shape["batch"], "length": shape["length"], **stats,
+            "seq_per_s": shape["batch"] / stats["median_s"],
+            "tokens_per_s": shape["batch"] * shape["length"] / stats["median_s"],
+            "rss_peak_mb": _median(ok, lambda r: r["rss_peak_mb"]),
+            "rss_model_mb": _median(ok, lambda r: r["rss_peak_mb"] - r["rss_baseline_mb"]),
+            "load_s": _median(ok, lambda r: r["load_s"]), "rounds": len(ok)}
+
+
+def _dir_size_mb(paths) -> float:
+    total = 0
+    for path in paths:
+        path = Path(path)
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        total += sum(p.stat().st_size for p in files)
+    return total / (1 << 20)
+
+
+class Bench:
+    """One benchmark run: a bundle, the checkpoint it (or a model of its shape) came from, a config."""
+
+    def __init__(self, bundle: str | Path, checkpoint: str | Path, cache_dir: str | Path, config: BenchConfig,
+                 progress: Callable[[str], None] | None = None):
+        from ensrm.bench.models import ModelCache
+
+        self.bundle = Path(bundle)
+        self.checkpoint = Path(checkpoint)
+        self.spec = load_spec(self.bundle, verify="size")
+        self.config = config
+        self.progress = progress
+        self.models = ModelCache(self.checkpoint, cache_dir, max_length=max(config.target_length, 8),
+                                 progress=progress)
+        self.precisions = [p for p, v in self.spec.variants.items() if v.get("accepted")]
+        self.results: dict = {}
+        self.started = time.perf_counter()
+
+    def say(self, message: str) -> None:
+        if self.progress:
+            self.progress(f"[{time.perf_counter() - self.started:6.1f}s] {message}")
+
+    def _job(self, kind: str, **fields) -> dict:
+        c = self.config
+        return {"kind": kind, "threads": c.threads, "warmup": c.warmup, "repeats": c.repeats,
+                "uwo_lambda": self.spec.uwo_lambda, **fields}
+
+    # -- suites --------------------------------------------------------------------------------
+
+    def run(self, suites=SUITES) -> dict:
+        unknown = set(suites) - set(SUITES)
+        if unknown:
+            raise EnsrmError(f"unknown suite(s) {sorted(unknown)}; choose from {', '.join(SUITES)}")
+        self.results["load_average_start"] = load_average()
+        for suite in SUITES:
+            if suite in suites:
+                self.say(f"suite {suite}")
+                getattr(self, f"suite_{suite}")()
+        self.results["load_average_end"] = load_average()
+        self.results["wall_s"] = time.perf_counter() - self.started
+        return self.results
+
+    def suite_compare(self) -> None:
+        """Every configuration at the target shape, in fresh processes, interleaved over rounds."""
+        c = self.config
+        shape = [[c.target_batch, min(c.target_length, self.spec.max_length)]]
+        jobs: dict[str, dict] = {}
+        for precision in self.precisions:
+            jobs[f"bundle/{precision}"] = self._job("ort", mode="scorer", bundle=str(self.bundle),
+                                                    precision=precision, shapes=shape)
+        jobs["torch/eager"] = self._job("torch", checkpoint=str(self.checkpoint), shapes=shape)
+        self.say("building the comparison models (cached after the first run)")
+        jobs[f"plain/k{self.spec.num_heads}"] = self._job(
+            "ort", mode="plain", file=str(self.models.plain(self.spec.num_heads)),
+            vocab_size=self.spec.vocab_size, shapes=shape)
+        sizes = {"multihead": {}, "full_sessions": {}, "full_graph": {}}
+        # The multi-head model at the largest full-ensemble size is needed for the K-for-K comparison.
+        for k in sorted(set(c.heads_sweep) | {max(c.full_ensemble_sizes)}):
+            bundle = self.models.multi_head(k)
+            sizes["multihead"][k] = _dir_size_mb([bundle])
+            jobs[f"multihead/k{k}"] = self._job("ort", mode="scorer", bundle=str(bundle), shapes=shape)
+        members = self.models.member_bundles(max(c.full_ensemble_sizes))
+        for m in c.full_ensemble_sizes:
+            sizes["full_sessions"][m] = _dir_size_mb(members[:m])
+            jobs[f"full_sessions/k{m}"] = self._job("ort", mode="sessions", bundles=[str(b) for b in members[:m]],
+                                                    shapes=shape)
+        biggest = max(c.full_ensemble_sizes)
+        if biggest > 1:
+            graph = self.models.full_ensemble(biggest)
+            sizes["full_graph"][biggest] = _dir_size_mb([graph])
+            jobs[f"full_graph/k{biggest}"] = self._job("ort", mode="scorer", bundle=str(graph), shapes=shape)
+        self.say(f"timing {len(jobs)} configurations x {c.rounds} rounds")
+        raw = interleave(jobs, c.rounds, progress=self.say)
+        self.results["compare"] = {name: _pooled_shape(rs) for name, rs in raw.items()}
+        self.results["bundle_size_mb"] = {
+            **{p: _dir_size_mb([self.bundle / v["file"]] + ([self.bundle / (v["file"] + ".data")]
+                               if (self.bundle / (v["file"] + ".data")).exists() else []))
+               for p, v in self.spec.variants.items() if v.get("accepted")},
+            "bundle_dir": _dir_size_mb([self.bundle]), **{f"{k}": v for k, v in sizes.items()}}
+
+    def suite_grid(self) -> None:
+        """Throughput over batch sizes x lengths, and batch-1 latency, per precision and for eager."""
+        c = self.config
+        lengths = [n for n in c.lengths if n <= self.spec.max_length] or [self.spec.max_length]
+        shapes = [[b, n] for n in lengths for b in c.batches]
+        latency = {"length": min(c.target_length, self.spec.max_length), "repeats": c.latency_repeats}
+        jobs = {f"bundle/{p}": self._job("ort", mode="scorer", bundle=str(self.bundle), precision=p, shapes=shapes,
+                                         latency=latency, repeats=c.grid_repeats) for p in self.precisions}
+        jobs["torch/eager"] = self._job("torch", checkpoint=str(self.checkpoint), shapes=shapes, latency=latency,
+                                        repeats=c.grid_repeats)
+        out = {}
+        for name, job in jobs.items():
+            self.say(f"grid: {name} ({len(shapes)} shapes)")
+            result = run_job(job)
+            if "error" in result:
+                out[name] = {"error": result["error"]}
+                continue
+            rows = [{"batch": s["batch"], "length": s["length"], "median_s": s["median_s"],
+                     "seq_per_s": s["batch"] / s["median_s"], "tokens_per_s": s["batch"] * s["length"] / s["median_s"]}
+                    for s in result["shapes"]]
+            lat = result["latency"]
+            out[name] = {"shapes": rows, "latency_batch1": {k: lat[k] for k in ("length", "p50_s", "p99_s", "samples")},
+                         "rss_peak_mb": result["rss_peak_mb"],
+                         "rss_model_mb": result["rss_peak_mb"] - result["rss_baseline_mb"]}
+        self.results["grid"] = out
+
+    def suite_ceiling(self) -> None:
+        """onnxruntime's fp32 and int8 MatMul rate on encoder-shaped products (``tokens x in x out``)."""
+        c = self.config
+        self.say("ceiling: MatMul / MatMulInteger rate")
+        result = run_job({"kind": "matmul", "threads": c.threads, "shapes": [list(s) for s in c.matmul_shapes],
+                          "warmup": 2, "repeats": max(5, c.repeats), "min_time": c.matmul_min_time})
+        if "error" in result:
+            self.results["ceiling"] = {"error": result["error"]}
+            return
+        self.results["ceiling"] = {
+            p: {"shapes": [{k: r[k] for k in ("m", "k", "n", "median_s", "gflops")} for r in result[p]],
+                "gflops": max(r["gflops"] for r in result[p])}
+            for p in ("fp32", "int8")}
+
+    def suite_runtime(self) -> None:
+        """Scorer overhead at the target shape, score_texts vs pre-tokenised, grouping, startup."""
+        c = self.config
+        self.say("runtime: Scorer.score overhead")
+        self.results["overhead"] = run_job(self._job("overhead", bundle=str(self.bundle), batch=c.target_batch,
+                                                     length=min(c.target_length, self.spec.max_length),
+                                                     repeats=max(10, c.repeats)))
+        self.say("runtime: score_texts, pre-tokenised, length grouping")
+        low, high = c.text_words
+        self.results["texts"] = run_job(self._job("texts", bundle=str(self.bundle), pairs=c.text_pairs,
+                                                  min_words=low, max_words=high, batch_size=c.target_batch,
+                                                  repeats=max(2, c.repeats // 2)))
+        self.say("runtime: import ensrm + Scorer(bundle) in a fresh process")
+        self.results["startup"] = startup_time(self.bundle, c.startup_runs)
+
+    # -- facts about the model -----------------------------------------------------------------
+
+    def model_info(self) -> dict:
+        from ensrm._optional import require
+        from ensrm.bench.models import matrix_flops
+
+        transformers = require("transformers", "export")
+        config = transformers.AutoConfig.from_pretrained(self.checkpoint)
+        length = min(self.config.target_length, self.spec.max_length)
+        return {"bundle": str(self.bundle), "checkpoint": str(self.checkpoint), "model_type": self.spec.model_type,
+                "num_heads": self.spec.num_heads, "hidden_size": config.hidden_size,
+                "layers": config.num_hidden_layers, "intermediate_size": config.intermediate_size,
+                "precisions": self.precisions, "max_length": self.spec.max_length,
+                "matrix_flops_per_seq": matrix_flops(config, length, self.spec.num_heads),
+                "flops_length": length}
+
+
+_STARTUP = """
+import json, sys, time
+t0 = time.perf_counter()
+import ensrm
+t1 = time.perf_counter()
+scorer = ensrm.Scorer(sys.argv[1])
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "total_s": t2 - t0}))
+"""
+
+
+def startup_time(bundle: Path, runs: int = 3) -> dict:
+    """``import ensrm`` + ``Scorer(bundle)`` (default sha256 check), timed inside fresh interpreters.
+
+    The first run may read the bundle from disk; the median of the runs is reported.
+    """
+    import json
+
+    samples = []
+    for _ in range(max(runs, 1)):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _STARTUP, str(bundle)], env=_child_env(),
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+        sample = json.loads(proc.stdout.strip().splitlines()[-1])
+        sample["process_s"] = time.perf_counter() - start
+        samples.append(sample)
+    return {key: float(np.median([s[key] for s in samples])) for key in samples[0]} | {"runs": samples}
+
+
+def config_dict(config: BenchConfig) -> dict:
+    return asdict(config)

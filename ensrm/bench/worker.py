@@ -1,0 +1,290 @@
+"""One benchmark job, run in its own process: ``python -m ensrm.bench.worker JOB.json RESULT.json``.
+
+Job kinds: ``ort`` (a bundle through :class:`~ensrm.Scorer`, K single-head bundles as K
+sessions, or a plain graph with numpy aggregation), ``torch`` (PyTorch eager),
+``matmul`` (onnxruntime's own MatMul rate), ``overhead`` (``Scorer.score`` minus
+``session.run``), ``texts`` (``score_texts`` vs pre-tokenised, length grouping vs arrival
+order). Only the ``torch`` job imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+from ensrm.bench.harness import peak_rss_mb, summarize, time_calls
+
+
+def random_feeds(input_names, batch: int, length: int, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Unpadded random token ids ``[batch, length]`` (ids above 1000 skip most special tokens)."""
+    rng = np.random.default_rng(seed)
+    low = min(1000, max(vocab_size // 2, 1))
+    feeds = {"input_ids": rng.integers(low, vocab_size, (batch, length), dtype=np.int64),
+             "attention_mask": np.ones((batch, length), dtype=np.int64),
+             "token_type_ids": np.zeros((batch, length), dtype=np.int64)}
+    return {name: feeds[name] for name in input_names}
+
+
+def numpy_aggregates(heads: np.ndarray, uwo_lambda: float) -> dict[str, np.ndarray]:
+    """What a user of a plain classifier computes after the graph: mean, std, min, uwo of ``[batch, K]``."""
+    mean = heads.mean(axis=1)  # [batch]
+    var = heads.var(axis=1)  # population variance, ddof=0
+    return {"mean": mean, "std": np.sqrt(var), "min": heads.min(axis=1), "uwo": mean - uwo_lambda * var}
+
+
+def _grid(call, job: dict, input_names, vocab_size: int) -> dict:
+    """Time ``call(feeds)`` for every shape of the job, and latency at batch 1 if asked."""
+    out = {"shapes": []}
+    for batch, length in job.get("shapes", []):
+        feeds = random_feeds(input_names, batch, length, vocab_size)
+        times = time_calls(lambda: call(feeds), job.get("warmup", 1), job.get("repeats", 3), job.get("min_time", 0.0))
+        out["shapes"].append({"batch": batch, "length": length, "times": times, **summarize(times)})
+    latency = job.get("latency")
+    if latency:
+        feeds = random_feeds(input_names, 1, latency["length"], vocab_size)
+        times = time_calls(lambda: call(feeds), 3, latency.get("repeats", 50), latency.get("min_time", 0.0))
+        out["latency"] = {"length": latency["length"], "times": times, **summarize(times)}
+    return out
+
+
+def ort_job(job: dict) -> dict:
+    import onnxruntime  # noqa: F401 - imported before the baseline so the baseline includes it
+
+    from ensrm.runtime.onnxruntime_backend import create_session
+    from ensrm.runtime.scorer import Scorer
+
+    baseline = peak_rss_mb()
+    start = time.perf_counter()
+    mode, threads, lam = job["mode"], job.get("threads"), job.get("uwo_lambda", 0.5)
+    if mode == "scorer":
+        scorer = Scorer(job["bundle"], threads=threads, precision=job.get("precision", "fp32"), verify="size")
+        names, vocab = scorer.spec.inputs, scorer.spec.vocab_size
+
+        def call(feeds):
+            return scorer.score(**feeds)
+    elif mode == "sessions":
+        # A full ensemble kept as K bundles: K sessions, heads concatenated, aggregates in numpy.
+        scorers = [Scorer(b, threads=threads, verify="size") for b in job["bundles"]]
+        names, vocab = scorers[0].spec.inputs, scorers[0].spec.vocab_size
+
+        def call(feeds):
+            heads = np.concatenate([s.score(**feeds).heads for s in scorers], axis=1)  # [batch, K]
+            return numpy_aggregates(heads, lam)
+    elif mode == "plain":
+        session = create_session(job["file"], threads=threads)
+        names, vocab = tuple(i.name for i in session.get_inputs()), job["vocab_size"]
+
+        def call(feeds):
+            logits = session.run(None, feeds)[0]  # [batch, K]
+            return numpy_aggregates(logits, lam)
+    else:
+        raise ValueError(f"unknown ort mode {mode!r}")
+    load_s = time.perf_counter() - start
+    out = _grid(call, job, names, vocab)
+    out.update(load_s=load_s, rss_baseline_mb=baseline, rss_peak_mb=peak_rss_mb())
+    return out
+
+
+def torch_job(job: dict) -> dict:
+    import torch
+    import transformers
+
+    baseline = peak_rss_mb()
+    threads = job.get("threads")
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    kwargs = {"attn_implementation": job["attn_implementation"]} if job.get("attn_implementation") else {}
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        job["checkpoint"], dtype=torch.float32, **kwargs).eval()
+    uses_types = getattr(model.config, "type_vocab_size", 0) > 1
+    names = ("input_ids", "attention_mask") + (("token_type_ids",) if uses_types else ())
+    load_s = time.perf_counter() - start
+
+    def call(feeds):
+        with torch.inference_mode():
+            logits = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits  # [batch, K]
+        return numpy_aggregates(logits.numpy(), job.get("uwo_lambda", 0.5))
+
+    out = _grid(call, job, names, model.config.vocab_size)
+    out.update(load_s=load_s, rss_baseline_mb=baseline, rss_peak_mb=peak_rss_mb(),
+               torch=torch.__version__, torch_threads=torch.get_num_threads(),
+               attn_implementation=model.config._attn_implementation)
+    return out
+
+
+def matmul_graph(m: int, k: int, n: int, precision: str, seed: int = 0):
+    """A one-node graph ``A [m, k] @ B [k, n]`` with ``B`` a constant, as weights are in a model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    if precision == "fp32":
+        weight = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "B")
+        node = helper.make_node("MatMul", ["A", "B"], ["Y"])
+        a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+        opset = 17
+    else:
+        # uint8 activations x int8 weights: the pairing AVX-512 VNNI (vpdpbusd) multiplies natively.
+        weight = numpy_helper.from_array(rng.integers(-127, 128, (k, n)).astype(np.int8), "B")
+        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+        opset = 17
+    graph = helper.make_graph([node], "matmul", [helper.make_tensor_value_info("A", a_type, [m, k])],
+                              [helper.make_tensor_value_info("Y", y_type, [m, n])], initializer=[weight])
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def matmul_job(job: dict) -> dict:
+    from ensrm.runtime.onnxruntime_backend import session_options
+
+    import onnxruntime as ort
+
+    out = {}
+    rng = np.random.default_rng(1)
+    for precision in job.get("precisions", ["fp32", "int8"]):
+        rows = []
+        for m, k, n in job["shapes"]:
+            model = matmul_graph(m, k, n, precision)
+            session = ort.InferenceSession(model.SerializeToString(), session_options(job.get("threads")),
+                                           providers=["CPUExecutionProvider"])
+            a = (rng.standard_normal((m, k)).astype(np.float32) if precision == "fp32"
+                 else rng.integers(0, 256, (m, k)).astype(np.uint8))
+            times = time_calls(lambda: session.run(None, {"A": a}), job.get("warmup", 2), job.get("repeats", 10),
+                               job.get("min_time", 0.0))
+            stats = summarize(times)
+            rows.append({"m": m, "k": k, "n": n, "times": times, **stats,
+                         "gflops": 2.0 * m * k * n / stats["median_s"] / 1e9})
+        out[precision] = rows
+    out["rss_peak_mb"] = peak_rss_mb()
+    return out
+
+
+class _TimedSession:
+    """Wraps an ``InferenceSession`` and accumulates the time spent inside ``run``."""
+
+    def __init__(self, session):
+        self.session, self.inside = session, 0.0
+
+    def run(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.session.run(*args, **kwargs)
+        finally:
+            self.inside += time.perf_counter() - start
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def overhead_job(job: dict) -> dict:
+    """Per call: time in ``Scorer.score`` and, of it, time inside ``session.run``."""
+    from ensrm.runtime.scorer import Scorer
+
+    scorer = Scorer(job["bundle"], threads=job.get("threads"), verify="size")
+    timed = _TimedSession(scorer.backend.session)
+    scorer.backend.session = timed
+    feeds = random_feeds(scorer.spec.inputs, job["batch"], job["length"], scorer.spec.vocab_size)
+    for _ in range(job.get("warmup", 2)):
+        scorer.score(**feeds)
+    total, inside = [], []
+    for _ in range(job.get("repeats", 10)):
+        timed.inside = 0.0
+        start = time.perf_counter()
+        scorer.score(**feeds)
+        total.append(time.perf_counter() - start)
+        inside.append(timed.inside)
+    overhead = [t - i for t, i in zip(total, inside)]
+    return {"batch": job["batch"], "length": job["length"], "score_s": summarize(total),
+            "session_run_s": summarize(inside), "overhead_s": summarize(overhead),
+            "overhead_fraction": float(np.median(overhead) / np.median(inside))}
+
+
+_WORDS = ("the a model reward answer question helpful careful bread water mountain python list tuple "
+          "explain because however therefore quickly slowly yesterday tomorrow garden kitchen engine "
+          "policy ensemble gradient sample honest harmless clear short long example result method").split()
+
+
+def mixed_pairs(n: int, min_words: int, max_words: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``n`` (prompt, response) pairs whose total length is spread uniformly between the bounds."""
+    rng = np.random.default_rng(seed)
+    prompts, responses = [], []
+    for total in rng.integers(min_words, max_words + 1, n):
+        split = max(1, int(total * rng.uniform(0.1, 0.4)))
+        prompts.append(" ".join(rng.choice(_WORDS, split)) + "?")
+        responses.append(" ".join(rng.choice(_WORDS, max(1, int(total) - split))) + ".")
+    return prompts, responses
+
+
+def _arrival_batches(encoder, encodings, batch_size: int):
+    """Batches in arrival order, each padded to its own longest member (no length grouping)."""
+    for start in range(0, len(encodings), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(encodings)))
+        # TextEncoder.batches sorts by length; a single batch sorted internally is still padded to its longest.
+        yield from ((rows[r], feeds) for r, feeds in encoder.batches([encodings[i] for i in rows], len(rows)))
+
+
+def texts_job(job: dict) -> dict:
+    """``score_texts`` vs scoring the same pairs pre-tokenised; grouped vs arrival-order batches."""
+    from ensrm.runtime.scorer import Scorer
+
+    scorer = Scorer(job["bundle"], threads=job.get("threads"), verify="size")
+    encoder = scorer.text_encoder
+    batch_size = job.get("batch_size", 32)
+    # Words per pair chosen so tokens land near the requested range; the real lengths are reported.
+    prompts, responses = mixed_pairs(job["pairs"], job["min_words"], job["max_words"], job.get("seed", 0))
+    encodings = encoder.encode(prompts, responses)
+    lengths = np.array([len(e.ids) for e in encodings])
+    grouped = list(encoder.batches(encodings, batch_size))
+    arrival = list(_arrival_batches(encoder, encodings, batch_size))
+
+    def run_texts():
+        scorer.score_texts(prompts, responses, batch_size=batch_size)
+
+    def run_batches(batches):
+        for _, feeds in batches:
+            scorer.score(**feeds)
+
+    cases = {"score_texts": run_texts, "pretokenised_grouped": lambda: run_batches(grouped),
+             "pretokenised_arrival": lambda: run_batches(arrival)}
+    for fn in cases.values():
+        fn()  # warm-up: every shape once
+    times = {name: [] for name in cases}
+    for _ in range(job.get("repeats", 3)):
+        for name, fn in cases.items():  # interleaved, so drift hits every case alike
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    padded = {"pretokenised_grouped": sum(f["input_ids"].size for _, f in grouped),
+              "pretokenised_arrival": sum(f["input_ids"].size for _, f in arrival)}
+    out = {"pairs": len(prompts), "batch_size": batch_size, "tokens": int(lengths.sum()),
+           "length_min": int(lengths.min()), "length_max": int(lengths.max()),
+           "length_mean": float(lengths.mean()), "padded_tokens": padded, "cases": {}}
+    for name, values in times.items():
+        stats = summarize(values)
+        out["cases"][name] = {"times": values, **stats, "pairs_per_s": len(prompts) / stats["median_s"]}
+    return out
+
+
+JOBS = {"ort": ort_job, "torch": torch_job, "matmul": matmul_job, "overhead": overhead_job, "texts": texts_job}
+
+
+def main(argv: list[str]) -> int:
+    job_path, out_path = argv
+    with open(job_path) as handle:
+        job = json.load(handle)
+    result = JOBS[job["kind"]](job)
+    result.setdefault("rss_peak_mb", peak_rss_mb())
+    with open(out_path + ".tmp", "w") as handle:
+        json.dump(result, handle)
+    import os
+
+    os.replace(out_path + ".tmp", out_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

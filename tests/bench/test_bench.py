@@ -1,0 +1,74 @@
+"""The benchmark harness runs end to end on a tiny model and writes its three files.
+
+Timings are never asserted: this machine is shared and the numbers mean nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from ensrm.bench import run_benchmarks
+from ensrm.bench.harness import summarize, time_calls
+from ensrm.bench.models import matrix_flops
+from ensrm.bench.suites import BenchConfig
+from ensrm.cli import main
+
+TINY = dict(batches=(1, 2), lengths=(8, 16), target_batch=2, target_length=16, heads_sweep=(1, 2),
+            full_ensemble_sizes=(1, 2), rounds=1, repeats=1, latency_repeats=3, text_pairs=8, text_words=(3, 10),
+            matmul_shapes=((32, 16, 32),), matmul_min_time=0.0, startup_runs=1, threads=1)
+
+
+def test_timing_helpers_count_and_summarise():
+    calls = []
+    times = time_calls(lambda: calls.append(1), warmup=2, repeats=3)
+    assert len(calls) == 5 and len(times) == 3
+    stats = summarize([3.0, 1.0, 2.0])
+    assert stats["median_s"] == 2.0 and stats["min_s"] == 1.0 and stats["samples"] == 3
+
+
+def test_matrix_flops_of_minilm():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(hidden_size=384, intermediate_size=1536, num_hidden_layers=6)
+    one = matrix_flops(cfg, 128)
+    # 6 layers x (4 h^2 + 2 h i) x 2 x 128 tokens, plus 2 x 2 x 128^2 x 384 attention, plus the pooler.
+    assert one["ffn"] == 6 * 2 * 128 * 384 * 1536 * 2
+    assert one["attention_scores_context"] == 6 * 2 * 128 * 128 * 384 * 2
+    assert matrix_flops(cfg, 128, members=4)["total"] > 3.9 * one["total"]
+
+
+def test_bench_runs_end_to_end_on_a_tiny_model(checkpoints, bundles, tmp_path):
+    paths = run_benchmarks(tmp_path / "out", bundle=bundles("bert", 2), checkpoint=checkpoints("bert", 2, 0),
+                           cache_dir=tmp_path / "cache",
+                           config=BenchConfig(**TINY), progress=None)
+    assert {p.name for p in paths.values()} == {"bench.json", "bench.md", "bench.png"}
+    report = json.loads(paths["json"].read_text())
+    assert set(report) >= {"command", "machine", "config", "model", "results", "targets"}
+    results = report["results"]
+    assert set(results) >= {"compare", "grid", "ceiling", "overhead", "texts", "startup", "bundle_size_mb"}
+    compare = results["compare"]
+    for name in ("bundle/fp32", "torch/eager", "plain/k2", "multihead/k1", "multihead/k2", "full_sessions/k1",
+                 "full_sessions/k2", "full_graph/k2"):
+        assert "error" not in compare[name], compare[name]
+        assert compare[name]["seq_per_s"] > 0 and compare[name]["rss_peak_mb"] > 0
+    assert {(r["batch"], r["length"]) for r in results["grid"]["bundle/fp32"]["shapes"]} == \
+        {(1, 8), (2, 8), (1, 16), (2, 16)}
+    assert results["ceiling"]["fp32"]["gflops"] > 0 and results["ceiling"]["int8"]["gflops"] > 0
+    assert set(results["texts"]["cases"]) == {"score_texts", "pretokenised_grouped", "pretokenised_arrival"}
+    targets = {t["target"] for t in report["targets"]}
+    assert any("vs PyTorch eager" in t for t in targets) and any("ceiling" in t for t in targets)
+    int8 = next(t for t in report["targets"] if t["target"].startswith("int8"))
+    assert int8["passed"] is None and int8["value"] is None  # the tiny bundle has no int8 variant
+    table = paths["markdown"].read_text()
+    assert "| Target | Threshold | Measured | Result |" in table and "bundle/fp32" in table
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_command_rejects_a_checkpoint_without_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["bench", "--checkpoint", str(tmp_path / "empty"), "-o", str(tmp_path / "o"),
+                                       "--cache", str(tmp_path / "c")])
+    assert result.exit_code == 1
+    assert "has no config.json" in result.output
