@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench gpu-check clean
+.PHONY: demo test test-slow bench gpu-check clean overopt
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/ensrm demo
+
+# The overoptimisation experiment: rewrites examples/overoptimisation/results/ (JSON + PNG).
+overopt: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/overoptimisation/run.py --out examples/overoptimisation/results
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -14,6 +14,8 @@ _EXPORTS = {
     "bradley_terry_loss": "ensrm.train.losses",
     "pairwise_metrics": "ensrm.train.metrics",
     "load_preferences": "ensrm.train.pairs",
+    "expected_best_of_n": "ensrm.train.bon",
+    "best_of_n_kl": "ensrm.train.bon",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,6 +15,7 @@ import numpy as np
 from ensrm._optional import require
 from ensrm.errors import TrainingError
 from ensrm.train import model as M
+from ensrm.train.feature_cache import FeatureCache, model_fingerprint
 from ensrm.train.frozen import fit_heads
 from ensrm.train.joint import STATE_DIR, train_joint
 from ensrm.train.metrics import format_metrics, pairwise_metrics
@@ -52,7 +53,7 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def _check_settings(heads, mode, epochs, batch_size, max_length, label_noise):
+def _check_settings(heads, mode, epochs, batch_size, max_length, label_noise, resume, feature_cache):
     if not isinstance(heads, int) or heads < 1:
         raise TrainingError(f"heads must be a positive integer, got {heads!r}")
     if mode not in MODES:
@@ -63,6 +64,12 @@ def _check_settings(heads, mode, epochs, batch_size, max_length, label_noise):
         raise TrainingError(f"max_length must be at least 8 tokens, got {max_length}")
     if not 0.0 <= label_noise <= 1.0:
         raise TrainingError(f"label_noise must be a probability in [0, 1], got {label_noise}")
+    if mode == "frozen" and (resume or epochs != 1):
+        # Silently ignoring them would let a user believe a frozen fit ran for N epochs or resumed.
+        raise TrainingError(f"epochs={epochs} and resume={resume} apply to joint mode only; frozen mode fits "
+                            "the heads to convergence in one go (tune max_iter/l2), or use mode='joint'")
+    if mode == "joint" and feature_cache is not None:
+        raise TrainingError("feature_cache applies to frozen mode only: in joint mode the encoder changes")
 
 
 def _score_pairs(model, tokenizer, pairs, max_length, batch_size):
@@ -82,14 +89,23 @@ def _score_pairs(model, tokenizer, pairs, max_length, batch_size):
     return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
 
 
-def _train_frozen(model, head, tokenizer, train, evals, counts, *, l2, max_iter, max_length, batch_size, progress):
+def _train_frozen(model, head, tokenizer, train, evals, counts, *, l2, max_iter, max_length, batch_size, progress,
+                  cache):
     prompts = [p["prompt"] for p in train] * 2 + [p["prompt"] for p in evals] * 2
     responses = ([p["chosen"] for p in train] + [p["rejected"] for p in train]
                  + [p["chosen"] for p in evals] + [p["rejected"] for p in evals])
-    bar = Progress(len(responses), "features (frozen encoder)", enabled=progress, unit="text")
-    features = M.pooled_features(model, head, tokenizer, prompts, responses, max_length=max_length,
-                                 batch_size=batch_size, progress=bar)  # [2 * (n_train + n_eval), hidden]
-    bar.close()
+
+    def compute(prompts, responses):
+        bar = Progress(len(responses), "features (frozen encoder)", enabled=progress, unit="text")
+        out = M.pooled_features(model, head, tokenizer, prompts, responses, max_length=max_length,
+                                batch_size=batch_size, progress=bar)  # [n, hidden]
+        bar.close()
+        return out
+
+    if cache is None:
+        features = compute(prompts, responses)  # [2 * (n_train + n_eval), hidden]
+    else:
+        features = torch.from_numpy(cache.features(prompts, responses, lambda p, r: compute(p, r).numpy()))
     n, m = len(train), len(evals)
     fitted = fit_heads(features[:n], features[n:2 * n], torch.from_numpy(counts), head.weight.detach(),
                        l2=l2, max_iter=max_iter)
@@ -122,6 +138,7 @@ def train_reward_model(
     uwo_lambda: float = 0.5,
     progress: bool = True,
     resume: bool = False,
+    feature_cache: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train ``heads`` Bradley–Terry reward heads on one encoder and save a sequence classifier.
 
@@ -133,7 +150,10 @@ def train_reward_model(
     (settings and held-out metrics).
 
     - ``mode="frozen"``: pooled features are computed once with the encoder fixed and the K heads
-      are fitted by L-BFGS (``l2``, ``max_iter``); ``epochs``/``lr``/``resume`` do not apply.
+      are fitted by L-BFGS (``l2``, ``max_iter``); ``epochs``/``resume`` are refused and
+      ``lr``/``head_lr`` unused. ``feature_cache`` (a directory) keeps the pooled features of every
+      (prompt, response) seen, per base model and ``max_length``, so further fits on the same
+      texts (other seeds, head counts, bootstrap resamples: an ensemble) skip the encoder.
     - ``mode="joint"``: encoder and heads train together with AdamW (``lr`` for the encoder,
       ``head_lr`` for the heads) for ``epochs``; state is saved in ``out_dir/.train_state/``
       after every epoch and ``resume=True`` continues from it.
@@ -149,7 +169,7 @@ def train_reward_model(
     0.87
     """
     started = time.perf_counter()
-    _check_settings(heads, mode, epochs, batch_size, max_length, label_noise)
+    _check_settings(heads, mode, epochs, batch_size, max_length, label_noise, resume, feature_cache)
     records = load_preferences(prefs)  # malformed data fails before the slow model load
     try:
         split = split_pairs(records, eval_fraction, seed)
@@ -168,9 +188,13 @@ def train_reward_model(
 
     start_epoch, steps, epoch_losses = 0, 1, []
     if mode == "frozen":
+        cache = None
+        if feature_cache is not None:
+            cache = FeatureCache(feature_cache, model_fingerprint(model, head_name),
+                                 max_length)
         train_loss, eval_c, eval_r = _train_frozen(
             model, head, tokenizer, train, split.eval, counts, l2=l2, max_iter=max_iter,
-            max_length=max_length, batch_size=max(batch_size, 32), progress=progress)
+            max_length=max_length, batch_size=max(batch_size, 32), progress=progress, cache=cache)
     else:
         run = {"data": fingerprint(train), "base_model": str(Path(base_model).resolve()), "heads": heads,
                "seed": seed, "bootstrap": bootstrap, "label_noise": label_noise, "lr": lr, "head_lr": head_lr,
@@ -202,7 +226,8 @@ def train_reward_model(
         "bootstrap": bootstrap,
         "label_noise": label_noise,
         "settings": {"epochs": epochs, "lr": lr, "head_lr": head_lr, "batch_size": batch_size, "l2": l2,
-                     "max_iter": max_iter, "eval_fraction": eval_fraction, "max_length": max_length},
+                     "max_iter": max_iter, "eval_fraction": eval_fraction, "max_length": max_length,
+                     "feature_cache": None if feature_cache is None else str(feature_cache)},
         "n_train": len(train),
         "n_eval": len(split.eval),
         "train_loss": train_loss,
