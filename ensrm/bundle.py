@@ -77,7 +77,9 @@ def verify_files(bundle_dir: str | os.PathLike, spec: EnsembleSpec, mode: str = 
     if mode == "none":
         return
     # Every file the runtime will open must be one the manifest vouches for.
-    used = [v.get("file") for v in spec.variants.values()] + ([spec.tokenizer_file] if spec.tokenizer_file else [])
+    # (a variant rejected by its accuracy gate has no file: "file": null)
+    used = [v["file"] for v in spec.variants.values() if v.get("file")] + \
+        ([spec.tokenizer_file] if spec.tokenizer_file else [])
     for name in used:
         if name not in spec.files:
             raise BundleError(f"{bundle_dir}: {name!r} is used by the manifest but not listed in its files "
