@@ -9,8 +9,10 @@ Three kinds of local source, all ending in a module ``(ids, mask[, types]) -> [b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from pickle import UnpicklingError  # the exception only, raised by transformers' weights_only loader
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +114,7 @@ def _from_pretrained(auto_class, path: Path, attn: str, trust_remote_code: bool)
     try:
         return auto_class.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
                                           trust_remote_code=trust_remote_code).eval()
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, UnpicklingError) as exc:
         raise ExportError(f"cannot load the weights of {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
                           "ensrm reads safetensors, or .bin files holding tensors only") from None
 
@@ -161,6 +163,19 @@ def _load_heads(path: Path, hidden: int):
     return weight, bias
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers 5 draws a progress bar per checkpoint load; the export reports its own steps."""
+    logging = transformers.utils.logging
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
 def load_source(sources: list[str | Path], heads: str | Path | None = None, pooling: str | None = None,
                 max_length: int | None = None, attn_implementation: str = "eager",
                 trust_remote_code: bool = False) -> LoadedSource:
@@ -170,6 +185,11 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
     >>> src.num_heads, src.architecture
     (8, 'encoder')
     """
+    with _quiet_loading():
+        return _load_source(sources, heads, pooling, max_length, attn_implementation, trust_remote_code)
+
+
+def _load_source(sources, heads, pooling, max_length, attn_implementation, trust_remote_code) -> LoadedSource:
     paths = [Path(s) for s in sources]
     if not paths:
         raise ExportError("no source given")
