@@ -29,5 +29,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ensrm' has no attribute {name!r}")
 
 
-__all__ = ["Scorer", "Scores", "best_of_n", "best_of_n_batch", "ResponseFilter", "EnsrmError", "InputError", "BundleError", "ExportError", "ProviderError",
-           "__version__"]
+__all__ = ["Scorer", "Scores", "best_of_n", "best_of_n_batch", "ResponseFilter", "EnsrmError", "InputError",
+           "BundleError", "ExportError", "ProviderError", "__version__"]
