@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,6 +34,21 @@ class _Steps:
             self.report(f"[{self.n}/{self.total}] {message} ({time.perf_counter() - self.start:.1f}s)")
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Hide the exporter's own chatter (progress lines, dynamic-shape renames, deprecations):
+    the export reports its steps itself, and none of it concerns the user's model."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
     """Trace ``module`` with torch's dynamo exporter into ``path`` and append the aggregation."""
     torch = require("torch", "export")
@@ -43,10 +61,12 @@ def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
     args = tuple(torch.ones_like(ids) if name == "attention_mask" else ids.clone() for name in spec.inputs)
     dims = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("seq", min=1, max=spec.max_length)}
     try:
-        torch.onnx.export(
-            module, args, str(path), dynamo=True, input_names=list(spec.inputs), output_names=[RAW_OUTPUT],
-            dynamic_shapes={name: dims for name in spec.inputs}, opset_version=18, external_data=True,
-        )
+        with _quiet_exporter():
+            torch.onnx.export(
+                module, args, str(path), dynamo=True, input_names=list(spec.inputs), output_names=[RAW_OUTPUT],
+                dynamic_shapes={name: dims for name in spec.inputs}, opset_version=18, external_data=True,
+                verbose=False,
+            )
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; report them as one
         raise ExportError(f"torch.onnx.export failed for {spec.model_type}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
