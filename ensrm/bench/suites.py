@@ -38,11 +38,12 @@ class BenchConfig:
     heads_sweep: tuple[int, ...] = (1, 4, 16, 64)
     full_ensemble_sizes: tuple[int, ...] = (1, 2, 4)
     rounds: int = 3
-    repeats: int = 5
+    repeats: int = 3
     warmup: int = 1
-    grid_repeats: int = 3
+    paired_rounds: int = 12
+    grid_repeats: int = 2
     latency_repeats: int = 50
-    text_pairs: int = 512
+    text_pairs: int = 256
     text_words: tuple[int, int] = (12, 200)  # words per pair; ~16-256 tokens with a WordPiece vocabulary
     matmul_shapes: tuple[tuple[int, int, int], ...] = ((4096, 384, 1536), (4096, 384, 384), (4096, 1536, 384))
     matmul_min_time: float = 1.0  # seconds of timed MatMul calls per shape
@@ -52,7 +53,8 @@ class BenchConfig:
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(batches=(1, 32), lengths=(32, 128), heads_sweep=(1, 4, 64), full_ensemble_sizes=(1, 4),
-                   rounds=2, repeats=3, grid_repeats=2, latency_repeats=20, text_pairs=128, startup_runs=2)
+                   rounds=2, repeats=3, paired_rounds=6, grid_repeats=2, latency_repeats=20, text_pairs=128,
+                   startup_runs=2)
 
 
 def machine_info() -> dict:
@@ -178,6 +180,13 @@ class Bench:
         self.say(f"timing {len(jobs)} configurations x {c.rounds} rounds")
         raw = interleave(jobs, c.rounds, progress=self.say)
         self.results["compare"] = {name: _pooled_shape(rs) for name, rs in raw.items()}
+        sweep = sorted(c.heads_sweep)
+        self.say(f"K sweep in one process, calls alternated: K = {', '.join(map(str, sweep))}")
+        paired = run_job(self._job("paired", bundles=[str(self.models.multi_head(k)) for k in sweep],
+                                   shape=shape[0], rounds=c.paired_rounds))
+        self.results["heads_sweep"] = paired if "error" in paired else {
+            "heads": sweep, "rounds": c.paired_rounds, "median_s": paired["median_s"],
+            "paired_ratio": paired["paired_ratio"]}
         self.results["bundle_size_mb"] = {
             **{p: _dir_size_mb([self.bundle / v["file"]] + ([self.bundle / (v["file"] + ".data")]
                                if (self.bundle / (v["file"] + ".data")).exists() else []))

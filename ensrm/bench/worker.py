@@ -1,7 +1,8 @@
 """One benchmark job, run in its own process: ``python -m ensrm.bench.worker JOB.json RESULT.json``.
 
 Job kinds: ``ort`` (a bundle through :class:`~ensrm.Scorer`, K single-head bundles as K
-sessions, or a plain graph with numpy aggregation), ``torch`` (PyTorch eager),
+sessions, or a plain graph with numpy aggregation), ``paired`` (several bundles in one
+process, calls alternated, for differences of a few percent), ``torch`` (PyTorch eager),
 ``matmul`` (onnxruntime's own MatMul rate), ``overhead`` (``Scorer.score`` minus
 ``session.run``), ``texts`` (``score_texts`` vs pre-tokenised, length grouping vs arrival
 order). Only the ``torch`` job imports torch.
@@ -86,6 +87,35 @@ def ort_job(job: dict) -> dict:
     out = _grid(call, job, names, vocab)
     out.update(load_s=load_s, rss_baseline_mb=baseline, rss_peak_mb=peak_rss_mb())
     return out
+
+
+def paired_job(job: dict) -> dict:
+    """Several bundles in one process, one call each per round in rotating order.
+
+    Differences of a few percent drown in the spread between processes on a shared 2-core
+    machine (the K sweep read +40% across fresh processes and +3% paired on the same box).
+    Each round's time of bundle i over bundle 0's, measured back to back, cancels the drift
+    both saw; the median of those per-round ratios is reported.
+    """
+    from ensrm.runtime.scorer import Scorer
+
+    scorers = [Scorer(b, threads=job.get("threads"), verify="size") for b in job["bundles"]]
+    batch, length = job["shape"]
+    feeds = [random_feeds(s.spec.inputs, batch, length, s.spec.vocab_size) for s in scorers]
+    for scorer, feed in zip(scorers, feeds):
+        for _ in range(job.get("warmup", 1)):
+            scorer.score(**feed)
+    times = [[] for _ in scorers]
+    for r in range(job.get("rounds", 10)):
+        order = list(range(len(scorers)))
+        for i in order[r % len(order):] + order[:r % len(order)]:  # rotate: no bundle always runs first
+            start = time.perf_counter()
+            scorers[i].score(**feeds[i])
+            times[i].append(time.perf_counter() - start)
+    ratios = [[t / t0 for t, t0 in zip(ts, times[0])] for ts in times]
+    return {"bundles": job["bundles"], "batch": batch, "length": length, "times": times,
+            "median_s": [float(np.median(ts)) for ts in times],
+            "paired_ratio": [float(np.median(r)) for r in ratios]}
 
 
 def torch_job(job: dict) -> dict:
@@ -269,7 +299,7 @@ def texts_job(job: dict) -> dict:
     return out
 
 
-JOBS = {"ort": ort_job, "torch": torch_job, "matmul": matmul_job, "overhead": overhead_job, "texts": texts_job}
+JOBS = {"ort": ort_job, "paired": paired_job, "torch": torch_job, "matmul": matmul_job, "overhead": overhead_job, "texts": texts_job}
 
 
 def main(argv: list[str]) -> int:

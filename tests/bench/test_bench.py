@@ -16,7 +16,7 @@ from ensrm.bench.suites import BenchConfig
 from ensrm.cli import main
 
 TINY = dict(batches=(1, 2), lengths=(8, 16), target_batch=2, target_length=16, heads_sweep=(1, 2),
-            full_ensemble_sizes=(1, 2), rounds=1, repeats=1, latency_repeats=3, text_pairs=8, text_words=(3, 10),
+            full_ensemble_sizes=(1, 2), rounds=1, repeats=1, paired_rounds=2, latency_repeats=3, text_pairs=8, text_words=(3, 10),
             matmul_shapes=((32, 16, 32),), matmul_min_time=0.0, startup_runs=1, threads=1)
 
 
@@ -53,6 +53,9 @@ def test_bench_runs_end_to_end_on_a_tiny_model(checkpoints, bundles, tmp_path):
                  "full_sessions/k2", "full_graph/k2"):
         assert "error" not in compare[name], compare[name]
         assert compare[name]["seq_per_s"] > 0 and compare[name]["rss_peak_mb"] > 0
+    sweep = results["heads_sweep"]
+    assert sweep["heads"] == [1, 2] and sweep["paired_ratio"][0] == 1.0 and sweep["paired_ratio"][1] > 0
+    assert "K sweep in one process" in paths["markdown"].read_text()
     assert {(r["batch"], r["length"]) for r in results["grid"]["bundle/fp32"]["shapes"]} == \
         {(1, 8), (2, 8), (1, 16), (2, 16)}
     assert results["ceiling"]["fp32"]["gflops"] > 0 and results["ceiling"]["int8"]["gflops"] > 0
