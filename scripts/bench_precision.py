@@ -7,6 +7,7 @@ records, gated on held-out candidate pools; adds a dynamic-INT8 copy; then times
 
     python scripts/bench_precision.py --out /tmp/bench-prec            # ~5-10 min on 2 cores
     python scripts/bench_precision.py --checkpoint my-rm --out /tmp/b --threads 8
+    python scripts/bench_precision.py --out /tmp/b --smoothing-sweep 0,0.5,0.7,0.9   # + static INT8 at other strengths
 """
 
 from __future__ import annotations
@@ -51,19 +52,35 @@ def _time(backends: dict, feeds: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _rejected_copy(bundle: Path, mode: str, calib: Path, target: Path) -> Path:
+def _rejected_copy(bundle: Path, mode: str, calib: Path, target: Path, smoothing: float | None = None) -> Path:
     """Quantize again outside the bundle, so a rejected variant's speed can still be reported."""
     from ensrm.bundle import load_spec
     from ensrm.calibration.data import encoder_for, feed_batches, load_records, split_holdout
-    from ensrm.calibration.int8 import quantize_int8
+    from ensrm.calibration.int8 import DEFAULT_SMOOTHING, quantize_int8
 
     spec = load_spec(bundle)
     batches = None
     if mode == "static":
         records = split_holdout(load_records(calib, "calibration"))[0][:512]
         batches = [f for _, f in feed_batches(encoder_for(bundle, spec), records, 32)]
-    quantize_int8(bundle / "model.onnx", target, mode, batches)
+    quantize_int8(bundle / "model.onnx", target, mode, batches,
+                  smoothing=DEFAULT_SMOOTHING if smoothing is None else smoothing)
     return target
+
+
+def _gate_file(bundle: Path, model: Path, eval_file: Path, threads: int) -> dict:
+    """The INT8 gate's numbers for a graph outside the bundle, against the bundle's fp32."""
+    from ensrm.bundle import load_spec
+    from ensrm.calibration.data import encoder_for, load_records, score_records
+    from ensrm.calibration.gate import DEFAULT_GATES, evaluate, stress_check
+    from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    spec, records = load_spec(bundle), load_records(eval_file, "evaluation")
+    encoder = encoder_for(bundle, spec)
+    reference = score_records(OnnxRuntimeBackend(bundle / "model.onnx", threads=threads), encoder, records)
+    backend = OnnxRuntimeBackend(model, threads=threads)
+    return evaluate(reference, score_records(backend, encoder, records), stress_check(backend, spec),
+                    DEFAULT_GATES["int8"])
 
 
 def main(argv=None) -> int:
@@ -74,6 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--smoothing-sweep", default="",
+                        help="comma-separated smoothing strengths to gate and time besides the default")
     args = parser.parse_args(argv)
 
     from ensrm import Scorer
@@ -113,6 +132,13 @@ def main(argv=None) -> int:
         print(format_report(name, variant["checks"]))
         model = path / "model.int8.onnx" if variant["accepted"] else \
             _rejected_copy(bundle, name.split("-")[1], files["calib"], out / f"{name}.rejected.onnx")
+        backends[name] = OnnxRuntimeBackend(model, threads=args.threads, spinning=False)
+    for alpha in (float(a) for a in args.smoothing_sweep.split(",") if a.strip()):
+        name = f"int8-a{alpha:g}"
+        model = _rejected_copy(bundle, "static", files["calib"], out / f"{name}.onnx", smoothing=alpha)
+        results["gates"][name] = report = _gate_file(bundle, model, files["eval"], args.threads)
+        results["accepted"][name] = report["passed"]
+        print(format_report(name, report))
         backends[name] = OnnxRuntimeBackend(model, threads=args.threads, spinning=False)
     fp16 = load_spec(bundle).variants["fp16"]
     results["gates"]["fp16"] = fp16["checks"]

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ensrm._hf import quiet_transformers
 from ensrm._optional import require
 
 
@@ -54,8 +55,9 @@ class ModelCache:
         torch = require("torch", "export")
         transformers = require("transformers", "export")
         torch.manual_seed(seed)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            self.checkpoint, num_labels=num_labels, ignore_mismatched_sizes=True, dtype=torch.float32)
+        with quiet_transformers():  # "newly initialised" heads are the point
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                self.checkpoint, num_labels=num_labels, ignore_mismatched_sizes=True, dtype=torch.float32)
         with torch.no_grad():
             head = model.classifier if hasattr(model, "classifier") else model.score
             head = getattr(head, "out_proj", head)

@@ -31,6 +31,7 @@ cannot build it), and a sequence's scores then depend on the rest of its batch.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections import defaultdict
@@ -215,9 +216,15 @@ def _quantize_dynamic(source, target) -> dict:
     matmuls = [name for name in weight_matmuls(model.graph) if name not in tail]
     excluded = sorted(tail | {n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in matmuls})
     large = sum(os.path.getsize(p) for p in _weight_files(source)) > _INLINE_LIMIT
-    quantization.quantize_dynamic(str(source), str(target), per_channel=True,
-                                  weight_type=quantization.QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                                  nodes_to_exclude=excluded, use_external_data_format=large)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer advises "pre-processing" on the root logger, for every model
+    try:
+        quantization.quantize_dynamic(str(source), str(target), per_channel=True,
+                                      weight_type=quantization.QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                                      nodes_to_exclude=excluded, use_external_data_format=large)
+    finally:
+        root.setLevel(level)
     return {"method": "dynamic", "quantized_matmuls": len(matmuls)}
 
 

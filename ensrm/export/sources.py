@@ -9,13 +9,13 @@ Three kinds of local source, all ending in a module ``(ids, mask[, types]) -> [b
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pickle import UnpicklingError  # the exception only, raised by transformers' weights_only loader
 from dataclasses import dataclass
 from pathlib import Path
 
+from ensrm._hf import quiet_transformers
 from ensrm._optional import require
 from ensrm.errors import ExportError
 from ensrm.export import modules
@@ -163,19 +163,6 @@ def _load_heads(path: Path, hidden: int):
     return weight, bias
 
 
-@contextlib.contextmanager
-def _quiet_loading():
-    """transformers 5 draws a progress bar per checkpoint load; the export reports its own steps."""
-    logging = transformers.utils.logging
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()
-
-
 def load_source(sources: list[str | Path], heads: str | Path | None = None, pooling: str | None = None,
                 max_length: int | None = None, attn_implementation: str = "eager",
                 trust_remote_code: bool = False) -> LoadedSource:
@@ -185,7 +172,7 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
     >>> src.num_heads, src.architecture
     (8, 'encoder')
     """
-    with _quiet_loading():
+    with quiet_transformers():
         return _load_source(sources, heads, pooling, max_length, attn_implementation, trust_remote_code)
 
 

@@ -8,9 +8,9 @@ last-token state) is the "pooled feature" that frozen training fits heads on.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
+from ensrm._hf import quiet_transformers
 from ensrm._optional import require
 from ensrm.errors import TrainingError
 
@@ -19,17 +19,6 @@ transformers = require("transformers", "export")
 
 # Where each family keeps the final projection to K logits, most specific first.
 HEAD_NAMES = ("score", "classifier.out_proj", "classifier", "logits_proj")
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence "some weights were newly initialised": new heads are the point here."""
-    previous = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(previous)
 
 
 def check_checkpoint(base_model: str | Path) -> Path:
