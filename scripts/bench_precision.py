@@ -7,7 +7,7 @@ records, gated on held-out candidate pools; adds a dynamic-INT8 copy; then times
 
     python scripts/bench_precision.py --out /tmp/bench-prec            # ~5-10 min on 2 cores
     python scripts/bench_precision.py --checkpoint my-rm --out /tmp/b --threads 8
-    python scripts/bench_precision.py --out /tmp/b --smoothing-sweep 0,0.5,0.7,0.9   # + static INT8 at other strengths
+    python scripts/bench_precision.py --out /tmp/b --smoothing-sweep off,0.5,0.7,0.9   # + static INT8 at other strengths
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--smoothing-sweep", default="",
-                        help="comma-separated smoothing strengths to gate and time besides the default")
+                        help="comma-separated smoothing strengths (0-1, or 'off') to gate and time besides the default")
     args = parser.parse_args(argv)
 
     from ensrm import Scorer
@@ -133,8 +133,9 @@ def main(argv=None) -> int:
         model = path / "model.int8.onnx" if variant["accepted"] else \
             _rejected_copy(bundle, name.split("-")[1], files["calib"], out / f"{name}.rejected.onnx")
         backends[name] = OnnxRuntimeBackend(model, threads=args.threads, spinning=False)
-    for alpha in (float(a) for a in args.smoothing_sweep.split(",") if a.strip()):
-        name = f"int8-a{alpha:g}"
+    for text in (a.strip() for a in args.smoothing_sweep.split(",") if a.strip()):
+        alpha = None if text == "off" else float(text)
+        name = "int8-unsmoothed" if alpha is None else f"int8-a{alpha:g}"
         model = _rejected_copy(bundle, "static", files["calib"], out / f"{name}.onnx", smoothing=alpha)
         results["gates"][name] = report = _gate_file(bundle, model, files["eval"], args.threads)
         results["accepted"][name] = report["passed"]

@@ -10,8 +10,8 @@ how well it ranks and how fast it runs, each measured on the default model (Spea
   and one per-tensor scale sized for them leaves the others a handful of levels. Each input
   is divided per channel by ``s = max|x|^a / max|w|^(1-a)`` (an explicit ``Mul``) and the
   weight rows multiplied by ``s``, which is exact in float; the weights, quantized per output
-  channel, absorb the range. Without it: 0.931; a = 0.5: 0.839; 0.7: 0.972; 0.9: 0.990;
-  **1.0: 0.993** (the default).
+  channel, absorb the range. Without it: 0.931; a = 0: 0.502; 0.5: 0.832; 0.7: 0.973;
+  0.9: 0.990; **1.0: 0.993** (the default; ``scripts/bench_precision.py --smoothing-sweep``).
 * **A Q/DQ pair per matrix product.** Only the MatMul reads the dequantized tensor: the
   residual stream that shares the LayerNorm output stays float (onnxruntime's own static
   quantizer routes it through the int8 copy: 0.886), and products that share an input get
@@ -53,18 +53,19 @@ _QMAX = 127.0
 
 def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, mode: str = "static",
                   calibration: list[dict[str, np.ndarray]] | None = None,
-                  smoothing: float = DEFAULT_SMOOTHING) -> dict:
+                  smoothing: float | None = DEFAULT_SMOOTHING) -> dict:
     """Write the INT8 variant of the fp32 graph ``source`` to ``target``.
 
     ``calibration`` is a list of feeds (``input_ids``, ``attention_mask``, ...) for ``static``;
-    ``smoothing`` is the migration strength ``a`` in [0, 1] (module docstring).
+    ``smoothing`` is the migration strength ``a`` in [0, 1] (module docstring), or None for
+    none (no ``Mul`` in the graph).
 
     >>> quantize_int8("b/model.onnx", "b/model.int8.onnx", "static", batches)   # doctest: +SKIP
     {'method': 'static-qdq', 'quantized_matmuls': 36, 'smoothing': 1.0, ...}
     """
     if mode not in MODES:
         raise ValueError(f"INT8 mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if not 0.0 <= smoothing <= 1.0:
+    if smoothing is not None and not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"smoothing must be between 0 and 1, got {smoothing}")
     if mode == "dynamic":
         return _quantize_dynamic(source, target)
@@ -159,7 +160,7 @@ def _only_consumer(consumers, tensor: str, op_type: str):
     return users[0] if len(users) == 1 and users[0].op_type == op_type else None
 
 
-def _quantize_group(graph, tensor: str, matmuls: list, peak: np.ndarray, alpha: float) -> list:
+def _quantize_group(graph, tensor: str, matmuls: list, peak: np.ndarray, alpha: float | None) -> list:
     """Smooth ``tensor`` once, then give each MatMul reading it its own Q/DQ pair and int8 weights.
 
     Rewires the MatMuls and adds the initializers; returns the new nodes for the caller to place.
@@ -167,15 +168,16 @@ def _quantize_group(graph, tensor: str, matmuls: list, peak: np.ndarray, alpha: 
     inits = {i.name: i for i in graph.initializer}
     weights = [numpy_helper.to_array(inits[m.input[1]]).astype(np.float64) for m in matmuls]  # [in, out] each
     w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)  # [in]
-    # all-zero channels (never active, or zero weight rows) keep scale 1
-    smooth = np.where((peak > 0) & (w_peak > 0),
-                      np.power(np.maximum(peak, 1e-12), alpha) / np.power(np.maximum(w_peak, 1e-12), 1 - alpha),
-                      1.0)  # [in]
+    if alpha is None:
+        smooth, smoothed, new_inits, new_nodes = np.ones_like(w_peak), tensor, [], []
+    else:
+        # all-zero channels (never active, or zero weight rows) keep scale 1
+        smooth = np.where((peak > 0) & (w_peak > 0), np.power(np.maximum(peak, 1e-12), alpha)
+                          / np.power(np.maximum(w_peak, 1e-12), 1 - alpha), 1.0)  # [in]
+        smoothed = f"{tensor}/int8/smoothed"
+        new_inits = [numpy_helper.from_array((1.0 / smooth).astype(np.float32), f"{tensor}/int8/inv_smooth")]
+        new_nodes = [helper.make_node("Mul", [tensor, new_inits[0].name], [smoothed], name=f"{tensor}/int8/smooth")]
     x_max = float((peak / smooth).max()) or 1.0
-    stem = f"{tensor}/int8"
-    smoothed = stem + "/smoothed"
-    new_inits = [numpy_helper.from_array((1.0 / smooth).astype(np.float32), stem + "/inv_smooth")]
-    new_nodes = [helper.make_node("Mul", [tensor, new_inits[0].name], [smoothed], name=stem + "/smooth")]
     for matmul, weight in zip(matmuls, weights):
         name = matmul.name
         # per MatMul, even with equal values: shared Q/DQ chains are merged by onnxruntime and then not fused
