@@ -22,6 +22,12 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _exporter_id() -> str:
+    """Changes whenever the exporter's code does, so a cached bundle is never an older graph."""
+    sources = sorted((Path(__file__).resolve().parents[1] / "export").glob("*.py"))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+
+
 def _checkpoint_id(checkpoint: Path) -> str:
     config = (Path(checkpoint) / "config.json").read_bytes()
     return hashlib.sha256(config + str(Path(checkpoint).resolve()).encode()).hexdigest()[:12]
@@ -77,7 +83,7 @@ class ModelCache:
         from ensrm.export.exporter import export_bundle
 
         # Keyed by what it is made of, not by its role: member 0 and the K=1 model are one bundle.
-        out = self.root / f"bundle-{_key([str(c) for c in checkpoints], self.max_length)}"
+        out = self.root / f"bundle-{_key([str(c) for c in checkpoints], self.max_length, _exporter_id())}"
         if (out / "ensemble.json").is_file():
             return out
         self._say(f"exporting {name} ({len(checkpoints)} checkpoint(s))")

@@ -50,10 +50,12 @@ def _quiet_exporter():
 
 
 def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
-    """Trace ``module`` with torch's dynamo exporter into ``path`` and append the aggregation."""
+    """Trace ``module`` with torch's dynamo exporter into ``path``, append the aggregation, and
+    narrow the layers after the last attention to the pooled token (:mod:`ensrm.export.prune`)."""
     torch = require("torch", "export")
     onnx = require("onnx", "export")
     from ensrm.export.graph import RAW_OUTPUT, append_aggregation
+    from ensrm.export.prune import prune_to_pooled_token
 
     # Example sizes above 1: torch.export specialises dimensions of size 0 and 1.
     batch, seq = 2, min(8, spec.max_length)
@@ -72,6 +74,7 @@ def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     model = onnx.load(str(path), load_external_data=False)
     append_aggregation(model, spec.num_heads, spec.normalization.mu, spec.normalization.sigma, spec.uwo_lambda)
+    prune_to_pooled_token(model.graph)
     onnx.save(model, str(path))
 
 

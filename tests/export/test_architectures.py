@@ -55,6 +55,21 @@ def test_graph_matches_torch_in_mixed_padded_batches(kind, checkpoints, bundles)
     assert scorer.spec.variants["fp32"]["checks"]["max_abs_diff_heads"] <= TOLERANCE
 
 
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_encoders_run_the_last_layer_for_the_pooled_token_only(kind, bundles):
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(bundles(kind) / "model.onnx"), load_external_data=False).graph
+    cuts = [n for n in graph.node if n.op_type == "Slice" and n.name.endswith("/pooled_row")]
+    if kind in DECODERS:
+        assert not cuts  # the last real token's position comes from the mask: nothing to narrow
+        return
+    # the last layer's attention output and its residual input, cut to the first token;
+    # the matching against torch above runs on this narrowed graph
+    assert len(cuts) == 2
+    readers = {name for n in graph.node for name in n.input}
+    assert all(n.output[0] in readers for n in cuts)
+
+
 @pytest.mark.parametrize("kind", DECODERS)
 def test_decoder_mixes_left_and_right_padding_in_one_batch(kind, checkpoints, bundles):
     import ensrm

@@ -1,0 +1,142 @@
+"""Compute the last layers only for the token the pooling reads.
+
+An encoder classifier pools the first token (``hidden[:, 0]``), yet the traced graph runs the
+last layer's attention output projection, feed-forward block and LayerNorms for every token
+and throws all rows but one away. Every op between the last attention and that selection is
+row-wise (each token's output depends on that token's input alone), so the selection can move
+up to where the rows stop being independent: the attention context and the residual input of
+the last layer. On MiniLM-L6 that removes about 12% of the encoder's matrix work. Outputs are
+the same up to float rounding (the exporter's verification checks them against torch).
+
+Pooling that reads a position computed from the mask (a decoder's last real token) or all
+positions (mean pooling) is left alone.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from ensrm._optional import require
+
+onnx = require("onnx", "export")
+from onnx import helper, numpy_helper  # noqa: E402
+
+_UNARY = {"Erf", "Tanh", "Relu", "Sigmoid", "Sqrt", "Neg", "Gelu", "Cast", "Identity"}
+_BINARY = {"Add", "Sub", "Mul", "Div", "Pow"}
+
+
+def prune_to_pooled_token(graph) -> int:
+    """Narrow the row-wise tail of each first-token pooling to that token; returns nodes narrowed.
+
+    >>> model = onnx.load("bundle/model.onnx", load_external_data=False)   # doctest: +SKIP
+    >>> prune_to_pooled_token(model.graph)                                 # doctest: +SKIP
+    9
+    """
+    constants = _small_constants(graph)
+    narrowed = 0
+    # by name: each narrowing rebuilds the node list (a full ensemble has one select per member)
+    for name in [n.name for n in graph.node if _is_token_select(n, constants)]:
+        narrowed += _narrow(graph, next(n for n in graph.node if n.name == name), _small_constants(graph))
+    return narrowed
+
+
+def _small_constants(graph) -> dict:
+    """Initializers and Constant outputs of at most one dimension (scalars, biases, LN weights)."""
+    ranks = {i.name: len(i.dims) for i in graph.initializer}
+    ranks.update({n.output[0]: len(n.attribute[0].t.dims) for n in graph.node
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    return ranks
+
+
+def _is_token_select(node, constants) -> bool:
+    """``Gather(hidden, k, axis=1)`` with a constant scalar ``k``: one token of ``[batch, seq, hidden]``."""
+    if node.op_type != "Gather" or constants.get(node.input[1]) != 0:
+        return False
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return axis == 1
+
+
+def _rowwise(node, constants, weights) -> bool:
+    if node.op_type == "LayerNormalization":
+        return next((a.i for a in node.attribute if a.name == "axis"), -1) in (-1, 2)
+    if node.op_type == "MatMul":
+        return node.input[1] in weights  # a linear layer; activation x activation mixes tokens
+    if node.op_type in _UNARY:
+        return True
+    if node.op_type in _BINARY:
+        # constants of rank <= 1 broadcast over the last axis only
+        return all(name not in constants or constants[name] <= 1 for name in node.input)
+    return False
+
+
+def _narrow(graph, select, constants) -> int:
+    weights = {i.name for i in graph.initializer if len(i.dims) == 2}
+    consumers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    outputs = {o.name for o in graph.output}
+    region: set[str] = set()
+    # reverse topological order: every consumer of a tensor is decided before its producer
+    for node in reversed(list(graph.node)):
+        if node is select or not node.name or not _rowwise(node, constants, weights):
+            continue
+        if all(out not in outputs and consumers[out]
+               and all(c.name in region or c is select for c in consumers[out]) for out in node.output):
+            region.add(node.name)
+    inside = {out for node in graph.node if node.name in region for out in node.output}
+    entering = list(dict.fromkeys(name for node in graph.node if node.name in region for name in node.input
+                                  if name and name not in inside and name not in constants and name not in weights))
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(graph.value_info) + list(graph.input)
+             if v.type.tensor_type.HasField("shape")}
+    if not region or not entering or any(ranks.get(name) != 3 for name in entering):
+        return 0  # only [batch, seq, hidden] inputs can be cut to one row safely
+    index = _scalar(graph, select.input[1])
+    params = [numpy_helper.from_array(np.array([v], dtype=np.int64), f"{select.name}/row_{what}")
+              for what, v in (("start", index), ("end", index + 1 if index != -1 else 2**62), ("axis", 1))]
+    first = numpy_helper.from_array(np.array(0, dtype=np.int64), f"{select.name}/first")
+    graph.initializer.extend(params + [first])
+    sliced = {name: f"{name}/pooled_row" for name in entering}
+    inserts: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        if node.name not in region:
+            continue
+        for pos, name in enumerate(node.input):
+            if name in sliced:
+                if not any(n.output[0] == sliced[name] for nodes in inserts.values() for n in nodes):
+                    # rows kept as [batch, 1, hidden]: the region computes that row only
+                    inserts[node.name].append(helper.make_node("Slice", [name] + [p.name for p in params],
+                                                               [sliced[name]], name=sliced[name]))
+                node.input[pos] = sliced[name]
+    old_index, select.input[1] = select.input[1], first.name
+    if not consumers[old_index][1:]:  # the select was its only reader: drop it, or onnxruntime warns at every load
+        _remove_constant(graph, old_index)
+    nodes = list(graph.node)
+    graph.ClearField("node")
+    graph.node.extend(new for node in nodes for new in inserts.get(node.name, []) + [node])
+    # shapes recorded for the region's tensors say ``seq``; they are 1 now
+    kept = [v for v in graph.value_info if v.name not in inside]
+    graph.ClearField("value_info")
+    graph.value_info.extend(kept)
+    return len(region)
+
+
+def _scalar(graph, name: str) -> int:
+    for init in graph.initializer:
+        if init.name == name:
+            return int(numpy_helper.to_array(init))
+    node = next(n for n in graph.node if n.op_type == "Constant" and n.output[0] == name)
+    return int(numpy_helper.to_array(node.attribute[0].t))
+
+
+def _remove_constant(graph, name: str) -> None:
+    for i, init in enumerate(graph.initializer):
+        if init.name == name:
+            del graph.initializer[i]
+            return
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Constant" and node.output[0] == name:
+            del graph.node[i]
+            return
