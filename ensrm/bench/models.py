@@ -136,12 +136,15 @@ def model_max_length(checkpoint: str | Path) -> int:
     return int(limit)
 
 
-def matrix_flops(config, length: int, num_heads: int = 1, members: int = 1) -> dict[str, float]:
+def matrix_flops(config, length: int, num_heads: int = 1, members: int = 1,
+                 pooled_token_only: bool = False) -> dict[str, float]:
     """Matrix-product FLOPs (2 per multiply-add) of one sequence of ``length`` tokens.
 
     Counts what a dense encoder layer multiplies: the Q, K, V and output projections, the two
     FFN matrices, and the attention scores and context; plus the pooler and the K-head layer.
     Embeddings, LayerNorm, softmax and GELU are not matrix products and are left out.
+    ``pooled_token_only``: the graph runs the last layer's output projection and FFN for the
+    pooled token alone (:mod:`ensrm.export.prune`), so the other rows are not counted.
 
     >>> from types import SimpleNamespace
     >>> cfg = SimpleNamespace(hidden_size=384, intermediate_size=1536, num_hidden_layers=6)
@@ -156,6 +159,9 @@ def matrix_flops(config, length: int, num_heads: int = 1, members: int = 1) -> d
         "attention_scores_context": 2 * length * length * h * 2,
     }
     parts = {name: float(value * layers * members) for name, value in per_layer.items()}
+    if pooled_token_only:
+        for name in ("output_projection", "ffn"):
+            parts[name] -= per_layer[name] * members * (length - 1) / length
     parts["pooler_heads"] = float(members * (2 * h * h) + 2 * h * num_heads)
     parts["total"] = sum(parts.values())
     return parts

@@ -299,7 +299,8 @@ def texts_job(job: dict) -> dict:
     return out
 
 
-JOBS = {"ort": ort_job, "paired": paired_job, "torch": torch_job, "matmul": matmul_job, "overhead": overhead_job, "texts": texts_job}
+JOBS = {"ort": ort_job, "paired": paired_job, "torch": torch_job, "matmul": matmul_job, "overhead": overhead_job,
+        "texts": texts_job}
 
 
 def main(argv: list[str]) -> int:

@@ -31,31 +31,35 @@ def prune_to_pooled_token(graph) -> int:
     """Narrow the row-wise tail of each first-token pooling to that token; returns nodes narrowed.
 
     >>> model = onnx.load("bundle/model.onnx", load_external_data=False)   # doctest: +SKIP
-    >>> prune_to_pooled_token(model.graph)                                 # doctest: +SKIP
-    9
+    >>> prune_to_pooled_token(model.graph)    # BERT: 15 ops of the last layer   # doctest: +SKIP
+    15
     """
-    constants = _small_constants(graph)
     narrowed = 0
     # by name: each narrowing rebuilds the node list (a full ensemble has one select per member)
-    for name in [n.name for n in graph.node if _is_token_select(n, constants)]:
-        narrowed += _narrow(graph, next(n for n in graph.node if n.name == name), _small_constants(graph))
+    for name in [n.name for n in graph.node if _is_first_token(graph, n, _constant_ranks(graph))]:
+        narrowed += _narrow(graph, next(n for n in graph.node if n.name == name), _constant_ranks(graph))
     return narrowed
 
 
-def _small_constants(graph) -> dict:
-    """Initializers and Constant outputs of at most one dimension (scalars, biases, LN weights)."""
+def _constant_ranks(graph) -> dict:
+    """``{name: rank}`` of the initializers and Constant outputs."""
     ranks = {i.name: len(i.dims) for i in graph.initializer}
     ranks.update({n.output[0]: len(n.attribute[0].t.dims) for n in graph.node
                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     return ranks
 
 
-def _is_token_select(node, constants) -> bool:
-    """``Gather(hidden, k, axis=1)`` with a constant scalar ``k``: one token of ``[batch, seq, hidden]``."""
+def _is_first_token(graph, node, constants) -> bool:
+    """``Gather(hidden, 0, axis=1)``: the first token of ``[batch, seq, hidden]``."""
     if node.op_type != "Gather" or constants.get(node.input[1]) != 0:
         return False
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-    return axis == 1
+    if next((a.i for a in node.attribute if a.name == "axis"), 0) != 1:
+        return False
+    for init in graph.initializer:
+        if init.name == node.input[1]:
+            return int(numpy_helper.to_array(init)) == 0
+    value = next(n for n in graph.node if n.op_type == "Constant" and n.output[0] == node.input[1])
+    return int(numpy_helper.to_array(value.attribute[0].t)) == 0
 
 
 def _rowwise(node, constants, weights) -> bool:
@@ -93,26 +97,22 @@ def _narrow(graph, select, constants) -> int:
              if v.type.tensor_type.HasField("shape")}
     if not region or not entering or any(ranks.get(name) != 3 for name in entering):
         return 0  # only [batch, seq, hidden] inputs can be cut to one row safely
-    index = _scalar(graph, select.input[1])
     params = [numpy_helper.from_array(np.array([v], dtype=np.int64), f"{select.name}/row_{what}")
-              for what, v in (("start", index), ("end", index + 1 if index != -1 else 2**62), ("axis", 1))]
-    first = numpy_helper.from_array(np.array(0, dtype=np.int64), f"{select.name}/first")
-    graph.initializer.extend(params + [first])
+              for what, v in (("start", 0), ("end", 1), ("axis", 1))]
+    graph.initializer.extend(params)
     sliced = {name: f"{name}/pooled_row" for name in entering}
-    inserts: dict[str, list] = defaultdict(list)
+    inserts: dict[str, list] = defaultdict(list)  # node name -> Slices placed before it
+    placed: set[str] = set()
     for node in graph.node:
-        if node.name not in region:
-            continue
-        for pos, name in enumerate(node.input):
-            if name in sliced:
-                if not any(n.output[0] == sliced[name] for nodes in inserts.values() for n in nodes):
-                    # rows kept as [batch, 1, hidden]: the region computes that row only
-                    inserts[node.name].append(helper.make_node("Slice", [name] + [p.name for p in params],
-                                                               [sliced[name]], name=sliced[name]))
-                node.input[pos] = sliced[name]
-    old_index, select.input[1] = select.input[1], first.name
-    if not consumers[old_index][1:]:  # the select was its only reader: drop it, or onnxruntime warns at every load
-        _remove_constant(graph, old_index)
+        for pos, name in enumerate(node.input if node.name in region else ()):
+            if name not in sliced:
+                continue
+            if name not in placed:
+                placed.add(name)
+                # rows kept as [batch, 1, hidden], which the Gather of row 0 still reads
+                inserts[node.name].append(helper.make_node("Slice", [name] + [p.name for p in params],
+                                                           [sliced[name]], name=sliced[name]))
+            node.input[pos] = sliced[name]
     nodes = list(graph.node)
     graph.ClearField("node")
     graph.node.extend(new for node in nodes for new in inserts.get(node.name, []) + [node])
@@ -121,22 +121,3 @@ def _narrow(graph, select, constants) -> int:
     graph.ClearField("value_info")
     graph.value_info.extend(kept)
     return len(region)
-
-
-def _scalar(graph, name: str) -> int:
-    for init in graph.initializer:
-        if init.name == name:
-            return int(numpy_helper.to_array(init))
-    node = next(n for n in graph.node if n.op_type == "Constant" and n.output[0] == name)
-    return int(numpy_helper.to_array(node.attribute[0].t))
-
-
-def _remove_constant(graph, name: str) -> None:
-    for i, init in enumerate(graph.initializer):
-        if init.name == name:
-            del graph.initializer[i]
-            return
-    for i, node in enumerate(graph.node):
-        if node.op_type == "Constant" and node.output[0] == name:
-            del graph.node[i]
-            return

@@ -37,6 +37,10 @@ def test_matrix_flops_of_minilm():
     assert one["ffn"] == 6 * 2 * 128 * 384 * 1536 * 2
     assert one["attention_scores_context"] == 6 * 2 * 128 * 128 * 384 * 2
     assert matrix_flops(cfg, 128, members=4)["total"] > 3.9 * one["total"]
+    # the last layer's output projection and FFN for the pooled token only: 127 of 128 rows fewer
+    pruned = matrix_flops(cfg, 128, pooled_token_only=True)
+    assert one["ffn"] - pruned["ffn"] == 127 * 2 * 384 * 1536 * 2
+    assert one["qkv_projections"] == pruned["qkv_projections"]
 
 
 def test_bench_runs_end_to_end_on_a_tiny_model(checkpoints, bundles, tmp_path):
@@ -48,6 +52,7 @@ def test_bench_runs_end_to_end_on_a_tiny_model(checkpoints, bundles, tmp_path):
     assert set(report) >= {"command", "machine", "config", "model", "results", "targets"}
     results = report["results"]
     assert set(results) >= {"compare", "grid", "ceiling", "overhead", "texts", "startup", "bundle_size_mb"}
+    assert report["model"]["last_layer_pooled_token_only"]  # a BERT bundle: first-token pooling, narrowed
     compare = results["compare"]
     for name in ("bundle/fp32", "torch/eager", "plain/k2", "multihead/k1", "multihead/k2", "full_sessions/k1",
                  "full_sessions/k2", "full_graph/k2"):
