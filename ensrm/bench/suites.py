@@ -43,7 +43,7 @@ class BenchConfig:
     paired_rounds: int = 12
     grid_repeats: int = 2
     latency_repeats: int = 50
-    text_pairs: int = 128
+    text_pairs: int = 256
     text_words: tuple[int, int] = (12, 200)  # words per pair; ~16-256 tokens with a WordPiece vocabulary
     matmul_shapes: tuple[tuple[int, int, int], ...] = ((4096, 384, 1536), (4096, 384, 384), (4096, 1536, 384))
     matmul_min_time: float = 1.0  # seconds of timed MatMul calls per shape
