@@ -246,7 +246,7 @@ class Bench:
         low, high = c.text_words
         self.results["texts"] = run_job(self._job("texts", bundle=str(self.bundle), pairs=c.text_pairs,
                                                   min_words=low, max_words=high, batch_size=c.target_batch,
-                                                  repeats=max(2, c.repeats // 2)))
+                                                  repeats=max(3, c.repeats)))
         self.say("runtime: import ensrm + Scorer(bundle) in a fresh process")
         self.results["startup"] = startup_time(self.bundle, c.startup_runs)
 
