@@ -34,9 +34,9 @@ def prune_to_pooled_token(graph) -> int:
     >>> prune_to_pooled_token(model.graph)    # BERT: 15 ops of the last layer   # doctest: +SKIP
     15
     """
-    narrowed = 0
+    narrowed, constants = 0, _constant_ranks(graph)
     # by name: each narrowing rebuilds the node list (a full ensemble has one select per member)
-    for name in [n.name for n in graph.node if _is_first_token(graph, n, _constant_ranks(graph))]:
+    for name in [n.name for n in graph.node if _is_first_token(graph, n, constants)]:
         narrowed += _narrow(graph, next(n for n in graph.node if n.name == name), _constant_ranks(graph))
     return narrowed
 
