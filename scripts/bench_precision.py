@@ -72,15 +72,14 @@ def _gate_file(bundle: Path, model: Path, eval_file: Path, threads: int) -> dict
     """The INT8 gate's numbers for a graph outside the bundle, against the bundle's fp32."""
     from ensrm.bundle import load_spec
     from ensrm.calibration.data import encoder_for, load_records, score_records
-    from ensrm.calibration.gate import DEFAULT_GATES, evaluate, stress_check
+    from ensrm.calibration.gate import DEFAULT_GATES
+    from ensrm.calibration.variants import gate_variant
     from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     spec, records = load_spec(bundle), load_records(eval_file, "evaluation")
-    encoder = encoder_for(bundle, spec)
-    reference = score_records(OnnxRuntimeBackend(bundle / "model.onnx", threads=threads), encoder, records)
-    backend = OnnxRuntimeBackend(model, threads=threads)
-    return evaluate(reference, score_records(backend, encoder, records), stress_check(backend, spec),
-                    DEFAULT_GATES["int8"])
+    reference = score_records(OnnxRuntimeBackend(bundle / "model.onnx", threads=threads),
+                              encoder_for(bundle, spec), records)
+    return gate_variant(bundle, spec, model, records, reference, DEFAULT_GATES["int8"], threads)
 
 
 def main(argv=None) -> int:

@@ -60,12 +60,15 @@ def _remove(staging: Path, name: str) -> None:
             path.unlink()
 
 
-def gate_variant(staging: Path, spec: EnsembleSpec, precision: str, eval_records: list[dict], reference,
+def gate_variant(staging: Path, spec: EnsembleSpec, model: Path, eval_records: list[dict], reference,
                  gate: Gate, threads: int | None = None) -> dict:
-    """Score ``eval_records`` and the stress battery with the variant; apply ``gate``."""
+    """Score ``eval_records`` and the stress battery with the graph ``model``; apply ``gate``.
+
+    ``staging`` is the bundle whose tokenizer encodes the records; ``reference`` its fp32 scores.
+    """
     from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeBackend(staging / MODEL_FILES[precision], threads=threads)
+    backend = OnnxRuntimeBackend(model, threads=threads)
     candidate = score_records(backend, encoder_for(staging, spec), eval_records)
     return evaluate(reference, candidate, stress_check(backend, spec), gate)
 
@@ -101,7 +104,8 @@ def build_variants(staging: Path, spec: EnsembleSpec, precisions, *, calibration
     variants = dict(spec.variants)
     for precision in precisions:
         method = _write_variant(staging, spec, precision, int8_mode, calib_records, batch_size)
-        report = gate_variant(staging, spec, precision, eval_records, reference, gates[precision], threads)
+        report = gate_variant(staging, spec, staging / MODEL_FILES[precision], eval_records, reference,
+                              gates[precision], threads)
         if not report["passed"]:
             _remove(staging, MODEL_FILES[precision])
         variants[precision] = {"file": MODEL_FILES[precision] if report["passed"] else None,
@@ -125,7 +129,7 @@ def regate_variants(staging: Path, spec: EnsembleSpec, records: list[dict], *, t
     for precision in kept:
         old = variants[precision]
         gate = Gate(**{**old["checks"]["gate"], "ns": tuple(old["checks"]["gate"]["ns"])})
-        report = gate_variant(staging, spec, precision, records, reference, gate, threads)
+        report = gate_variant(staging, spec, staging / old["file"], records, reference, gate, threads)
         if not report["passed"]:
             _remove(staging, old["file"])
         variants[precision] = {**old, "file": old["file"] if report["passed"] else None,
