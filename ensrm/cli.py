@@ -360,16 +360,20 @@ def score_command(bundle, input_file, output, objective, batch_size, best_of_n, 
 @click.option("--max-iter", type=click.IntRange(min=1), help="[frozen] L-BFGS iterations (default 200).")
 @click.option("--feature-cache", type=click.Path(file_okay=False),
               help="[frozen] Directory keeping encoder features between runs on the same texts.")
+@click.option("--pooling", type=click.Choice(["cls", "mean", "last"]),
+              help="[frozen] Fit the heads on this pooling of the base model's hidden states (writes the base "
+                   "checkpoint + heads.safetensors) instead of the classifier's own pooled feature.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no report on stderr.")
 @_one_line_errors
 def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label_noise, eval_fraction, max_length,
-                  batch_size, uwo_lambda, epochs, lr, head_lr, resume, l2, max_iter, feature_cache, quiet):
+                  batch_size, uwo_lambda, epochs, lr, head_lr, resume, l2, max_iter, feature_cache, pooling, quiet):
     """Train K Bradley-Terry reward heads on BASE_MODEL from PREFS (JSONL) into a checkpoint.
 
     BASE_MODEL is a local Hugging Face checkpoint (a bare encoder/decoder or a sequence
     classifier). PREFS has one JSON object per line with string fields "prompt", "chosen"
     (the preferred response) and "rejected"; other fields are ignored. The checkpoint is an
-    ordinary *ForSequenceClassification with K labels that ens-export takes as it is; held-out
+    ordinary *ForSequenceClassification with K labels that ens-export takes as it is (with
+    --pooling: the base checkpoint plus heads.safetensors, for ens-export --heads); held-out
     accuracy per head and per objective is printed and saved in OUTPUT/ensrm_training.json.
 
     \b
@@ -377,9 +381,11 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
       ensrm train minilm/ prefs.jsonl -o checkpoints/rm --heads 8 --bootstrap
       ensrm train minilm/ prefs.jsonl -o checkpoints/rm --heads 8 --mode joint --epochs 2
       ens-export checkpoints/rm -o bundles/rm
+      ensrm train minilm/ prefs.jsonl -o checkpoints/mean-rm --pooling mean --l2 0.1
+      ens-export checkpoints/mean-rm --heads checkpoints/mean-rm/heads.safetensors --pooling mean -o bundles/mean-rm
     """
     joint_only = {"--epochs": epochs, "--lr": lr, "--head-lr": head_lr, "--resume": resume or None}
-    frozen_only = {"--l2": l2, "--max-iter": max_iter, "--feature-cache": feature_cache}
+    frozen_only = {"--l2": l2, "--max-iter": max_iter, "--feature-cache": feature_cache, "--pooling": pooling}
     wrong = [name for name, value in (joint_only if mode == "frozen" else frozen_only).items() if value is not None]
     if wrong:
         other = "joint" if mode == "frozen" else "frozen"
@@ -390,11 +396,12 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
     result = train_reward_model(base_model, prefs, output, heads=heads, mode=mode, seed=seed, bootstrap=bootstrap,
                                 label_noise=label_noise, eval_fraction=eval_fraction, max_length=max_length,
                                 batch_size=batch_size, uwo_lambda=uwo_lambda, resume=resume,
-                                feature_cache=feature_cache, progress=not quiet,
+                                feature_cache=feature_cache, pooling=pooling, progress=not quiet,
                                 **{k: v for k, v in settings.items() if v is not None})
     accuracy = "" if result.metrics is None else \
         " (held-out accuracy: mean {mean:.3f}, wco {wco:.3f}, uwo {uwo:.3f})".format(**result.metrics["accuracy"])
-    click.echo(f"checkpoint {output}: {heads} heads, {mode}{accuracy}; export with: ens-export {output} -o BUNDLE")
+    click.echo(f"checkpoint {output}: {heads} heads, {mode}{accuracy}; "
+               f"export with: ens-export {result.export_args()} -o BUNDLE")
 
 
 @click.group()

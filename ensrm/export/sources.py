@@ -47,7 +47,7 @@ class LoadedSource:
     fingerprint: str
 
 
-def _is_decoder(config) -> bool:
+def is_decoder(config) -> bool:
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -129,7 +129,7 @@ def _classifier(path: Path, attn: str, trust_remote_code: bool):
             "for a base model pass --heads heads.safetensors and --pooling cls|mean|last"
         )
     model = _from_pretrained(transformers.AutoModelForSequenceClassification, path, attn, trust_remote_code)
-    if _is_decoder(config):
+    if is_decoder(config):
         return modules.DecoderClassifier(model).eval(), config, "decoder", False
     uses_types = _uses_token_type_ids(model)
     return modules.EncoderClassifier(model, uses_types).eval(), config, "encoder", uses_types
@@ -190,7 +190,7 @@ def _load_source(sources, heads, pooling, max_length, attn_implementation, trust
         path = paths[0]
         _check_dir(path)
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        decoder = _is_decoder(config)
+        decoder = is_decoder(config)
         pooling = pooling or ("last" if decoder else "cls")
         base = _from_pretrained(transformers.AutoModel, path, attn_implementation, trust_remote_code)
         hidden = base.config.hidden_size

@@ -20,12 +20,13 @@ import numpy as np
 
 
 def model_fingerprint(model, head_name: str) -> str:
-    """sha256 of every parameter and buffer except the final layer ``head_name`` (whose rows are the heads).
+    """sha256 of the pooling and every parameter and buffer except the final layer ``head_name``
+    (whose rows are the heads).
 
     >>> model_fingerprint(classifier, "classifier")[:12]          # doctest: +SKIP
     '3f0c9b2a71de'
     """
-    digest = hashlib.sha256(type(model).__name__.encode())
+    digest = hashlib.sha256((type(model).__name__ + str(getattr(model, "pooling", ""))).encode())
     for name, tensor in sorted(model.state_dict().items()):
         if name.startswith(head_name + "."):
             continue

@@ -17,8 +17,10 @@ from ensrm.errors import TrainingError
 torch = require("torch", "export")
 transformers = require("transformers", "export")
 
+#: The heads of a pooled-heads checkpoint (``weight [K, hidden]``, ``bias [K]``), as ens-export's --heads reads.
+HEADS_FILE = "heads.safetensors"
 # Where each family keeps the final projection to K logits, most specific first.
-HEAD_NAMES = ("score", "classifier.out_proj", "classifier", "logits_proj")
+HEAD_NAMES = ("score", "classifier.out_proj", "classifier", "logits_proj", "heads")
 
 
 def check_checkpoint(base_model: str | Path) -> Path:
@@ -73,6 +75,24 @@ def load_classifier(base_model: str | Path, heads: int, tokenizer, seed: int):
     return model.float()
 
 
+def load_pooled_heads(base_model: str | Path, heads: int, pooling: str):
+    """The base encoder/decoder of ``base_model`` with ``heads`` linear heads on ``pooling`` of its states.
+
+    The module is the exporter's own ``EncoderWithHeads``, so training reads the features that
+    the exported graph computes; its ``heads`` layer holds the K rows.
+    """
+    from ensrm.export.modules import EncoderWithHeads
+    from ensrm.export.sources import is_decoder
+
+    path = check_checkpoint(base_model)
+    with quiet_transformers():
+        base = transformers.AutoModel.from_pretrained(str(path), dtype=torch.float32)
+    decoder = is_decoder(base.config)
+    hidden = base.config.hidden_size
+    return EncoderWithHeads(base, torch.zeros(heads, hidden), torch.zeros(heads), pooling, decoder,
+                            uses_token_type_ids(base) and not decoder).eval()
+
+
 def final_linear(model, heads: int):
     """``(name, Linear)`` of the classifier's last layer, the one with ``heads`` outputs."""
     for name in HEAD_NAMES:
@@ -125,7 +145,7 @@ def pooled_features(model, head, tokenizer, prompts, responses, *, max_length, b
     what is assumed here fails loudly instead of training on the wrong features.
     """
     token_types = uses_token_type_ids(model)
-    pad_id = model.config.pad_token_id
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)  # decoder classifiers only
     lengths = [len(ids) for ids in tokenizer(list(prompts), list(responses), truncation=True,
                                               max_length=max_length)["input_ids"]]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)  # similar lengths share a batch: less padding
@@ -139,7 +159,8 @@ def pooled_features(model, head, tokenizer, prompts, responses, *, max_length, b
                 idx = order[start:start + batch_size]
                 batch = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
                                      max_length, token_types)
-                logits = model(**batch).logits  # [b, K]
+                logits = model(**batch)
+                logits = getattr(logits, "logits", logits)  # [b, K]
                 x = captured.pop("x")  # [b, hidden], or [b, seq, hidden] for decoders
                 if x.dim() == 3:
                     x = x[torch.arange(x.shape[0]), last_token_index(batch["input_ids"], pad_id)]  # [b, hidden]
@@ -158,7 +179,14 @@ def pooled_features(model, head, tokenizer, prompts, responses, *, max_length, b
 
 
 def save_checkpoint(model, tokenizer, out_dir: Path) -> None:
-    """Write an ordinary sequence-classification checkpoint (safetensors, config, tokenizer files)."""
+    """Write an ordinary sequence-classification checkpoint (safetensors, config, tokenizer files);
+    a pooled-heads module is written as its base checkpoint plus :data:`HEADS_FILE`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    if hasattr(model, "pooling"):
+        safetensors_torch = require("safetensors.torch", "export")
+        model.base.save_pretrained(str(out_dir), safe_serialization=True)
+        safetensors_torch.save_file({"weight": model.heads.weight.detach().contiguous(),
+                                     "bias": model.heads.bias.detach().contiguous()}, str(out_dir / HEADS_FILE))
+    else:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))

@@ -14,6 +14,7 @@ import numpy as np
 
 from ensrm._optional import require
 from ensrm.errors import TrainingError
+from ensrm.spec import POOLINGS
 from ensrm.train import model as M
 from ensrm.train.feature_cache import FeatureCache, model_fingerprint
 from ensrm.train.frozen import fit_heads
@@ -45,6 +46,13 @@ class TrainResult:
     steps: int = 0  # optimizer steps (joint) or L-BFGS fits (frozen: 1)
     start_epoch: int = 0  # > 0 when a joint run resumed from a saved state
     seconds: float = 0.0
+    pooling: str | None = None  # set when the heads read a pooling of the base model (heads.safetensors)
+
+    def export_args(self) -> str:
+        """The ens-export arguments that take this checkpoint as it was trained."""
+        if self.pooling is None:
+            return str(self.out_dir)
+        return f"{self.out_dir} --heads {self.out_dir / M.HEADS_FILE} --pooling {self.pooling}"
 
     def summary(self) -> str:
         lines = [f"trained {self.heads} heads ({self.mode}) on {self.n_train} pairs in {self.seconds:.1f}s; "
@@ -53,7 +61,7 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def _check_settings(heads, mode, epochs, batch_size, max_length, label_noise, resume, feature_cache):
+def _check_settings(heads, mode, epochs, batch_size, max_length, label_noise, resume, feature_cache, pooling):
     if not isinstance(heads, int) or heads < 1:
         raise TrainingError(f"heads must be a positive integer, got {heads!r}")
     if mode not in MODES:
@@ -68,6 +76,10 @@ def _check_settings(heads, mode, epochs, batch_size, max_length, label_noise, re
         # Silently ignoring them would let a user believe a frozen fit ran for N epochs or resumed.
         raise TrainingError(f"epochs={epochs} and resume={resume} apply to joint mode only; frozen mode fits "
                             "the heads to convergence in one go (tune max_iter/l2), or use mode='joint'")
+    if pooling is not None and pooling not in POOLINGS:
+        raise TrainingError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if pooling is not None and mode != "frozen":
+        raise TrainingError("pooling applies to frozen mode; joint mode trains the classifier's own pooling")
     if mode == "joint" and feature_cache is not None:
         raise TrainingError("feature_cache applies to frozen mode only: in joint mode the encoder changes")
 
@@ -139,6 +151,7 @@ def train_reward_model(
     progress: bool = True,
     resume: bool = False,
     feature_cache: str | os.PathLike | None = None,
+    pooling: str | None = None,
 ) -> TrainResult:
     """Train ``heads`` Bradley–Terry reward heads on one encoder and save a sequence classifier.
 
@@ -158,6 +171,12 @@ def train_reward_model(
       ``head_lr`` for the heads) for ``epochs``; state is saved in ``out_dir/.train_state/``
       after every epoch and ``resume=True`` continues from it.
 
+    ``pooling`` (``"cls"``, ``"mean"`` or ``"last"``, frozen mode) fits the heads on that pooling of
+    the base model's last hidden states instead of the classifier's own pooled feature (BERT's
+    pooler, for one, is not what sentence encoders such as all-MiniLM-L6-v2 were trained to
+    produce). ``out_dir`` then holds the base checkpoint plus ``heads.safetensors``, exported with
+    ``ens-export OUT --heads OUT/heads.safetensors --pooling POOLING``.
+
     Head k starts from seed ``seed + k``; ``bootstrap=True`` gives each head its own resample of
     the training pairs; ``label_noise=p`` swaps each training pair with probability ``p`` (the
     held-out ``eval_fraction`` of pairs is never swapped). Head biases are set so each head's
@@ -169,7 +188,7 @@ def train_reward_model(
     0.87
     """
     started = time.perf_counter()
-    _check_settings(heads, mode, epochs, batch_size, max_length, label_noise, resume, feature_cache)
+    _check_settings(heads, mode, epochs, batch_size, max_length, label_noise, resume, feature_cache, pooling)
     records = load_preferences(prefs)  # malformed data fails before the slow model load
     try:
         split = split_pairs(records, eval_fraction, seed)
@@ -182,9 +201,13 @@ def train_reward_model(
     tokenizer = M.load_tokenizer(base_model)
     if tokenizer.model_max_length < 1_000_000:  # unset limits are reported as a huge sentinel
         max_length = min(max_length, tokenizer.model_max_length)
-    model = M.load_classifier(base_model, heads, tokenizer, seed)
+    if pooling is None:
+        model = M.load_classifier(base_model, heads, tokenizer, seed)
+    else:
+        model = M.load_pooled_heads(base_model, heads, pooling)
     head_name, head = M.final_linear(model, heads)
-    M.init_heads(head, seed, float(getattr(model.config, "initializer_range", 0.02) or 0.02))
+    config = model.base.config if pooling else model.config
+    M.init_heads(head, seed, float(getattr(config, "initializer_range", 0.02) or 0.02))
 
     start_epoch, steps, epoch_losses = 0, 1, []
     if mode == "frozen":
@@ -217,8 +240,10 @@ def train_reward_model(
     report = {
         "format_version": 1,
         "base_model": str(base_model),
-        "architecture": type(model).__name__,
+        "architecture": type(model.base if pooling else model).__name__,
         "head_layer": head_name,
+        "pooling": pooling,
+        "heads_file": M.HEADS_FILE if pooling else None,
         "text_encoding": "tokenizer(prompt, response)",
         "mode": mode,
         "heads": heads,
@@ -237,7 +262,7 @@ def train_reward_model(
     }
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
     result = TrainResult(out_dir, mode, heads, len(train), len(split.eval), train_loss, metrics, split.eval,
-                         eval_c, eval_r, steps, start_epoch, seconds)
+                         eval_c, eval_r, steps, start_epoch, seconds, pooling)
     if progress:
         print(result.summary(), file=sys.stderr)
     return result

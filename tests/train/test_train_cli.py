@@ -78,3 +78,47 @@ def test_malformed_prefs_are_one_line_with_line_number(tiny_bert_dir, tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("Error:") and "bad.jsonl:2" in result.output and "chosen" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_pooled_heads_train_and_export_with_the_printed_command(tiny_bert_dir, prefs_file, tmp_path):
+    import ensrm
+
+    ckpt = tmp_path / "rm"
+    result = CliRunner().invoke(main, ["train", str(tiny_bert_dir), str(prefs_file), "-o", str(ckpt), "--heads", "3",
+                                       "--pooling", "mean", "--max-length", "64", "--quiet"])
+    assert result.exit_code == 0, result.output
+    command = result.output.split("export with: ens-export ")[1].split(" -o BUNDLE")[0].split()
+    assert command == [str(ckpt), "--heads", str(ckpt / "heads.safetensors"), "--pooling", "mean"]
+    report = json.loads((ckpt / "ensrm_training.json").read_text())
+    assert report["pooling"] == "mean" and report["architecture"] == "BertModel"
+    exported = CliRunner().invoke(export_command, command + ["-o", str(tmp_path / "bundle"), "--max-length", "64",
+                                                             "--tolerance", "1e-2"])
+    assert exported.exit_code == 0, exported.output
+
+    assert ensrm.Scorer(tmp_path / "bundle").spec.pooling == "mean"
+
+
+def test_pooled_heads_bundle_reproduces_the_trainers_eval_rewards(tiny_bert_dir, easy_prefs, tmp_path):
+    import ensrm
+    from ensrm.export.exporter import export_bundle
+    from ensrm.train import train_reward_model
+
+    # the heads were fitted on the features the exported graph computes
+    run = train_reward_model(tiny_bert_dir, easy_prefs[:120], tmp_path / "rm", heads=3, pooling="mean",
+                             eval_fraction=0.25, max_length=64, progress=False)
+    export_bundle([run.out_dir], tmp_path / "bundle", heads=run.out_dir / "heads.safetensors", pooling="mean",
+                  max_length=64, tolerance=1e-2, progress=None)
+    scores = ensrm.Scorer(tmp_path / "bundle").score_texts([p["prompt"] for p in run.eval_pairs],
+                                                          [p["chosen"] for p in run.eval_pairs])
+    np.testing.assert_allclose(scores.heads, run.eval_rewards_chosen, rtol=1e-3,
+                               atol=1e-3 * float(np.abs(run.eval_rewards_chosen).max()))
+
+
+def test_pooling_is_refused_in_joint_mode_and_when_unknown(tiny_bert_dir, easy_prefs, tmp_path):
+    from ensrm.train import train_reward_model
+
+    with pytest.raises(TrainingError, match="pooling applies to frozen mode"):
+        train_reward_model(tiny_bert_dir, easy_prefs[:10], tmp_path / "rm", mode="joint", pooling="mean", progress=False)
+    with pytest.raises(TrainingError, match="pooling must be one of cls, mean, last"):
+        train_reward_model(tiny_bert_dir, easy_prefs[:10], tmp_path / "rm", pooling="max", progress=False)
+    assert not (tmp_path / "rm").exists()
