@@ -79,11 +79,18 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, mode: st
         raise ValueError("static INT8 quantization needs calibration batches")
     model = onnx.load(str(source))
     groups = linear_layer_inputs(model.graph)
-    ranges, grams = calibration_statistics(source, list(groups), calibration, gram=rounding == "gptq")
     fuse_ready_gelu(model.graph)
-    inserted = {matmuls[0].name: _quantize_group(model.graph, tensor, matmuls, ranges[tensor], smoothing,
-                                                 grams.get(tensor))
-                for tensor, matmuls in groups.items()}
+    ranges, grams = calibration_statistics(model, list(groups), calibration, gram=rounding == "gptq")
+    inits = {i.name: i for i in model.graph.initializer}
+    inserted = {}
+    for tensor, matmuls in groups.items():
+        smooth = _smoothing(ranges[tensor], [numpy_helper.to_array(inits[m.input[1]]) for m in matmuls],
+                            smoothing)  # [in]
+        x_max = float((ranges[tensor] / smooth).max()) or 1.0
+        # the MatMuls read x / s, whose Gram matrix is X^T X / (s s^T)
+        gram = grams[tensor] / np.outer(smooth, smooth) if tensor in grams else None
+        inserted[matmuls[0].name] = _quantize_group(model.graph, tensor, matmuls, smooth, x_max, gram,
+                                                    smoothing is not None)
     nodes = list(model.graph.node)
     model.graph.ClearField("node")
     # each group's new nodes go before its first MatMul, where its input already exists
@@ -91,7 +98,8 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, mode: st
     _drop_unused_initializers(model.graph)
     save_model(model, target)
     return {"method": "static-qdq", "quantized_matmuls": sum(len(m) for m in groups.values()),
-            "smoothing": smoothing, "rounding": rounding, "activations": "int8 symmetric per-tensor, max over real tokens after smoothing",
+            "smoothing": smoothing, "rounding": rounding,
+            "activations": "int8 symmetric per-tensor, max over real tokens after smoothing",
             "weights": "int8 symmetric per-output-channel", "calibration_batches": len(calibration)}
 
 
@@ -109,38 +117,45 @@ def linear_layer_inputs(graph) -> dict[str, list]:
     return dict(groups)
 
 
-def channel_ranges(source: str | os.PathLike, tensors: list[str],
-                   batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Each tensor's per-channel max |value| over the real tokens of ``batches``: ``{name: [channels]}``."""
-    return calibration_statistics(source, tensors, batches)[0]
+def channel_ranges(model, tensors: list[str], batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Each tensor's per-channel max |value| over the real tokens of ``batches``: ``{name: [channels]}``.
+
+    ``model`` is an ONNX ``ModelProto`` or a path to one.
+    """
+    return calibration_statistics(model, tensors, batches)[0]
 
 
-def calibration_statistics(source: str | os.PathLike, tensors: list[str], batches: list[dict[str, np.ndarray]],
-                           gram: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per-channel max |value| (``[channels]``) and, with ``gram``, ``X^T X`` (``[channels, channels]``,
-    float64) of each tensor over the real tokens of ``batches``: ``(ranges, grams)``."""
-    ort = require("onnxruntime", "export")
-    model = onnx.load(str(source), load_external_data=False)
-    declared = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in tensors if t not in declared)
-    # beside the source, so its external weights file resolves
-    with tempfile.NamedTemporaryFile(dir=Path(source).parent, suffix=".onnx") as probe:
-        onnx.save(model, probe.name)
-        session = ort.InferenceSession(probe.name, providers=["CPUExecutionProvider"])
-    inputs = {i.name for i in session.get_inputs()}
+def calibration_statistics(model, tensors: list[str], batches: list[dict[str, np.ndarray]], gram: bool = False):
+    """``(ranges, grams)``: per-channel max |value| (``[channels]``) and, with ``gram``, ``X^T X``
+    (``[channels, channels]``, float64) of each tensor over the real tokens of ``batches``."""
     ranges: dict[str, np.ndarray] = {}
     grams: dict[str, np.ndarray] = {}
+    for name, rows in _real_token_rows(model, tensors, batches):  # [tokens, channels]
+        peak = np.abs(rows).max(axis=0)  # [channels]
+        ranges[name] = peak if name not in ranges else np.maximum(ranges[name], peak)
+        if gram:
+            grams[name] = grams.get(name, 0.0) + rows.T @ rows
+    return ranges, grams
+
+
+def _real_token_rows(model, tensors: list[str], batches):
+    """``(tensor, [tokens, channels] float64)`` for each batch and tensor, padding positions left out."""
+    ort = require("onnxruntime", "export")
+    model = onnx.load(str(model)) if isinstance(model, (str, os.PathLike)) else model
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    declared = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in tensors if t not in declared)
+    with tempfile.TemporaryDirectory() as tmp:  # a file, not bytes: a large model needs its weights beside it
+        save_model(probe, Path(tmp) / "probe.onnx")
+        session = ort.InferenceSession(str(Path(tmp) / "probe.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
     for feeds in batches:
         real = feeds["attention_mask"].astype(bool)  # [batch, seq]
         for name, value in zip(tensors, session.run(tensors, {k: v for k, v in feeds.items() if k in inputs})):
-            rows = value[real] if value.shape[:2] == real.shape else value.reshape(-1, value.shape[-1])  # [tokens, ch]
-            peak = np.abs(rows).max(axis=0)  # [channels]
-            ranges[name] = peak if name not in ranges else np.maximum(ranges[name], peak)
-            if gram:
-                rows = rows.astype(np.float64)
-                grams[name] = grams.get(name, 0.0) + rows.T @ rows  # [channels, channels]
-    return ranges, grams
+            rows = value[real] if value.shape[:2] == real.shape else value.reshape(-1, value.shape[-1])
+            yield name, rows.astype(np.float64)
 
 
 def fuse_ready_gelu(graph) -> int:
@@ -178,42 +193,46 @@ def _only_consumer(consumers, tensor: str, op_type: str):
     return users[0] if len(users) == 1 and users[0].op_type == op_type else None
 
 
-def _quantize_group(graph, tensor: str, matmuls: list, peak: np.ndarray, alpha: float | None,
-                    gram: np.ndarray | None) -> list:
+def _smoothing(peak: np.ndarray, weights: list[np.ndarray], alpha: float | None) -> np.ndarray:
+    """``s`` ``[in]``: the input is divided by it and the weight rows ``[in, out]`` multiplied by it."""
+    if alpha is None:
+        return np.ones_like(peak, dtype=np.float64)
+    w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0).astype(np.float64)  # [in]
+    # all-zero channels (never active, or zero weight rows) keep scale 1
+    return np.where((peak > 0) & (w_peak > 0), np.power(np.maximum(peak, 1e-12), alpha)
+                    / np.power(np.maximum(w_peak, 1e-12), 1 - alpha), 1.0)
+
+
+def _quantize_group(graph, tensor: str, matmuls: list, smooth: np.ndarray, x_max: float, gram: np.ndarray | None,
+                    smoothed: bool) -> list:
     """Smooth ``tensor`` once, then give each MatMul reading it its own Q/DQ pair and int8 weights.
 
-    Rewires the MatMuls and adds the initializers; returns the new nodes for the caller to place.
+    ``gram`` (``[in, in]``) selects GPTQ rounding, else round to nearest. Rewires the MatMuls and
+    adds the initializers; returns the new nodes for the caller to place.
     """
     inits = {i.name: i for i in graph.initializer}
-    weights = [numpy_helper.to_array(inits[m.input[1]]).astype(np.float64) for m in matmuls]  # [in, out] each
-    w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)  # [in]
-    if alpha is None:
-        smooth, smoothed, new_inits, new_nodes = np.ones_like(w_peak), tensor, [], []
-    else:
-        # all-zero channels (never active, or zero weight rows) keep scale 1
-        smooth = np.where((peak > 0) & (w_peak > 0), np.power(np.maximum(peak, 1e-12), alpha)
-                          / np.power(np.maximum(w_peak, 1e-12), 1 - alpha), 1.0)  # [in]
-        smoothed = f"{tensor}/int8/smoothed"
-        new_inits = [numpy_helper.from_array((1.0 / smooth).astype(np.float32), f"{tensor}/int8/inv_smooth")]
-        new_nodes = [helper.make_node("Mul", [tensor, new_inits[0].name], [smoothed], name=f"{tensor}/int8/smooth")]
-    x_max = float((peak / smooth).max()) or 1.0
-    for matmul, weight in zip(matmuls, weights):
+    new_inits, new_nodes, source = [], [], tensor
+    if smoothed:
+        source = f"{tensor}/int8/smoothed"
+        new_inits.append(numpy_helper.from_array((1.0 / smooth).astype(np.float32), f"{tensor}/int8/inv_smooth"))
+        new_nodes.append(helper.make_node("Mul", [tensor, new_inits[0].name], [source], name=f"{tensor}/int8/smooth"))
+    for matmul in matmuls:
         name = matmul.name
         # per MatMul, even with equal values: shared Q/DQ chains are merged by onnxruntime and then not fused
         x_scale = numpy_helper.from_array(np.array(x_max / _QMAX, dtype=np.float32), f"{name}/x_scale")
         x_zero = numpy_helper.from_array(np.array(0, dtype=np.int8), f"{name}/x_zero_point")
-        scaled = weight * smooth[:, None]  # [in, out]
+        scaled = numpy_helper.to_array(inits[matmul.input[1]]).astype(np.float64) * smooth[:, None]  # [in, out]
         w_scale = np.maximum(np.abs(scaled).max(axis=0), 1e-30) / _QMAX  # [out]
         if gram is None:
             w_int = np.clip(np.round(scaled / w_scale), -_QMAX, _QMAX).astype(np.int8)  # [in, out]
-        else:  # the smoothed input is x / s, so its Gram matrix is X^T X / (s s^T)
-            w_int = gptq_round(scaled, gram / np.outer(smooth, smooth), w_scale)
+        else:
+            w_int = gptq_round(scaled, gram, w_scale)
         new_inits += [x_scale, x_zero,
                       numpy_helper.from_array(w_int, f"{name}/weight_quantized"),
                       numpy_helper.from_array(w_scale.astype(np.float32), f"{name}/weight_scale"),
                       numpy_helper.from_array(np.zeros(w_scale.shape, np.int8), f"{name}/weight_zero_point")]
         new_nodes += [
-            helper.make_node("QuantizeLinear", [smoothed, x_scale.name, x_zero.name], [f"{name}/x_q"],
+            helper.make_node("QuantizeLinear", [source, x_scale.name, x_zero.name], [f"{name}/x_q"],
                              name=f"{name}/quantize_input"),
             helper.make_node("DequantizeLinear", [f"{name}/x_q", x_scale.name, x_zero.name], [f"{name}/x_dq"],
                              name=f"{name}/dequantize_input"),

@@ -133,6 +133,52 @@ def test_gelu_reordering_is_bit_identical(spread_bundle, tmp_path):
     np.testing.assert_array_equal(before, after)
 
 
+def test_gptq_rounding_tracks_fp32_closer_than_rounding_to_nearest(spread_bundle, record_files, tmp_path):
+    from ensrm.bundle import load_spec
+    from ensrm.calibration.data import encoder_for, feed_batches, score_records
+    from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    spec = load_spec(spread_bundle)
+    encoder = encoder_for(spread_bundle, spec)
+    batches = [feeds for _, feeds in feed_batches(encoder, load_records(record_files["calib"], "calib"), 16)]
+    records = load_records(record_files["eval"], "eval")
+    fp32 = score_records(OnnxRuntimeBackend(spread_bundle / "model.onnx"), encoder, records).heads  # [40, 4]
+    errors = {}
+    for rounding in ("nearest", "gptq"):
+        target = tmp_path / f"{rounding}.onnx"
+        assert quantize_int8(spread_bundle / "model.onnx", target, "static", batches, rounding=rounding)["rounding"] \
+            == rounding
+        int8 = score_records(OnnxRuntimeBackend(target), encoder, records).heads
+        errors[rounding] = float(np.sqrt(np.mean((int8 - fp32) ** 2)))
+    assert errors["gptq"] < errors["nearest"], errors  # 0.033 vs 0.038 on this random model
+    with pytest.raises(ValueError, match="rounding must be one of gptq, nearest"):
+        quantize_int8(spread_bundle / "model.onnx", tmp_path / "x.onnx", "static", batches, rounding="stochastic")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_gptq_lowers_every_linear_layers_output_error_on_its_calibration_inputs(spread_bundle, record_files):
+    from ensrm.bundle import load_spec
+    from ensrm.calibration.data import encoder_for, feed_batches
+    from ensrm.calibration.int8 import calibration_statistics, gptq_round, linear_layer_inputs
+
+    batches = [feeds for _, feeds in feed_batches(encoder_for(spread_bundle, load_spec(spread_bundle)),
+                                                  load_records(record_files["calib"], "calib"), 16)]
+    model = onnx.load(str(spread_bundle / "model.onnx"))
+    groups = linear_layer_inputs(model.graph)
+    _, grams = calibration_statistics(model, list(groups), batches, gram=True)
+    weights = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    for tensor, matmuls in groups.items():
+        gram = grams[tensor]  # [in, in]
+        for matmul in matmuls:
+            w = weights[matmul.input[1]]  # [in, out]
+            scale = np.abs(w).max(axis=0) / 127  # [out]
+
+            def output_error(q):  # |X (scale q - W)|^2 = tr(D^T X^T X D)
+                d = q * scale - w
+                return float(np.trace(d.T @ gram @ d))
+            assert output_error(gptq_round(w, gram, scale)) < output_error(np.round(w / scale)), matmul.name
+
+
 def _damaging_quantizer(source, target, mode="static", calibration=None, **options):
     """Quantize, then scramble the int8 weights: a variant that loads and runs but ranks badly."""
     report = quantize_int8(source, target, mode, calibration, **options)
