@@ -8,6 +8,8 @@ records, gated on held-out candidate pools; adds a dynamic-INT8 copy; then times
     python scripts/bench_precision.py --out /tmp/bench-prec            # ~5-10 min on 2 cores
     python scripts/bench_precision.py --checkpoint my-rm --out /tmp/b --threads 8
     python scripts/bench_precision.py --out /tmp/b --smoothing-sweep off,0.5,0.7,0.9   # + static INT8 at other strengths
+    python scripts/bench_precision.py --out /tmp/b-mean --pooling mean --l2 0.1        # heads on mean-pooled states
+    python scripts/bench_precision.py --out /tmp/b --rounding nearest                  # + INT8 without GPTQ
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ def _time(backends: dict, feeds: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _rejected_copy(bundle: Path, mode: str, calib: Path, target: Path, smoothing: float | None = None) -> Path:
+def _rejected_copy(bundle: Path, mode: str, calib: Path, target: Path, smoothing: float | None = None,
+                   rounding: str | None = None) -> Path:
     """Quantize again outside the bundle, so a rejected variant's speed can still be reported."""
     from ensrm.bundle import load_spec
     from ensrm.calibration.data import encoder_for, feed_batches, load_records, split_holdout
-    from ensrm.calibration.int8 import DEFAULT_SMOOTHING, quantize_int8
+    from ensrm.calibration.int8 import DEFAULT_ROUNDING, DEFAULT_SMOOTHING, quantize_int8
 
     spec = load_spec(bundle)
     batches = None
@@ -64,7 +67,7 @@ def _rejected_copy(bundle: Path, mode: str, calib: Path, target: Path, smoothing
         records = split_holdout(load_records(calib, "calibration"))[0][:512]
         batches = [f for _, f in feed_batches(encoder_for(bundle, spec), records, 32)]
     quantize_int8(bundle / "model.onnx", target, mode, batches,
-                  smoothing=DEFAULT_SMOOTHING if smoothing is None else smoothing)
+                  smoothing=DEFAULT_SMOOTHING if smoothing is None else smoothing, rounding=rounding or DEFAULT_ROUNDING)
     return target
 
 
@@ -92,6 +95,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--smoothing-sweep", default="",
                         help="comma-separated smoothing strengths (0-1, or 'off') to gate and time besides the default")
+    parser.add_argument("--rounding", choices=["nearest"], help="also gate and time static INT8 with this rounding")
+    parser.add_argument("--pooling", choices=["mean", "cls"],
+                        help="build the default model with its heads on this pooling of MiniLM's states, not BERT's pooler")
+    parser.add_argument("--l2", type=float, default=1e-3, help="L2 of the default model's head fit (default 1e-3)")
     args = parser.parse_args(argv)
 
     from ensrm import Scorer
@@ -101,16 +108,20 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else out / "default-rm"
-    if not args.checkpoint and not (checkpoint / "config.json").is_file():
+    if args.checkpoint and args.pooling:
+        parser.error("--pooling and --l2 shape the default model; a --checkpoint is exported as it is")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out / f"default-rm-{args.pooling or 'pooler'}-l2{args.l2:g}"
+    if not args.checkpoint and not (checkpoint / "ensrm_training.json").is_file():
         from ensrm.train.default import build_default_model
 
-        build_default_model(checkpoint)
+        build_default_model(checkpoint, pooling=args.pooling, l2=args.l2)
+    heads = {"heads": checkpoint / "heads.safetensors", "pooling": args.pooling} if args.pooling else {}
     files = _records(out)
     bundle = out / "bundle"
     start = time.perf_counter()
     export_bundle([checkpoint], bundle, max_length=args.seq, overwrite=True, normalize_on=files["refs"],
-                  precisions="fp16,int8", calibration=files["calib"], eval_on=files["eval"], threads=args.threads)
+                  precisions="fp16,int8", calibration=files["calib"], eval_on=files["eval"], threads=args.threads,
+                  **heads)
     export_s = time.perf_counter() - start
     dynamic = out / "bundle-dynamic"
     if dynamic.exists():
@@ -122,7 +133,7 @@ def main(argv=None) -> int:
 
     from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-    results = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads, "batch": args.batch,
+    results = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads, "pooling": args.pooling, "l2": args.l2, "batch": args.batch,
                "seq": args.seq, "export_seconds": export_s, "gates": {}, "accepted": {}, "seconds_per_batch": {}}
     backends = {"fp32": Scorer(bundle, threads=args.threads, spinning=False).backend}
     for name, path in (("int8-static", bundle), ("int8-dynamic", dynamic)):
@@ -131,6 +142,13 @@ def main(argv=None) -> int:
         print(format_report(name, variant["checks"]))
         model = path / "model.int8.onnx" if variant["accepted"] else \
             _rejected_copy(bundle, name.split("-")[1], files["calib"], out / f"{name}.rejected.onnx")
+        backends[name] = OnnxRuntimeBackend(model, threads=args.threads, spinning=False)
+    if args.rounding:
+        name = f"int8-{args.rounding}"
+        model = _rejected_copy(bundle, "static", files["calib"], out / f"{name}.onnx", rounding=args.rounding)
+        results["gates"][name] = report = _gate_file(bundle, model, files["eval"], args.threads)
+        results["accepted"][name] = report["passed"]
+        print(format_report(name, report))
         backends[name] = OnnxRuntimeBackend(model, threads=args.threads, spinning=False)
     for text in (a.strip() for a in args.smoothing_sweep.split(",") if a.strip()):
         alpha = None if text == "off" else float(text)

@@ -60,10 +60,10 @@ def remove_round_trips(graph) -> int:
     for node in graph.node:
         first = producers.get(node.input[0]) if cast_to(node) == FLOAT else None
         if first is not None and cast_to(first) == FLOAT16:
-            # the second cast becomes an Identity of the fp32 tensor before the round trip
-            node.op_type = "Identity"
+            # the second cast reads what the first one read: an fp32 tensor (a no-op cast), or an
+            # integer one such as the attention mask that mean pooling casts (then it is the cast
+            # the fp32 graph had)
             node.input[0] = first.input[0]
-            del node.attribute[:]
             removed += 1
     outputs = {o.name for o in graph.output}
     # drop nodes whose outputs nobody reads any more (the casts of the round trips)

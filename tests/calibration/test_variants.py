@@ -62,6 +62,26 @@ def test_fp16_graph_keeps_normalisations_heads_and_tail_in_fp32(variant_bundle):
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.INT64] * 3
 
 
+def test_mean_pooled_bundle_gets_an_fp16_variant(spread_checkpoint, record_files, tmp_path):
+    # mean pooling casts the int64 mask to float: the fp16 converter's round-trip casts around it
+    # must fold back into that cast, not into an Identity of the int64 mask (a graph that fails to load)
+    import torch
+    from safetensors.torch import save_file
+
+    from ensrm.export.exporter import export_bundle
+
+    hidden = json.loads((spread_checkpoint / "config.json").read_text())["hidden_size"]
+    save_file({"weight": torch.randn(3, hidden, generator=torch.Generator().manual_seed(0)), "bias": torch.zeros(3)},
+              str(tmp_path / "heads.safetensors"))
+    export_bundle([spread_checkpoint], tmp_path / "rm", heads=tmp_path / "heads.safetensors", pooling="mean",
+                  precisions="fp16", eval_on=record_files["eval"], gates=GATES, progress=None)
+    assert load_spec(tmp_path / "rm").variants["fp16"]["accepted"]
+    records = load_records(record_files["eval"], "eval")
+    prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
+    np.testing.assert_allclose(Scorer(tmp_path / "rm", precision="fp16").score_texts(prompts, responses).heads,
+                               Scorer(tmp_path / "rm").score_texts(prompts, responses).heads, atol=0.05)
+
+
 def test_int8_graph_is_symmetric_qdq_with_a_float_tail(variant_bundle):
     bundle, _ = variant_bundle
     model = onnx.load(str(bundle / "model.int8.onnx"))
