@@ -2,7 +2,7 @@
 
 ``static`` (default) writes explicit QuantizeLinear/DequantizeLinear pairs that a TensorRT
 build can consume: symmetric int8 activations (zero point 0) with one scale per tensor,
-calibrated on records, and symmetric per-output-channel int8 weights. Three choices decide
+calibrated on records, and symmetric per-output-channel int8 weights. Four choices decide
 how well it ranks and how fast it runs, each measured on the default model (Spearman of
 ``ens_mean`` against fp32 on 768 held-out candidates; onnxruntime CPU, batch 32 x 128):
 
@@ -18,6 +18,13 @@ how well it ranks and how fast it runs, each measured on the default model (Spea
   quantizer routes it through the int8 copy: 0.886), and products that share an input get
   their own scale initializers so onnxruntime does not merge their pairs, which would stop
   it from running them as integer kernels (12 of 36 fused, slower than fp32; 36 of 36 here).
+* **GPTQ weight rounding.** Rounding each weight to its nearest int8 level treats every
+  input row alone; GPTQ (:func:`gptq_round`) rounds one row at a time and moves its error
+  onto the rows not yet rounded, in the directions the calibration inputs make cheapest
+  (their ``X^T X``, gathered in the same calibration pass). It is chosen once, at export:
+  the int8 values are the same kind, so the graph and its speed do not change. Measured as
+  the std of (int8 - fp32) over the std of fp32 on ``ens_mean``: 0.070 -> 0.050 on MiniLM
+  heads fitted on mean-pooled states, 0.100 -> 0.095 on the default model's pooler heads.
 * **GELU in onnxruntime's form.** The exported ``x * (0.5 * (1 + erf(x / sqrt 2)))`` is
   reordered to ``(x * (1 + erf(x / sqrt 2))) * 0.5`` (bit-identical: halving is exact), which
   onnxruntime fuses with the bias into one BiasGelu kernel: about 10% of the INT8 run time.
@@ -62,10 +69,10 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, mode: st
 
     ``calibration`` is a list of feeds (``input_ids``, ``attention_mask``, ...) for ``static``;
     ``smoothing`` is the migration strength ``a`` in [0, 1] (module docstring), or None for
-    none (no ``Mul`` in the graph).
+    none (no ``Mul`` in the graph); ``rounding`` is ``"gptq"`` or ``"nearest"``.
 
     >>> quantize_int8("b/model.onnx", "b/model.int8.onnx", "static", batches)   # doctest: +SKIP
-    {'method': 'static-qdq', 'quantized_matmuls': 36, 'smoothing': 1.0, ...}
+    {'method': 'static-qdq', 'quantized_matmuls': 36, 'smoothing': 1.0, 'rounding': 'gptq', ...}
     """
     if mode not in MODES:
         raise ValueError(f"INT8 mode must be one of {', '.join(MODES)}, got {mode!r}")
