@@ -43,3 +43,14 @@ def test_frozen_fits_from_cache_equal_fresh_fits(tiny_bert_dir, easy_prefs, tmp_
         # other batch groupings change float rounding, which the large frozen weights amplify
         np.testing.assert_allclose(run.eval_rewards_chosen, plain.eval_rewards_chosen, rtol=1e-3, atol=1e-3 * scale)
     assert other.n_train == plain.n_train and len(list(cache.glob("*.npz"))) == 1
+
+
+def test_each_pooling_has_its_own_cache_file(tiny_bert_dir, easy_prefs, tmp_path):
+    pytest.importorskip("torch")
+    from ensrm.train import train_reward_model
+
+    settings = dict(heads=2, max_length=64, eval_fraction=0.2, progress=False, feature_cache=tmp_path / "cache")
+    for name, pooling in (("classifier", None), ("mean", "mean"), ("cls", "cls"), ("mean-again", "mean")):
+        train_reward_model(tiny_bert_dir, easy_prefs[:40], tmp_path / name, pooling=pooling, **settings)
+    # the classifier's pooler output, the mean and the first token state are different features
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
