@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterable
@@ -49,10 +50,11 @@ class TrainResult:
     pooling: str | None = None  # set when the heads read a pooling of the base model (heads.safetensors)
 
     def export_args(self) -> str:
-        """The ens-export arguments that take this checkpoint as it was trained."""
-        if self.pooling is None:
-            return str(self.out_dir)
-        return f"{self.out_dir} --heads {self.out_dir / M.HEADS_FILE} --pooling {self.pooling}"
+        """The ens-export arguments that take this checkpoint as it was trained, quoted for a shell."""
+        args = [str(self.out_dir)]
+        if self.pooling is not None:
+            args += ["--heads", str(self.out_dir / M.HEADS_FILE), "--pooling", self.pooling]
+        return shlex.join(args)
 
     def summary(self) -> str:
         lines = [f"trained {self.heads} heads ({self.mode}) on {self.n_train} pairs in {self.seconds:.1f}s; "
