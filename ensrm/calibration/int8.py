@@ -91,12 +91,12 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, mode: st
     inits = {i.name: i for i in model.graph.initializer}
     inserted = {}
     for tensor, matmuls in groups.items():
-        smooth = _smoothing(ranges[tensor], [numpy_helper.to_array(inits[m.input[1]]) for m in matmuls],
-                            smoothing)  # [in]
+        weights = [numpy_helper.to_array(inits[m.input[1]]).astype(np.float64) for m in matmuls]  # [in, out] each
+        smooth = _smoothing(ranges[tensor], weights, smoothing)  # [in]
         x_max = float((ranges[tensor] / smooth).max()) or 1.0
         # the MatMuls read x / s, whose Gram matrix is X^T X / (s s^T)
         gram = grams[tensor] / np.outer(smooth, smooth) if tensor in grams else None
-        inserted[matmuls[0].name] = _quantize_group(model.graph, tensor, matmuls, smooth, x_max, gram,
+        inserted[matmuls[0].name] = _quantize_group(model.graph, tensor, matmuls, weights, smooth, x_max, gram,
                                                     smoothing is not None)
     nodes = list(model.graph.node)
     model.graph.ClearField("node")
@@ -204,31 +204,31 @@ def _smoothing(peak: np.ndarray, weights: list[np.ndarray], alpha: float | None)
     """``s`` ``[in]``: the input is divided by it and the weight rows ``[in, out]`` multiplied by it."""
     if alpha is None:
         return np.ones_like(peak, dtype=np.float64)
-    w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0).astype(np.float64)  # [in]
+    w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)  # [in]
     # all-zero channels (never active, or zero weight rows) keep scale 1
     return np.where((peak > 0) & (w_peak > 0), np.power(np.maximum(peak, 1e-12), alpha)
                     / np.power(np.maximum(w_peak, 1e-12), 1 - alpha), 1.0)
 
 
-def _quantize_group(graph, tensor: str, matmuls: list, smooth: np.ndarray, x_max: float, gram: np.ndarray | None,
-                    smoothed: bool) -> list:
+def _quantize_group(graph, tensor: str, matmuls: list, weights: list[np.ndarray], smooth: np.ndarray, x_max: float,
+                    gram: np.ndarray | None, smoothed: bool) -> list:
     """Smooth ``tensor`` once, then give each MatMul reading it its own Q/DQ pair and int8 weights.
 
-    ``gram`` (``[in, in]``) selects GPTQ rounding, else round to nearest. Rewires the MatMuls and
-    adds the initializers; returns the new nodes for the caller to place.
+    ``weights`` are the MatMuls' float weights; ``gram`` (``[in, in]``) selects GPTQ rounding, else
+    round to nearest. Rewires the MatMuls and adds the initializers; returns the new nodes for the
+    caller to place.
     """
-    inits = {i.name: i for i in graph.initializer}
     new_inits, new_nodes, source = [], [], tensor
     if smoothed:
         source = f"{tensor}/int8/smoothed"
         new_inits.append(numpy_helper.from_array((1.0 / smooth).astype(np.float32), f"{tensor}/int8/inv_smooth"))
         new_nodes.append(helper.make_node("Mul", [tensor, new_inits[0].name], [source], name=f"{tensor}/int8/smooth"))
-    for matmul in matmuls:
+    for matmul, weight in zip(matmuls, weights):
         name = matmul.name
         # per MatMul, even with equal values: shared Q/DQ chains are merged by onnxruntime and then not fused
         x_scale = numpy_helper.from_array(np.array(x_max / _QMAX, dtype=np.float32), f"{name}/x_scale")
         x_zero = numpy_helper.from_array(np.array(0, dtype=np.int8), f"{name}/x_zero_point")
-        scaled = numpy_helper.to_array(inits[matmul.input[1]]).astype(np.float64) * smooth[:, None]  # [in, out]
+        scaled = weight * smooth[:, None]  # [in, out]
         w_scale = np.maximum(np.abs(scaled).max(axis=0), 1e-30) / _QMAX  # [out]
         if gram is None:
             w_int = np.clip(np.round(scaled / w_scale), -_QMAX, _QMAX).astype(np.int8)  # [in, out]
