@@ -78,7 +78,7 @@ def verify_files(bundle_dir: str | os.PathLike, spec: EnsembleSpec, mode: str = 
         return
     # Every file the runtime will open must be one the manifest vouches for.
     # (a variant rejected by its accuracy gate has no file: "file": null)
-    used = [v["file"] for v in spec.variants.values() if v.get("file")] + \
+    used = [v.file for v in spec.variants.values() if v.file] + \
         ([spec.tokenizer_file] if spec.tokenizer_file else [])
     for name in used:
         if name not in spec.files:
@@ -189,7 +189,7 @@ def check_target(target: str | os.PathLike, overwrite: bool) -> Path:
     if target.parent.is_dir():
         clean_stale(target)
     if target.exists() and not overwrite:
-        raise BundleError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise BundleError(f"{target} already exists; pass `overwrite=True` to replace it")
     if target.exists() and not target.is_dir():
         raise BundleError(f"{target} exists and is not a directory")
     return target

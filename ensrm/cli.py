@@ -6,12 +6,35 @@ same command as ``ens-export``). Errors print one line and exit with status 1.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import re
 import sys
 
 import click
 
 from ensrm.errors import EnsrmError
+
+# Library messages name parameters in backticks (`uwo_lambda`, `padding_side='right'`); a command
+# shows them as its own options. Library names that differ from the command's parameter names:
+_ALIASES = {"rejects_path": "rejects", "out_dir": "output"}
+_PARAMETER = re.compile(r"`([A-Za-z_]\w*)(?:=([^`]*))?`")
+
+
+def _as_flags(message: str) -> str:
+    """``"`max_length` must be ..."`` -> ``"--max-length must be ..."`` for the running command."""
+    context = click.get_current_context(silent=True)
+    options = {} if context is None else {
+        p.name: max(p.opts, key=len) for p in context.command.params if isinstance(p, click.Option)}
+
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        option = options.get(_ALIASES.get(name, name))
+        if option is None:
+            return match.group(0).strip("`")
+        return option if value in (None, "", "True") else f"{option} {value.strip(chr(39) + chr(34))}"
+
+    return _PARAMETER.sub(flag, message)
 
 
 def _one_line_errors(func):
@@ -22,9 +45,18 @@ def _one_line_errors(func):
         try:
             return func(*args, **kwargs)
         except (EnsrmError, FileNotFoundError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_as_flags(str(exc))) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _usage():
+    """Options the library refuses before any work are a usage error (exit status 2)."""
+    try:
+        yield
+    except (EnsrmError, ValueError) as exc:
+        raise click.UsageError(_as_flags(str(exc))) from None
 
 
 @click.command("export")
@@ -82,28 +114,17 @@ def export_command(sources, output, heads, pooling, uwo_lambda, max_length, padd
     The graph is checked against the torch model before the bundle appears; if it differs
     by more than --tolerance nothing is written.
     """
+    from ensrm.calibration.gate import gates_with
     from ensrm.export.exporter import export_bundle
 
-    batches = _parse_batches(tensorrt_batches) if tensorrt_batches else None
-    if batches:
-        from ensrm.export.tensorrt_engine import check_tensorrt
-
-        check_tensorrt()  # before the export, not after minutes of it
     spec = export_bundle(list(sources), output, heads=heads, pooling=pooling, uwo_lambda=uwo_lambda,
                          max_length=max_length, padding_side=padding_side, tolerance=tolerance,
                          overwrite=overwrite, trust_remote_code=trust_remote_code, normalize_on=normalize_on,
                          precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
-                         gates=_gates(min_spearman, min_top1))
-    click.echo(f"bundle {output}: {spec.num_heads} heads, {spec.model_type} {spec.architecture}, "
-               f"inputs {', '.join(spec.inputs)}, precisions "
-               + ", ".join(p for p, v in spec.variants.items() if v.get("accepted")))
-    if batches:
-        from ensrm.export.tensorrt_engine import build_engine
-
-        for precision in ("fp16", "int8"):
-            if spec.variants.get(precision, {}).get("accepted"):
-                engine = build_engine(output, precision, batch_sizes=batches, progress=click.echo)
-                click.echo(f"engine {engine}")
+                         gates=gates_with(min_spearman, min_top1),
+                         tensorrt_batches=_parse_batches(tensorrt_batches) if tensorrt_batches else None,
+                         progress=_echo_err)
+    click.echo(f"bundle {output}: {spec.describe()}")
 
 
 # -- calibration and precision (issue 3) --------------------------------------------------------
@@ -119,24 +140,8 @@ def _parse_batches(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _gates(min_spearman, min_top1):
-    if min_spearman is None and min_top1 is None:
-        return None
-    import dataclasses
-
-    from ensrm.calibration.gate import DEFAULT_GATES
-
-    gates = {}
-    for precision, gate in DEFAULT_GATES.items():
-        changes = {"min_spearman": min_spearman} if min_spearman is not None else {}
-        if min_top1 is not None:
-            changes["min_top1"] = min_top1
-        gates[precision] = dataclasses.replace(gate, **changes)
-    return gates
-
-
 def _echo_err(message: str) -> None:
-    click.echo(message, err=True)
+    click.echo(_as_flags(message), err=True)
 
 
 @click.command("calibrate")
@@ -178,12 +183,13 @@ def quantize_command(bundle, precisions, calibration, eval_on, int8_mode, min_sp
     Example:
       ensrm quantize bundles/rm --precision int8 --calibration calib.jsonl
     """
+    from ensrm.calibration.gate import gates_with
     from ensrm.calibration.variants import add_variants
 
     spec = add_variants(bundle, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
-                        gates=_gates(min_spearman, min_top1), threads=threads, progress=_echo_err)
+                        gates=gates_with(min_spearman, min_top1), threads=threads, progress=_echo_err)
     for precision, variant in spec.variants.items():
-        click.echo(f"{precision}: {'accepted' if variant.get('accepted') else 'rejected'}")
+        click.echo(f"{precision}: {'accepted' if variant.accepted else 'rejected'}")
 
 
 @click.command("build-engine")
@@ -306,12 +312,12 @@ def score_command(bundle, input_file, output, objective, batch_size, best_of_n, 
       ensrm score bundles/default candidates.jsonl -o scored.jsonl --best-of-n --objective wco
       ensrm score bundles/default replies.jsonl -o decided.jsonl --filter bundles/default-filter.json --skip-bad
     """
-    from ensrm.runtime.batch import score_file
+    from ensrm.runtime.batch import check_rejects_option, score_file
     from ensrm.runtime.filter import ResponseFilter
     from ensrm.runtime.scorer import Scorer
 
-    if rejects is not None and not skip_bad:
-        raise click.UsageError("--rejects goes with --skip-bad")
+    with _usage():
+        check_rejects_option(skip_bad, rejects)
     scorer = Scorer(bundle, providers=list(providers) or None, threads=threads, precision=precision)
     response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
     progress = _RateLine(enabled=not quiet)
@@ -321,15 +327,7 @@ def score_command(bundle, input_file, output, objective, batch_size, best_of_n, 
                              rejects_path=rejects, chunk_size=chunk_size, progress=progress)
     finally:
         progress.close()
-    parts = [f"{summary.records:,} records scored in {summary.seconds:.1f} s "
-             f"({summary.records_per_second:,.0f} records/s) -> {summary.output}"]
-    if summary.groups is not None:
-        parts.append(f"{summary.groups:,} best-of-n groups")
-    if summary.accepted is not None:
-        parts.append(f"{summary.accepted:,} accepted by the filter")
-    if summary.rejects is not None:
-        parts.append(f"{summary.rejected:,} bad records -> {summary.rejects}")
-    click.echo("; ".join(parts))
+    click.echo(summary.describe())
 
 
 @click.command("train")
@@ -384,24 +382,15 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
       ensrm train minilm/ prefs.jsonl -o checkpoints/mean-rm --pooling mean --l2 0.1
       ens-export checkpoints/mean-rm --heads checkpoints/mean-rm/heads.safetensors --pooling mean -o bundles/mean-rm
     """
-    joint_only = {"--epochs": epochs, "--lr": lr, "--head-lr": head_lr, "--resume": resume or None}
-    frozen_only = {"--l2": l2, "--max-iter": max_iter, "--feature-cache": feature_cache, "--pooling": pooling}
-    wrong = [name for name, value in (joint_only if mode == "frozen" else frozen_only).items() if value is not None]
-    if wrong:
-        other = "joint" if mode == "frozen" else "frozen"
-        raise click.UsageError(f"{', '.join(wrong)} only applies to --mode {other} (this run is --mode {mode})")
-    from ensrm.train.trainer import train_reward_model
+    from ensrm.train.trainer import TrainSettings, train_with_settings
 
-    settings = {"epochs": epochs, "lr": lr, "head_lr": head_lr, "l2": l2, "max_iter": max_iter}
-    result = train_reward_model(base_model, prefs, output, heads=heads, mode=mode, seed=seed, bootstrap=bootstrap,
-                                label_noise=label_noise, eval_fraction=eval_fraction, max_length=max_length,
-                                batch_size=batch_size, uwo_lambda=uwo_lambda, resume=resume,
-                                feature_cache=feature_cache, pooling=pooling, progress=not quiet,
-                                **{k: v for k, v in settings.items() if v is not None})
-    accuracy = "" if result.metrics is None else \
-        " (held-out accuracy: mean {mean:.3f}, wco {wco:.3f}, uwo {uwo:.3f})".format(**result.metrics["accuracy"])
-    click.echo(f"checkpoint {output}: {heads} heads, {mode}{accuracy}; "
-               f"export with: ens-export {result.export_args()} -o BUNDLE")
+    with _usage():
+        settings = TrainSettings.create(
+            heads=heads, mode=mode, seed=seed, bootstrap=bootstrap, label_noise=label_noise,
+            eval_fraction=eval_fraction, max_length=max_length, batch_size=batch_size, uwo_lambda=uwo_lambda,
+            epochs=epochs, lr=lr, head_lr=head_lr, resume=resume, l2=l2, max_iter=max_iter,
+            feature_cache=feature_cache, pooling=pooling, progress=not quiet)
+    click.echo(train_with_settings(base_model, prefs, output, settings).headline())
 
 
 @click.group()

@@ -65,6 +65,82 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """Thresholds a precision variant must reach to be accepted; ``min_top1 = None`` skips best-of-n.
+
+    >>> Gate(min_spearman=0.99, min_top1=0.95).ns
+    (4, 16)
+    """
+
+    min_spearman: float
+    min_top1: float | None = None
+    ns: tuple[int, ...] = (4, 16)
+    threshold_quantile: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Gate:
+        return cls(min_spearman=data["min_spearman"], min_top1=data.get("min_top1"),
+                   ns=tuple(data.get("ns", (4, 16))), threshold_quantile=data.get("threshold_quantile", 0.5))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One precision of the graph: its file, whether it was accepted, and the evidence.
+
+    ``checks`` is the verification against torch (fp32) or the accuracy gate's report
+    (fp16/int8) without its thresholds, which are ``gate``; ``method`` says how the file was
+    made. A rejected variant has no file (``file is None``). In the manifest a variant is
+    ``{"file", "accepted", "checks" (with "gate"), "method"}``, keyed by its precision.
+
+    >>> Variant("fp32", "model.onnx", accepted=True).usable
+    True
+    """
+
+    precision: str
+    file: str | None
+    accepted: bool
+    checks: dict[str, Any] = field(default_factory=dict)
+    method: dict[str, Any] | None = None
+    gate: Gate | None = None
+
+    def __post_init__(self):
+        if self.precision not in MODEL_FILES:
+            raise ValueError(f"variant precision must be one of {', '.join(MODEL_FILES)}, got {self.precision!r}")
+
+    @property
+    def usable(self) -> bool:
+        """Accepted and with a file: what ``Scorer(..., precision=...)`` may run."""
+        return self.accepted and self.file is not None
+
+    @classmethod
+    def judged(cls, precision: str, report: dict[str, Any], gate: Gate, method: dict[str, Any] | None = None,
+               file: str | None = None) -> Variant:
+        """The variant a gate report decides: kept with ``file`` (default: its contract name) if it passed."""
+        passed = bool(report["passed"])
+        checks = {k: v for k, v in report.items() if k != "gate"}
+        return cls(precision, (file or MODEL_FILES[precision]) if passed else None, passed, checks, method, gate)
+
+    def to_dict(self) -> dict[str, Any]:
+        checks = dict(self.checks)
+        if self.gate is not None:
+            checks["gate"] = self.gate.to_dict()
+        data = {"file": self.file, "accepted": self.accepted, "checks": checks}
+        if self.method is not None:
+            data["method"] = self.method
+        return data
+
+    @classmethod
+    def from_dict(cls, precision: str, data: dict[str, Any]) -> Variant:
+        checks = dict(data.get("checks") or {})
+        gate = checks.pop("gate", None)
+        return cls(precision=precision, file=data.get("file"), accepted=data.get("accepted", False) is True,
+                   checks=checks, method=data.get("method"), gate=None if gate is None else Gate.from_dict(gate))
+
+
+@dataclass(frozen=True)
 class EnsembleSpec:
     """Everything the runtime and tools need to know about an exported ensemble.
 
@@ -90,8 +166,8 @@ class EnsembleSpec:
     members: int = 1
     normalization: Normalization | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
-    #: per precision: ``{"file": ..., "accepted": bool, "checks": {...}}``
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: per precision (``fp32``, ``fp16``, ``int8``): the model file and its verdict
+    variants: dict[str, Variant] = field(default_factory=dict)
     source_fingerprint: str = ""
     tokenizer_file: str | None = "tokenizer.json"
     truncation_side: str = "right"
@@ -129,6 +205,20 @@ class EnsembleSpec:
     def replace(self, **changes) -> EnsembleSpec:
         return dataclasses.replace(self, **changes)
 
+    def with_variants(self, *variants: Variant) -> EnsembleSpec:
+        """This spec with ``variants`` added or replacing those of the same precision."""
+        return self.replace(variants={**self.variants, **{v.precision: v for v in variants}})
+
+    def describe(self) -> str:
+        """One line for a terminal: heads, model, inputs and the precisions that can be run."""
+        return (f"{self.num_heads} heads, {self.model_type} {self.architecture}, inputs {', '.join(self.inputs)}, "
+                f"precisions {', '.join(self.usable_precisions)}")
+
+    @property
+    def usable_precisions(self) -> tuple[str, ...]:
+        """Precisions with an accepted model file, in manifest order."""
+        return tuple(p for p, v in self.variants.items() if v.usable)
+
     # -- manifest ----------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +228,7 @@ class EnsembleSpec:
             for name in OUTPUT_NAMES
         ]
         data["inputs"] = [{"name": name, "dtype": "int64", "shape": ["batch", "seq"]} for name in self.inputs]
+        data["variants"] = {precision: variant.to_dict() for precision, variant in self.variants.items()}
         return data
 
     def to_json(self) -> str:
@@ -174,6 +265,8 @@ class EnsembleSpec:
                 records=int(norm.get("records", 0)),
                 reference_sha256=norm.get("reference_sha256"),
             )
+        kwargs["variants"] = {precision: Variant.from_dict(precision, v)
+                              for precision, v in kwargs.get("variants", {}).items()}
         kwargs["files"] = {name: FileEntry(size=int(e["size"]), sha256=str(e["sha256"]))
                            for name, e in kwargs.get("files", {}).items()}
         try:

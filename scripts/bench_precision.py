@@ -138,9 +138,9 @@ def main(argv=None) -> int:
     backends = {"fp32": Scorer(bundle, threads=args.threads, spinning=False).backend}
     for name, path in (("int8-static", bundle), ("int8-dynamic", dynamic)):
         variant = load_spec(path).variants["int8"]
-        results["gates"][name], results["accepted"][name] = variant["checks"], variant["accepted"]
-        print(format_report(name, variant["checks"]))
-        model = path / "model.int8.onnx" if variant["accepted"] else \
+        results["gates"][name], results["accepted"][name] = variant.to_dict()["checks"], variant.accepted
+        print(format_report(name, variant.checks))
+        model = path / "model.int8.onnx" if variant.accepted else \
             _rejected_copy(bundle, name.split("-")[1], files["calib"], out / f"{name}.rejected.onnx")
         backends[name] = OnnxRuntimeBackend(model, threads=args.threads, spinning=False)
     if args.rounding:
@@ -159,8 +159,8 @@ def main(argv=None) -> int:
         print(format_report(name, report))
         backends[name] = OnnxRuntimeBackend(model, threads=args.threads, spinning=False)
     fp16 = load_spec(bundle).variants["fp16"]
-    results["gates"]["fp16"] = fp16["checks"]
-    print(format_report("fp16", fp16["checks"]))
+    results["gates"]["fp16"] = fp16.to_dict()["checks"]
+    print(format_report("fp16", fp16.checks))
 
     spec = load_spec(bundle)
     rng = np.random.default_rng(0)

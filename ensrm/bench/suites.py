@@ -120,7 +120,7 @@ class Bench:
         self.progress = progress
         self.models = ModelCache(self.checkpoint, cache_dir, max_length=max(config.target_length, 8),
                                  progress=progress)
-        self.precisions = [p for p, v in self.spec.variants.items() if v.get("accepted")]
+        self.precisions = list(self.spec.usable_precisions)
         self.results: dict = {}
         self.started = time.perf_counter()
 
@@ -190,9 +190,9 @@ class Bench:
             "heads": sweep, "rounds": c.paired_rounds, "median_s": paired["median_s"],
             "paired_ratio": paired["paired_ratio"]}
         self.results["bundle_size_mb"] = {
-            **{p: _dir_size_mb([self.bundle / v["file"]] + ([self.bundle / (v["file"] + ".data")]
-                               if (self.bundle / (v["file"] + ".data")).exists() else []))
-               for p, v in self.spec.variants.items() if v.get("accepted")},
+            **{p: _dir_size_mb([self.bundle / v.file] + ([self.bundle / (v.file + ".data")]
+                               if (self.bundle / (v.file + ".data")).exists() else []))
+               for p, v in self.spec.variants.items() if v.usable},
             "bundle_dir": _dir_size_mb([self.bundle]), **{f"{k}": v for k, v in sizes.items()}}
 
     def suite_grid(self) -> None:

@@ -8,27 +8,29 @@ and every best-of-n top-1 agreement reach the thresholds of its :class:`Gate`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import dataclasses
 
 import numpy as np
 
 from ensrm.calibration.metrics import compare_scores
 from ensrm.runtime.scores import Scores
-from ensrm.spec import EnsembleSpec
+from ensrm.spec import EnsembleSpec, Gate
 
-
-@dataclass(frozen=True)
-class Gate:
-    """Thresholds a variant must reach; ``min_top1 = None`` skips the best-of-n check."""
-
-    min_spearman: float
-    min_top1: float | None = None
-    ns: tuple[int, ...] = (4, 16)
-    threshold_quantile: float = 0.5
-
+__all__ = ["DEFAULT_GATES", "Gate", "evaluate", "format_report", "gates_with", "stress_batches", "stress_check"]
 
 #: Default gates (issue: fp16 Spearman >= 0.999 and finite; INT8 Spearman >= 0.99, top-1 >= 0.95).
 DEFAULT_GATES = {"fp16": Gate(min_spearman=0.999), "int8": Gate(min_spearman=0.99, min_top1=0.95)}
+
+
+def gates_with(min_spearman: float | None = None, min_top1: float | None = None,
+               base: dict[str, Gate] | None = None) -> dict[str, Gate]:
+    """Every gate of ``base`` (default :data:`DEFAULT_GATES`) with the thresholds that are given replaced.
+
+    >>> gates_with(min_spearman=0.9)["int8"]
+    Gate(min_spearman=0.9, min_top1=0.95, ns=(4, 16), threshold_quantile=0.5)
+    """
+    changes = {k: v for k, v in (("min_spearman", min_spearman), ("min_top1", min_top1)) if v is not None}
+    return {precision: dataclasses.replace(gate, **changes) for precision, gate in (base or DEFAULT_GATES).items()}
 
 
 def stress_batches(spec: EnsembleSpec, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -88,7 +90,7 @@ def evaluate(reference: Scores, candidate: Scores, stress: dict, gate: Gate) -> 
             worst = min(by_objective, key=by_objective.get)
             if not by_objective[worst] >= gate.min_top1:
                 reasons.append(f"top-1 of {n} ({worst}) {by_objective[worst]:.3f} < {gate.min_top1}")
-    report.update(stress=stress, gate=asdict(gate), passed=not reasons, reasons=reasons)
+    report.update(stress=stress, gate=gate.to_dict(), passed=not reasons, reasons=reasons)
     return report
 
 

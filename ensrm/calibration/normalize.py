@@ -9,17 +9,16 @@ and std 1. The constants live in every variant's graph, so every precision gets 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ensrm.bundle import bundle_file, load_spec, sha256_file, staged_bundle, write_manifest
+from ensrm.builder import BundleBuilder
+from ensrm.bundle import sha256_file
 from ensrm.calibration.data import encoder_for, load_records, score_records
 from ensrm.errors import ExportError
-from ensrm.runtime.tensorrt_backend import ENGINE_DIR  # engines are stale once the graphs change
-from ensrm.spec import MANIFEST_NAME, EnsembleSpec, Normalization
+from ensrm.spec import EnsembleSpec, Normalization
 
 Progress = Callable[[str], None]
 
@@ -58,20 +57,25 @@ def rewrite_constants(model_path: str | os.PathLike, normalization: Normalizatio
     os.replace(tmp, model_path)
 
 
-def normalize_staged(staging: Path, spec: EnsembleSpec, references: str | os.PathLike,
-                     threads: int | None = None) -> tuple[EnsembleSpec, list[dict]]:
-    """Calibrate the fp32 graph of a bundle being written; return the new spec and the records."""
+def normalize_staged(build: BundleBuilder, references: str | os.PathLike) -> None:
+    """The normalisation step: measure on ``references`` with the fp32 graph, rewrite every graph.
+
+    Leaves the records in ``build.references`` (the variant gates fall back to them).
+    """
     from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     records = load_records(references, "reference", minimum=2)
-    backend = OnnxRuntimeBackend(staging / spec.variants["fp32"]["file"], threads=threads)
-    norm = measure_normalization(backend, encoder_for(staging, spec), records, spec.normalization,
+    spec = build.spec
+    backend = OnnxRuntimeBackend(build.path(spec.variants["fp32"].file), threads=build.threads)
+    norm = measure_normalization(backend, encoder_for(build.staging, spec), records, spec.normalization,
                                  sha256_file(references))
     del backend
     for variant in spec.variants.values():
-        if variant.get("file"):
-            rewrite_constants(staging / variant["file"], norm)
-    return spec.replace(normalization=norm), records
+        if variant.file:
+            rewrite_constants(build.path(variant.file), norm)
+    build.spec, build.references = spec.replace(normalization=norm), records
+    build.step(f"normalised {spec.num_heads} heads on {len(records)} reference records: "
+               + ", ".join(f"{m:+.3g}/{s:.3g}" for m, s in zip(norm.mu, norm.sigma)))
 
 
 def calibrate_bundle(bundle_dir: str | os.PathLike, references: str | os.PathLike, *,
@@ -88,29 +92,7 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, references: str | os.PathLik
     """
     from ensrm.calibration.variants import regate_variants
 
-    bundle_dir = Path(bundle_dir)
-    spec = load_spec(bundle_dir, verify="sha256")
-    with staged_bundle(bundle_dir, overwrite=True) as staging:
-        for name in spec.files:
-            if name.split("/")[0] == ENGINE_DIR:
-                continue
-            target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(bundle_file(bundle_dir, name), target)
-        spec, records = normalize_staged(staging, spec, references, threads)
-        if progress:
-            progress(f"normalised {spec.num_heads} heads on {len(records)} reference records: "
-                     + ", ".join(f"{m:+.3g}/{s:.3g}" for m, s in zip(spec.normalization.mu, spec.normalization.sigma)))
-        spec = regate_variants(staging, spec, records, threads=threads, progress=progress)
-        spec = write_manifest(staging, spec)
-    return spec
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Copy an unchanged file into the staging directory.
-
-    Not a hard link, though nothing is written in place: onnx refuses external weight files
-    with several links (its guard against hard-link attacks).
-    """
-    if source.name != MANIFEST_NAME:
-        shutil.copy2(source, target)
+    with BundleBuilder.update(bundle_dir, threads=threads, progress=progress) as build:
+        normalize_staged(build, references)
+        regate_variants(build, build.references)
+    return build.spec

@@ -10,11 +10,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ensrm.bundle import bundle_file, load_spec, staged_bundle, write_manifest
+from ensrm.builder import BundleBuilder
 from ensrm.calibration.data import encoder_for, feed_batches, load_records, score_records, split_holdout
 from ensrm.calibration.gate import DEFAULT_GATES, Gate, evaluate, format_report, stress_check
 from ensrm.errors import ExportError
-from ensrm.spec import MODEL_FILES, EnsembleSpec
+from ensrm.spec import MODEL_FILES, EnsembleSpec, Variant
 
 Progress = Callable[[str], None]
 PRECISIONS = tuple(p for p in MODEL_FILES if p != "fp32")
@@ -36,20 +36,19 @@ def parse_precisions(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
     return tuple(dict.fromkeys(n for n in names if n != "fp32"))
 
 
-def _write_variant(staging: Path, spec: EnsembleSpec, precision: str, int8_mode: str, calib_records,
-                   batch_size: int) -> dict:
+def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_records, batch_size: int) -> dict:
     from ensrm.calibration.fp16 import convert_fp16
     from ensrm.calibration.int8 import quantize_int8
 
-    source, target = staging / MODEL_FILES["fp32"], staging / MODEL_FILES[precision]
+    source, target = build.path(MODEL_FILES["fp32"]), build.path(MODEL_FILES[precision])
     if precision == "fp16":
         return convert_fp16(source, target)
     batches = None
     if int8_mode == "static":
         if not calib_records:
-            raise ExportError("static INT8 needs calibration records: pass --calibration CALIB.jsonl "
-                              "(or --int8-mode dynamic for a CPU-only variant without calibration)")
-        batches = [feeds for _, feeds in feed_batches(encoder_for(staging, spec),
+            raise ExportError("static INT8 needs calibration records: pass `calibration=CALIB.jsonl` "
+                              "(or `int8_mode='dynamic'` for a CPU-only variant without calibration)")
+        batches = [feeds for _, feeds in feed_batches(encoder_for(build.staging, build.spec),
                                                       calib_records[:MAX_CALIBRATION_RECORDS], batch_size)]
     return quantize_int8(source, target, int8_mode, batches)
 
@@ -73,19 +72,28 @@ def gate_variant(staging: Path, spec: EnsembleSpec, model: Path, eval_records: l
     return evaluate(reference, candidate, stress_check(backend, spec), gate)
 
 
-def build_variants(staging: Path, spec: EnsembleSpec, precisions, *, calibration=None, eval_on=None,
-                   references: list[dict] | None = None, int8_mode: str = "static",
-                   gates: dict[str, Gate] | None = None, threads: int | None = None, batch_size: int = 32,
-                   progress: Progress | None = None) -> EnsembleSpec:
-    """Write, gate and record each precision variant in a bundle directory being written.
-
-    Evaluation records come from ``eval_on``, else a held-out quarter of ``calibration``,
-    else the ``references`` used for normalisation.
-    """
+def _fp32_scores(build: BundleBuilder, records: list[dict], batch_size: int = 32):
+    """The reference every gate compares with: the fp32 graph's scores of ``records``."""
     from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-    precisions = parse_precisions(precisions)
-    gates = {**DEFAULT_GATES, **(gates or {})}
+    backend = OnnxRuntimeBackend(build.path(MODEL_FILES["fp32"]), threads=build.threads)
+    return score_records(backend, encoder_for(build.staging, build.spec), records, batch_size)
+
+
+def _judge(build: BundleBuilder, precision: str, records: list[dict], reference, gate: Gate,
+           method: dict | None) -> Variant:
+    """Gate the variant file written for ``precision``; delete it if rejected."""
+    name = MODEL_FILES[precision]
+    report = gate_variant(build.staging, build.spec, build.path(name), records, reference, gate, build.threads)
+    if not report["passed"]:
+        _remove(build.staging, name)
+    build.note(format_report(precision, report))
+    return Variant.judged(precision, report, gate, method)
+
+
+def _evaluation_records(build: BundleBuilder, precisions, calibration, eval_on):
+    """``(calibration records, evaluation records)``: held-out records come from ``eval_on``, else a
+    quarter of ``calibration``, else the normalisation's references."""
     calib_records = eval_records = None
     if calibration is not None:
         calib_records = load_records(calibration, "calibration", minimum=2)
@@ -94,49 +102,46 @@ def build_variants(staging: Path, spec: EnsembleSpec, precisions, *, calibration
     if eval_on is not None:
         eval_records = load_records(eval_on, "evaluation", minimum=2)
     if eval_records is None:
-        eval_records = references
-    if precisions and not eval_records:
-        raise ExportError(f"the {', '.join(precisions)} variant(s) need records to be judged on: pass "
-                          "--calibration CALIB.jsonl, --eval-on EVAL.jsonl or --normalize-on REFS.jsonl")
-    encoder = encoder_for(staging, spec)
-    reference = score_records(OnnxRuntimeBackend(staging / MODEL_FILES["fp32"], threads=threads), encoder,
-                              eval_records, batch_size) if precisions else None
-    variants = dict(spec.variants)
+        eval_records = build.references
+    if not eval_records:
+        options = "`calibration=CALIB.jsonl`" + (", `eval_on=EVAL.jsonl` or `normalize_on=REFS.jsonl`"
+                                                 if build.is_new else " or `eval_on=EVAL.jsonl`")
+        raise ExportError(f"the {', '.join(precisions)} variant(s) need records to be judged on: pass {options}")
+    return calib_records, eval_records
+
+
+def build_variants(build: BundleBuilder, precisions, *, calibration=None, eval_on=None, int8_mode: str = "static",
+                   gates: dict[str, Gate] | None = None, batch_size: int = 32) -> None:
+    """The variants step: write, gate and record each precision variant in the bundle being written.
+
+    A variant that fails its gate is recorded as rejected and its file deleted.
+    """
+    precisions = parse_precisions(precisions)
+    if not precisions:
+        return
+    gates = {**DEFAULT_GATES, **(gates or {})}
+    calib_records, eval_records = _evaluation_records(build, precisions, calibration, eval_on)
+    reference = _fp32_scores(build, eval_records, batch_size)
+    variants = []
     for precision in precisions:
-        method = _write_variant(staging, spec, precision, int8_mode, calib_records, batch_size)
-        report = gate_variant(staging, spec, staging / MODEL_FILES[precision], eval_records, reference,
-                              gates[precision], threads)
-        if not report["passed"]:
-            _remove(staging, MODEL_FILES[precision])
-        variants[precision] = {"file": MODEL_FILES[precision] if report["passed"] else None,
-                               "accepted": report["passed"], "method": method, "checks": report}
-        if progress:
-            progress(format_report(precision, report))
-    return spec.replace(variants=variants)
+        method = _write_variant(build, precision, int8_mode, calib_records, batch_size)
+        variants.append(_judge(build, precision, eval_records, reference, gates[precision], method))
+    build.spec = build.spec.with_variants(*variants)
+    kept = [v.precision for v in variants if v.accepted]
+    rejected = [v.precision for v in variants if not v.accepted]
+    build.step(f"precision variants: {', '.join(kept) or 'none'} accepted"
+               + (f", {', '.join(rejected)} rejected (not written)" if rejected else ""))
 
 
-def regate_variants(staging: Path, spec: EnsembleSpec, records: list[dict], *, threads: int | None = None,
-                    progress: Progress | None = None) -> EnsembleSpec:
-    """Run the gate of every kept variant again (after its graph changed) on ``records``."""
-    from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-    kept = [p for p, v in spec.variants.items() if p != "fp32" and v.get("accepted") and v.get("file")]
+def regate_variants(build: BundleBuilder, records: list[dict]) -> None:
+    """Run the gate of every kept variant again on ``records`` (after its graph changed), with its own thresholds."""
+    kept = [v for p, v in build.spec.variants.items() if p != "fp32" and v.usable]
     if not kept:
-        return spec
-    reference = score_records(OnnxRuntimeBackend(staging / MODEL_FILES["fp32"], threads=threads),
-                              encoder_for(staging, spec), records)
-    variants = dict(spec.variants)
-    for precision in kept:
-        old = variants[precision]
-        gate = Gate(**{**old["checks"]["gate"], "ns": tuple(old["checks"]["gate"]["ns"])})
-        report = gate_variant(staging, spec, staging / old["file"], records, reference, gate, threads)
-        if not report["passed"]:
-            _remove(staging, old["file"])
-        variants[precision] = {**old, "file": old["file"] if report["passed"] else None,
-                               "accepted": report["passed"], "checks": report}
-        if progress:
-            progress(format_report(precision, report))
-    return spec.replace(variants=variants)
+        return
+    reference = _fp32_scores(build, records)
+    judged = [_judge(build, v.precision, records, reference, v.gate or DEFAULT_GATES[v.precision], v.method)
+              for v in kept]
+    build.spec = build.spec.with_variants(*judged)
 
 
 def add_variants(bundle_dir: str | os.PathLike, precisions, *, calibration=None, eval_on=None,
@@ -145,21 +150,11 @@ def add_variants(bundle_dir: str | os.PathLike, precisions, *, calibration=None,
     """Add (or redo) precision variants of an existing bundle, atomically.
 
     >>> spec = add_variants("bundles/rm", "int8", calibration="calib.jsonl")   # doctest: +SKIP
-    >>> spec.variants["int8"]["accepted"]
+    >>> spec.variants["int8"].accepted
     True
     """
-    from ensrm.calibration.normalize import ENGINE_DIR, _link_or_copy
-
-    bundle_dir = Path(bundle_dir)
-    spec = load_spec(bundle_dir, verify="sha256")
-    redo = {MODEL_FILES[p] for p in parse_precisions(precisions)}
-    with staged_bundle(bundle_dir, overwrite=True) as staging:
-        for name in spec.files:
-            if name.split("/")[0] == ENGINE_DIR or name in redo or name.removesuffix(".data") in redo:
-                continue
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(bundle_file(bundle_dir, name), staging / name)
-        spec = build_variants(staging, spec, precisions, calibration=calibration, eval_on=eval_on,
-                              int8_mode=int8_mode, gates=gates, threads=threads, progress=progress)
-        spec = write_manifest(staging, spec)
-    return spec
+    precisions = parse_precisions(precisions)
+    redo = [MODEL_FILES[p] for p in precisions]
+    with BundleBuilder.update(bundle_dir, drop=redo, threads=threads, progress=progress) as build:
+        build_variants(build, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode, gates=gates)
+    return build.spec

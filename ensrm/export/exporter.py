@@ -1,81 +1,26 @@
-"""``export_bundle``: source checkpoint(s) in, verified bundle directory out."""
+"""``export_bundle``: source checkpoint(s) in, verified bundle directory out.
+
+The export is the bundle builder's steps in order (:mod:`ensrm.builder`): load the source,
+check it, trace and verify it, normalise, add the precision variants, write the manifest;
+then, when asked, build TensorRT engines beside the finished bundle.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import sys
-import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ensrm._optional import require
-from ensrm.bundle import check_target, staged_bundle, write_manifest
+from ensrm.builder import BundleBuilder
+from ensrm.bundle import check_target
 from ensrm.errors import ExportError
-from ensrm.spec import MODEL_FILES, EnsembleSpec
+from ensrm.spec import EnsembleSpec
 
 Progress = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-class _Steps:
-    """Numbered step messages with elapsed time, so a long export shows where it is."""
-
-    def __init__(self, total: int, report: Progress | None):
-        self.total, self.report, self.n, self.start = total, report, 0, time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        self.n += 1
-        if self.report:
-            self.report(f"[{self.n}/{self.total}] {message} ({time.perf_counter() - self.start:.1f}s)")
-
-
-@contextlib.contextmanager
-def _quiet_exporter():
-    """Hide the exporter's own chatter (progress lines, dynamic-shape renames, deprecations):
-    the export reports its steps itself, and none of it concerns the user's model."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
-    """Trace ``module`` with torch's dynamo exporter into ``path``, append the aggregation, and
-    narrow the layers after the last attention to the pooled token (:mod:`ensrm.export.prune`)."""
-    torch = require("torch", "export")
-    onnx = require("onnx", "export")
-    from ensrm.export.graph import RAW_OUTPUT, append_aggregation
-    from ensrm.export.prune import prune_to_pooled_token
-
-    # Example sizes above 1: torch.export specialises dimensions of size 0 and 1.
-    batch, seq = 2, min(8, spec.max_length)
-    ids = torch.full((batch, seq), max(spec.pad_token_id, 0), dtype=torch.long)
-    args = tuple(torch.ones_like(ids) if name == "attention_mask" else ids.clone() for name in spec.inputs)
-    dims = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("seq", min=1, max=spec.max_length)}
-    try:
-        with _quiet_exporter():
-            torch.onnx.export(
-                module, args, str(path), dynamo=True, input_names=list(spec.inputs), output_names=[RAW_OUTPUT],
-                dynamic_shapes={name: dims for name in spec.inputs}, opset_version=18, external_data=True,
-                verbose=False,
-            )
-    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; report them as one
-        raise ExportError(f"torch.onnx.export failed for {spec.model_type}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    model = onnx.load(str(path), load_external_data=False)
-    append_aggregation(model, spec.num_heads, spec.normalization.mu, spec.normalization.sigma, spec.uwo_lambda)
-    prune_to_pooled_token(model.graph)
-    onnx.save(model, str(path))
 
 
 def export_bundle(
@@ -98,6 +43,7 @@ def export_bundle(
     eval_on: str | Path | None = None,
     int8_mode: str = "static",
     gates: dict | None = None,
+    tensorrt_batches: Sequence[int] | None = None,
     progress: Progress | None = _stderr,
 ) -> EnsembleSpec:
     """Export a reward model (or a full ensemble) into a verified bundle directory.
@@ -108,83 +54,65 @@ def export_bundle(
     ``normalize_on`` (a JSONL file of prompt/response records) calibrates the per-head
     normalisation; ``precisions`` (``"fp16,int8"``) adds variants, each kept only if it passes
     its accuracy gate on held-out records (``eval_on``, else a quarter of ``calibration``).
+    ``tensorrt_batches`` (e.g. ``(1, 8, 32)``) then builds a TensorRT engine for each accepted
+    fp16/int8 variant (needs a GPU and ``ensrm[tensorrt]``; checked before the export starts).
 
     >>> spec = export_bundle(["checkpoints/rm"], "bundles/rm")     # doctest: +SKIP
     >>> spec.num_heads
     8
     """
-    import ensrm
-    from ensrm.export.sources import load_source
-    from ensrm.export.verify import verify_against_torch
-    from ensrm.runtime.onnxruntime_backend import create_session
-
-    if uwo_lambda < 0:
-        raise ExportError(f"--lambda must be >= 0, got {uwo_lambda}")
-    check_target(output, overwrite)
-    from ensrm.calibration.variants import build_variants, parse_precisions
-
-    precisions = parse_precisions(precisions)
-    step = _Steps(4 + (normalize_on is not None) + bool(precisions), progress)
-    source = load_source(sources, heads=heads, pooling=pooling, max_length=max_length,
-                         attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-    side = padding_side or ("left" if source.architecture == "decoder" else "right")
-    if side == "left" and source.pooling == "cls":
-        raise ExportError("first-token (cls) pooling needs right padding; left padding would pool a pad token")
-    if side == "left" and source.architecture == "encoder":
-        # Encoders number positions by column; left padding would shift every position.
-        raise ExportError(f"{source.model_type} is an encoder: it needs right padding (--padding-side right)")
-    step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
-         f"pooling {source.pooling}, max length {source.max_length}")
-    tokenizer = source.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    torch = require("torch", "export")
-    transformers = require("transformers", "export")
-    spec = EnsembleSpec(
-        num_heads=source.num_heads, architecture=source.architecture, model_type=source.model_type,
-        pooling=source.pooling,
-        inputs=("input_ids", "attention_mask") + (("token_type_ids",) if source.uses_token_type_ids else ()),
-        max_length=source.max_length, vocab_size=source.vocab_size,
-        pad_token_id=int(pad_id if pad_id is not None else 0), padding_side=side,
-        truncation_side="left" if source.architecture == "decoder" else "right",
-        uwo_lambda=float(uwo_lambda), head_names=source.head_names, source_kind=source.kind,
-        members=source.members, source_fingerprint=source.fingerprint,
-        producer={"ensrm": ensrm.__version__, "torch": torch.__version__,
-                  "transformers": transformers.__version__, "exporter": "torch.onnx dynamo"},
-    )
-    with staged_bundle(output, overwrite=overwrite) as staging:
-        model_path = staging / MODEL_FILES["fp32"]
-        trace_to_onnx(source.module, spec, model_path)
-        step("traced the ensemble graph")
-        session = create_session(model_path, threads=threads)
-        report = verify_against_torch(session, source.module, tokenizer, spec, tolerance)
-        step(f"verified against torch: max |diff| {report['max_abs_diff_heads']:.2e} "
-             f"on {report['sequences']} sequences, padding {'+'.join(report['padding_sides'])}")
-        if not report["passed"]:
-            raise ExportError(
-                f"the ONNX graph differs from the torch model by {report['max_abs_diff_heads']:.3g} "
-                f"(aggregates {report['max_abs_diff_aggregates']:.3g}), above the tolerance {tolerance:g}; "
-                "no bundle was written"
-            )
-        del session
-        tokenizer.save_pretrained(staging)
-        spec = spec.replace(variants={"fp32": {"file": MODEL_FILES["fp32"], "accepted": True, "checks": report}})
-        references = None
+    precisions = _check_options(output, overwrite, uwo_lambda, precisions, tensorrt_batches)
+    steps = 4 + (normalize_on is not None) + bool(precisions)
+    with BundleBuilder.new(output, overwrite=overwrite, threads=threads, progress=progress, steps=steps) as build:
+        _export_steps(build, sources, heads=heads, pooling=pooling, max_length=max_length,
+                      attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+                      uwo_lambda=uwo_lambda, padding_side=padding_side, tolerance=tolerance)
         if normalize_on is not None:
             from ensrm.calibration.normalize import normalize_staged
 
-            spec, references = normalize_staged(staging, spec, normalize_on, threads)
-            step(f"normalised {spec.num_heads} heads on {len(references)} reference records")
+            normalize_staged(build, normalize_on)
         if precisions:
-            spec = build_variants(staging, spec, precisions, calibration=calibration, eval_on=eval_on,
-                                  references=references, int8_mode=int8_mode, gates=gates, threads=threads,
-                                  progress=progress)
-            kept = [p for p in precisions if spec.variants[p]["accepted"]]
-            step(f"precision variants: {', '.join(kept) or 'none'} accepted"
-                 + (f", {', '.join(p for p in precisions if p not in kept)} rejected (not written)"
-                    if len(kept) < len(precisions) else ""))
-        spec = write_manifest(staging, spec)
-        step(f"wrote bundle {Path(output)}")
-    if spec.num_heads > 1 and not spec.normalization.calibrated and progress:
-        progress(f"warning: {spec.num_heads} heads without calibrated normalisation: ens_min and ens_uwo "
-                 "compare raw head offsets; calibrate with --normalize-on REFS.jsonl")
-    return spec
+            from ensrm.calibration.variants import build_variants
+
+            build_variants(build, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
+                           gates=gates)
+        build.step(f"wrote bundle {Path(output)}")
+    if build.spec.num_heads > 1 and not build.spec.normalization.calibrated and progress:
+        progress(f"warning: {build.spec.num_heads} heads without calibrated normalisation: ens_min and ens_uwo "
+                 "compare raw head offsets; calibrate with `normalize_on=REFS.jsonl`")
+    if tensorrt_batches:
+        from ensrm.export.tensorrt_engine import build_engines
+
+        build_engines(output, batch_sizes=tensorrt_batches, progress=progress)
+    return build.spec
+
+
+def _check_options(output, overwrite: bool, uwo_lambda: float, precisions, tensorrt_batches) -> tuple[str, ...]:
+    """Everything that can be refused before the slow work; returns the parsed precisions."""
+    from ensrm.calibration.variants import parse_precisions
+
+    if uwo_lambda < 0:
+        raise ExportError(f"`uwo_lambda` must be >= 0, got {uwo_lambda}")
+    check_target(output, overwrite)
+    precisions = parse_precisions(precisions)
+    if tensorrt_batches:
+        from ensrm.export.tensorrt_engine import check_tensorrt, profile_ranges
+
+        profile_ranges(tensorrt_batches)
+        check_tensorrt()  # before the export, not after minutes of it
+    return precisions
+
+
+def _export_steps(build: BundleBuilder, sources, *, heads, pooling, max_length, attn_implementation,
+                  trust_remote_code, uwo_lambda, padding_side, tolerance) -> None:
+    """Load the source, check it, trace and verify it: the steps only a new bundle has."""
+    from ensrm.export.sources import load_source
+    from ensrm.export.trace import padding_side_for, trace_and_verify
+
+    source = load_source(sources, heads=heads, pooling=pooling, max_length=max_length,
+                         attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    # Checks of the loaded source go here, before the slow trace.
+    side = padding_side_for(source, padding_side)
+    build.step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
+               f"pooling {source.pooling}, max length {source.max_length}")
+    trace_and_verify(build, source, uwo_lambda=uwo_lambda, padding_side=side, tolerance=tolerance)

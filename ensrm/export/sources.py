@@ -9,11 +9,12 @@ Three kinds of local source, all ending in a module ``(ids, mask[, types]) -> [b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from pickle import UnpicklingError  # the exception only, raised by transformers' weights_only loader
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError  # the exception only, raised by transformers' weights_only loader
 
 from ensrm._hf import quiet_transformers
 from ensrm._optional import require
@@ -28,7 +29,7 @@ _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedSource:
     """A traceable module and the facts about it that go into the spec."""
 
@@ -44,6 +45,7 @@ class LoadedSource:
     max_length: int
     vocab_size: int
     tokenizer: object  # a transformers fast tokenizer, saved into the bundle
+    tokenizer_dir: Path  # where the tokenizer was loaded from
     fingerprint: str
 
 
@@ -74,7 +76,7 @@ def _max_positions(config) -> int:
             if config.model_type in _OFFSET_POSITION_MODELS:
                 value -= (config.pad_token_id or 0) + 1
             return value
-    raise ExportError(f"cannot tell the maximum sequence length of {config.model_type}; pass --max-length")
+    raise ExportError(f"cannot tell the maximum sequence length of {config.model_type}; pass `max_length`")
 
 
 def fingerprint(paths: list[Path]) -> str:
@@ -93,7 +95,7 @@ def fingerprint(paths: list[Path]) -> str:
 
 def _check_dir(path: Path) -> None:
     if not path.is_dir():
-        raise ExportError(f"source {path} is not a directory (ens-export reads local checkpoints only)")
+        raise ExportError(f"source {path} is not a directory (ensrm exports local checkpoints only)")
     if not (path / "config.json").is_file():
         raise ExportError(f"source {path} has no config.json; is it a Hugging Face checkpoint directory?")
 
@@ -126,7 +128,7 @@ def _classifier(path: Path, attn: str, trust_remote_code: bool):
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise ExportError(
             f"{path} holds {', '.join(archs) or config.model_type}, not a *ForSequenceClassification model; "
-            "for a base model pass --heads heads.safetensors and --pooling cls|mean|last"
+            "for a base model pass `heads=heads.safetensors` and `pooling=cls|mean|last`"
         )
     model = _from_pretrained(transformers.AutoModelForSequenceClassification, path, attn, trust_remote_code)
     if is_decoder(config):
@@ -168,80 +170,110 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
                 trust_remote_code: bool = False) -> LoadedSource:
     """Load one of the three source kinds (see the module docstring).
 
+    One directory is a sequence classifier, or a base model when ``heads`` is given; several
+    directories are a full ensemble. ``max_length`` caps the model's own limit.
+
     >>> src = load_source(["checkpoints/rm"])            # doctest: +SKIP
     >>> src.num_heads, src.architecture
     (8, 'encoder')
     """
-    with quiet_transformers():
-        return _load_source(sources, heads, pooling, max_length, attn_implementation, trust_remote_code)
-
-
-def _load_source(sources, heads, pooling, max_length, attn_implementation, trust_remote_code) -> LoadedSource:
     paths = [Path(s) for s in sources]
     if not paths:
         raise ExportError("no source given")
     if heads is not None and len(paths) > 1:
-        raise ExportError("--heads goes with a single base model, not a full ensemble")
+        raise ExportError("a heads file (`heads`) goes with a single base model, not a full ensemble")
     if pooling is not None and heads is None:
-        raise ExportError("--pooling applies only to a base model with --heads; a sequence classifier "
+        raise ExportError("`pooling` applies only to a base model with `heads`; a sequence classifier "
                           "keeps its own pooling")
-
-    if heads is not None:
-        path = paths[0]
-        _check_dir(path)
-        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        decoder = is_decoder(config)
-        pooling = pooling or ("last" if decoder else "cls")
-        base = _from_pretrained(transformers.AutoModel, path, attn_implementation, trust_remote_code)
-        hidden = base.config.hidden_size
-        weight, bias = _load_heads(Path(heads), hidden)
-        uses_types = _uses_token_type_ids(base) and not decoder
-        module = modules.EncoderWithHeads(base, weight, bias, pooling, decoder, uses_types).eval()
-        k = weight.shape[0]
-        kind, architecture, names, members = "encoder+heads", ("decoder" if decoder else "encoder"), \
-            tuple(f"head_{i}" for i in range(k)), 1
-        configs = [config]
-    else:
-        loaded = [_classifier(p, attn_implementation, trust_remote_code) for p in paths]
-        configs = [c for _, c, _, _ in loaded]
-        archs = {a for _, _, a, _ in loaded}
-        if len(archs) > 1 or len({c.model_type for c in configs}) > 1:
-            raise ExportError("full-ensemble members must share one architecture; found "
-                              + ", ".join(f"{p}: {c.model_type}" for p, c in zip(paths, configs)))
-        architecture = archs.pop()
-        uses_types = loaded[0][3]
-        pooling = "last" if architecture == "decoder" else "cls"
-        if len(paths) == 1:
-            module, kind, members = loaded[0][0], "sequence-classifier", 1
-            k = configs[0].num_labels
-            names = _head_names(configs[0], k)
+    with quiet_transformers():
+        if heads is not None:
+            source = load_base_with_heads(paths[0], Path(heads), pooling, attn_implementation, trust_remote_code)
+        elif len(paths) == 1:
+            source = load_sequence_classifier(paths[0], attn_implementation, trust_remote_code)
         else:
-            module, kind, members = modules.FullEnsemble([m for m, _, _, _ in loaded]).eval(), "full-ensemble", len(paths)
-            k = sum(c.num_labels for c in configs)
-            names = tuple(f"member_{i}" if c.num_labels == 1 else f"member_{i}_head_{j}"
-                          for i, c in enumerate(configs) for j in range(c.num_labels))
-        config = configs[0]
+            source = load_full_ensemble(paths, attn_implementation, trust_remote_code)
+    if max_length is not None:
+        if max_length < 1 or max_length > source.max_length:
+            raise ExportError(f"`max_length` must be between 1 and the model's limit {source.max_length}, "
+                              f"got {max_length}")
+        source = dataclasses.replace(source, max_length=max_length)
+    return source
 
+
+def load_sequence_classifier(path: Path, attn_implementation: str = "eager",
+                             trust_remote_code: bool = False) -> LoadedSource:
+    """A ``*ForSequenceClassification`` checkpoint with ``num_labels = K``: K heads, its own pooling."""
+    module, config, architecture, uses_types = _classifier(path, attn_implementation, trust_remote_code)
+    tokenizer = _load_tokenizer(path, trust_remote_code)
+    return LoadedSource(
+        module=module, kind="sequence-classifier", architecture=architecture, model_type=config.model_type,
+        pooling="last" if architecture == "decoder" else "cls", uses_token_type_ids=uses_types,
+        num_heads=int(config.num_labels), head_names=_head_names(config, config.num_labels), members=1,
+        max_length=_limit([config], tokenizer), vocab_size=int(config.vocab_size), tokenizer=tokenizer,
+        tokenizer_dir=path, fingerprint=fingerprint([path]),
+    )
+
+
+def load_base_with_heads(path: Path, heads: Path, pooling: str | None = None, attn_implementation: str = "eager",
+                         trust_remote_code: bool = False) -> LoadedSource:
+    """A base encoder/decoder plus ``heads.safetensors`` (``weight [K, hidden]``, ``bias [K]``) and a pooling."""
+    _check_dir(path)
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    decoder = is_decoder(config)
+    pooling = pooling or ("last" if decoder else "cls")
+    base = _from_pretrained(transformers.AutoModel, path, attn_implementation, trust_remote_code)
+    weight, bias = _load_heads(heads, base.config.hidden_size)
+    uses_types = _uses_token_type_ids(base) and not decoder
+    k = int(weight.shape[0])
+    tokenizer = _load_tokenizer(path, trust_remote_code)
+    return LoadedSource(
+        module=modules.EncoderWithHeads(base, weight, bias, pooling, decoder, uses_types).eval(),
+        kind="encoder+heads", architecture="decoder" if decoder else "encoder", model_type=config.model_type,
+        pooling=pooling, uses_token_type_ids=uses_types, num_heads=k, head_names=tuple(f"head_{i}" for i in range(k)),
+        members=1, max_length=_limit([config], tokenizer), vocab_size=int(config.vocab_size), tokenizer=tokenizer,
+        tokenizer_dir=path, fingerprint=fingerprint([path, heads]),
+    )
+
+
+def load_full_ensemble(paths: list[Path], attn_implementation: str = "eager",
+                       trust_remote_code: bool = False) -> LoadedSource:
+    """Several classifiers of one architecture sharing one tokenizer: one graph running every member."""
+    loaded = [_classifier(p, attn_implementation, trust_remote_code) for p in paths]
+    configs = [config for _, config, _, _ in loaded]
+    archs = {architecture for _, _, architecture, _ in loaded}
+    if len(archs) > 1 or len({c.model_type for c in configs}) > 1:
+        raise ExportError("full-ensemble members must share one architecture; found "
+                          + ", ".join(f"{p}: {c.model_type}" for p, c in zip(paths, configs)))
+    architecture = archs.pop()
+    tokenizer = _shared_tokenizer(paths, trust_remote_code)
+    return LoadedSource(
+        module=modules.FullEnsemble([module for module, _, _, _ in loaded]).eval(), kind="full-ensemble",
+        architecture=architecture, model_type=configs[0].model_type,
+        pooling="last" if architecture == "decoder" else "cls", uses_token_type_ids=loaded[0][3],
+        num_heads=sum(c.num_labels for c in configs),
+        head_names=tuple(f"member_{i}" if c.num_labels == 1 else f"member_{i}_head_{j}"
+                         for i, c in enumerate(configs) for j in range(c.num_labels)),
+        members=len(paths), max_length=_limit(configs, tokenizer), vocab_size=int(configs[0].vocab_size),
+        tokenizer=tokenizer, tokenizer_dir=paths[0], fingerprint=fingerprint(paths),
+    )
+
+
+def _shared_tokenizer(paths: list[Path], trust_remote_code: bool):
+    """The first member's tokenizer, after checking every member has the same one."""
     tokenizer = _load_tokenizer(paths[0], trust_remote_code)
-    if len(paths) > 1:
-        first = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()), sort_keys=True)
-        for p in paths[1:]:
-            other = _load_tokenizer(p, trust_remote_code).backend_tokenizer.to_str()
-            if json.dumps(json.loads(other), sort_keys=True) != first:
-                raise ExportError(f"full-ensemble member {p} uses a different tokenizer from {paths[0]}; "
-                                  "members must share one tokenizer to share the graph's inputs")
+    first = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()), sort_keys=True)
+    for p in paths[1:]:
+        other = _load_tokenizer(p, trust_remote_code).backend_tokenizer.to_str()
+        if json.dumps(json.loads(other), sort_keys=True) != first:
+            raise ExportError(f"full-ensemble member {p} uses a different tokenizer from {paths[0]}; "
+                              "members must share one tokenizer to share the graph's inputs")
+    return tokenizer
+
+
+def _limit(configs, tokenizer) -> int:
+    """The longest sequence every model and the tokenizer accept."""
     limit = min(_max_positions(c) for c in configs)
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < limit:
         limit = tok_limit
-    if max_length is not None:
-        if max_length < 1 or max_length > limit:
-            raise ExportError(f"--max-length must be between 1 and the model's limit {limit}, got {max_length}")
-        limit = max_length
-    fp_paths = paths + ([Path(heads)] if heads is not None else [])
-    return LoadedSource(
-        module=module, kind=kind, architecture=architecture, model_type=config.model_type,
-        pooling=pooling, uses_token_type_ids=uses_types, num_heads=int(k), head_names=names,
-        members=members, max_length=int(limit), vocab_size=int(config.vocab_size),
-        tokenizer=tokenizer, fingerprint=fingerprint(fp_paths),
-    )
+    return int(limit)

@@ -51,9 +51,9 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str = "fp16", *, batc
     trt = check_tensorrt()
     spec = load_spec(bundle_dir, verify="sha256")
     variant = spec.variants.get(precision)
-    if not variant or not variant.get("accepted") or not variant.get("file"):
+    if variant is None or not variant.usable:
         raise BundleError(f"bundle {bundle_dir} has no accepted {precision} variant to build an engine from")
-    onnx_path = bundle_file(bundle_dir, variant["file"])
+    onnx_path = bundle_file(bundle_dir, variant.file)
     out_dir = Path(bundle_dir) / ENGINE_DIR
     out_dir.mkdir(exist_ok=True)
     cache_path = Path(timing_cache) if timing_cache else out_dir / TIMING_CACHE
@@ -84,6 +84,25 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str = "fp16", *, batc
     _write_atomic(target, bytes(serialized))
     _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     return target
+
+
+def build_engines(bundle_dir: str | os.PathLike, precisions: Sequence[str] = ("fp16", "int8"), *,
+                  batch_sizes: Sequence[int] = (1, 8, 32), progress: Callable[[str], None] | None = None) -> list[Path]:
+    """Build an engine for each of ``precisions`` that the bundle has accepted; return their paths.
+
+    The last step of an export with ``tensorrt_batches``; a precision the bundle lacks or
+    rejected is skipped (its gate has already said why).
+
+    >>> build_engines("bundles/rm", batch_sizes=(1, 8, 32))     # doctest: +SKIP
+    [PosixPath('bundles/rm/engines/model.fp16.sm90.trt10.13.0.engine')]
+    """
+    usable = load_spec(bundle_dir, verify="size").usable_precisions
+    engines = []
+    for precision in (p for p in precisions if p in usable):
+        engines.append(build_engine(bundle_dir, precision, batch_sizes=batch_sizes, progress=progress))
+        if progress:
+            progress(f"engine {engines[-1]}")
+    return engines
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

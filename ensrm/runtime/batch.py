@@ -65,6 +65,25 @@ class BatchSummary:
     def records_per_second(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else float("inf")
 
+    def describe(self) -> str:
+        """One line: records, speed, output, and the best-of-n, filter and rejects counts that apply."""
+        parts = [f"{self.records:,} records scored in {self.seconds:.1f} s "
+                 f"({self.records_per_second:,.0f} records/s) -> {self.output}"]
+        if self.groups is not None:
+            parts.append(f"{self.groups:,} best-of-n groups")
+        if self.accepted is not None:
+            parts.append(f"{self.accepted:,} accepted by the filter")
+        if self.rejects is not None:
+            parts.append(f"{self.rejected:,} bad records -> {self.rejects}")
+        return "; ".join(parts)
+
+
+def check_rejects_option(skip_bad: bool, rejects_path: str | os.PathLike | None) -> None:
+    """A rejects file is written only when bad records are skipped; refuse one given without ``skip_bad``."""
+    if rejects_path is not None and not skip_bad:
+        raise ValueError("`rejects_path` goes with `skip_bad=True`: a rejects file is only written when bad "
+                         "records are skipped")
+
 
 def default_rejects_path(output: str | os.PathLike) -> Path:
     """``out.jsonl`` -> ``out.rejects.jsonl`` (any other name gets ``.rejects.jsonl`` appended)."""
@@ -220,8 +239,7 @@ def score_file(scorer, input_path: str | os.PathLike, output_path: str | os.Path
     if chunk_size < 1 or batch_size < 1:
         raise ValueError(f"chunk_size and batch_size must be >= 1, got {chunk_size} and {batch_size}")
     objective = parse_objective(objective, scorer.num_heads)
-    if rejects_path is not None and not skip_bad:
-        raise ValueError("a rejects file is only written with skip_bad (--skip-bad)")
+    check_rejects_option(skip_bad, rejects_path)
     rejects_path = (Path(rejects_path) if rejects_path is not None else default_rejects_path(output_path)) \
         if skip_bad else None
     if rejects_path is not None and rejects_path.resolve() in (output_path.resolve(), input_path.resolve()):

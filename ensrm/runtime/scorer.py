@@ -75,10 +75,10 @@ class Scorer:
         if variant is None:
             have = ", ".join(sorted(self.spec.variants)) or "none"
             raise BundleError(f"bundle {self.bundle_dir} has no {precision} variant (has: {have})")
-        if not variant.get("accepted", False):
+        if not variant.usable:
             raise BundleError(f"the {precision} variant of {self.bundle_dir} failed its accuracy gate at "
                               "export and is marked rejected")
-        return bundle_file(self.bundle_dir, variant["file"])
+        return bundle_file(self.bundle_dir, variant.file)
 
     @property
     def num_heads(self) -> int:

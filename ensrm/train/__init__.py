@@ -10,6 +10,8 @@ from importlib import import_module
 _EXPORTS = {
     "train_reward_model": "ensrm.train.trainer",
     "TrainResult": "ensrm.train.trainer",
+    "TrainSettings": "ensrm.train.trainer",
+    "train_with_settings": "ensrm.train.trainer",
     "build_default_model": "ensrm.train.default",
     "bradley_terry_loss": "ensrm.train.losses",
     "pairwise_metrics": "ensrm.train.metrics",

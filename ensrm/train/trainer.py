@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,13 @@ class TrainResult:
             args += ["--heads", str(self.out_dir / M.HEADS_FILE), "--pooling", self.pooling]
         return shlex.join(args)
 
+    def headline(self) -> str:
+        """One line: what was written, the held-out accuracy, and how to export it."""
+        accuracy = "" if self.metrics is None else \
+            " (held-out accuracy: mean {mean:.3f}, wco {wco:.3f}, uwo {uwo:.3f})".format(**self.metrics["accuracy"])
+        return (f"checkpoint {self.out_dir}: {self.heads} heads, {self.mode}{accuracy}; "
+                f"export with: ens-export {self.export_args()} -o BUNDLE")
+
     def summary(self) -> str:
         lines = [f"trained {self.heads} heads ({self.mode}) on {self.n_train} pairs in {self.seconds:.1f}s; "
                  f"final train loss {self.train_loss:.4f}; saved to {self.out_dir}"]
@@ -63,27 +70,93 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def _check_settings(heads, mode, epochs, batch_size, max_length, label_noise, resume, feature_cache, pooling):
-    if not isinstance(heads, int) or heads < 1:
-        raise TrainingError(f"heads must be a positive integer, got {heads!r}")
-    if mode not in MODES:
-        raise TrainingError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if epochs < 1 or batch_size < 1:
-        raise TrainingError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    if max_length < 8:
-        raise TrainingError(f"max_length must be at least 8 tokens, got {max_length}")
-    if not 0.0 <= label_noise <= 1.0:
-        raise TrainingError(f"label_noise must be a probability in [0, 1], got {label_noise}")
-    if mode == "frozen" and (resume or epochs != 1):
-        # Silently ignoring them would let a user believe a frozen fit ran for N epochs or resumed.
-        raise TrainingError(f"epochs={epochs} and resume={resume} apply to joint mode only; frozen mode fits "
-                            "the heads to convergence in one go (tune max_iter/l2), or use mode='joint'")
-    if pooling is not None and pooling not in POOLINGS:
-        raise TrainingError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    if pooling is not None and mode != "frozen":
-        raise TrainingError("pooling applies to frozen mode; joint mode trains the classifier's own pooling")
-    if mode == "joint" and feature_cache is not None:
-        raise TrainingError("feature_cache applies to frozen mode only: in joint mode the encoder changes")
+@dataclass(frozen=True)
+class FrozenSettings:
+    """``mode="frozen"``: the encoder stays fixed and the heads are fitted by L-BFGS on its features."""
+
+    l2: float = 1e-3
+    max_iter: int = 200
+    feature_cache: str | os.PathLike | None = None  # directory keeping pooled features between runs
+    pooling: str | None = None  # fit on this pooling of the base model's states (writes heads.safetensors)
+
+    def __post_init__(self):
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise TrainingError(f"`pooling` must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if not self.max_iter >= 1:
+            raise TrainingError(f"`max_iter` must be >= 1, got {self.max_iter}")
+
+
+@dataclass(frozen=True)
+class JointSettings:
+    """``mode="joint"``: encoder and heads are fine-tuned together with AdamW."""
+
+    epochs: int = 1
+    lr: float = 2e-5
+    head_lr: float = 1e-3
+    resume: bool = False
+
+    def __post_init__(self):
+        if not self.epochs >= 1:
+            raise TrainingError(f"`epochs` must be >= 1, got {self.epochs}")
+
+
+_MODE_SETTINGS = {"frozen": FrozenSettings, "joint": JointSettings}
+_WHY_NOT = {"frozen": "frozen mode fits the heads to convergence in one go (tune `max_iter` and `l2`)",
+            "joint": "joint mode changes the encoder's features and trains the classifier's own pooling"}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a training run is told; ``method`` holds the settings of its mode.
+
+    >>> TrainSettings.create(heads=4, mode="joint", epochs=2).method
+    JointSettings(epochs=2, lr=2e-05, head_lr=0.001, resume=False)
+    """
+
+    heads: int = 8
+    seed: int = 0
+    bootstrap: bool = False
+    label_noise: float = 0.0
+    batch_size: int = 16
+    eval_fraction: float = 0.1
+    max_length: int = 256
+    uwo_lambda: float = 0.5
+    progress: bool = True
+    method: FrozenSettings | JointSettings = field(default_factory=FrozenSettings)
+
+    def __post_init__(self):
+        if not isinstance(self.heads, int) or self.heads < 1:
+            raise TrainingError(f"`heads` must be a positive integer, got {self.heads!r}")
+        if not self.batch_size >= 1:
+            raise TrainingError(f"`batch_size` must be >= 1, got {self.batch_size}")
+        if self.max_length < 8:
+            raise TrainingError(f"`max_length` must be at least 8 tokens, got {self.max_length}")
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise TrainingError(f"`label_noise` must be a probability in [0, 1], got {self.label_noise}")
+
+    @property
+    def mode(self) -> str:
+        return "frozen" if isinstance(self.method, FrozenSettings) else "joint"
+
+    @classmethod
+    def create(cls, *, mode: str = "frozen", **options) -> TrainSettings:
+        """Settings from :func:`train_reward_model`'s keywords; a mode's own keywords left at ``None``
+        take its defaults, and those of the other mode are refused (given, they would do nothing)."""
+        if mode not in MODES:
+            raise TrainingError(f"`mode` must be one of {', '.join(MODES)}, got {mode!r}")
+        other = MODES[1 - MODES.index(mode)]
+        own_names = {f.name for f in fields(_MODE_SETTINGS[mode])}
+        other_names = {f.name for f in fields(_MODE_SETTINGS[other])}
+        wrong = {k: v for k, v in options.items() if k in other_names and v is not None and v is not False}
+        if wrong:
+            given = ", ".join(f"`{k}={v!r}`" if isinstance(v, str) else f"`{k}={v}`" for k, v in wrong.items())
+            raise TrainingError(
+                f"{', '.join(f'`{k}`' for k in wrong)} only {'applies' if len(wrong) == 1 else 'apply'} to "
+                f"`mode='{other}'` (got {given}; this run is `mode='{mode}'`): settings that apply to {other} "
+                f"mode only are refused, as {_WHY_NOT[mode]}")
+        method = _MODE_SETTINGS[mode](**{k: v for k, v in options.items() if k in own_names and v is not None})
+        common = {k: v for k, v in options.items() if k not in own_names | other_names}
+        return cls(method=method, **common)
 
 
 def _score_pairs(model, tokenizer, pairs, max_length, batch_size):
@@ -103,32 +176,165 @@ def _score_pairs(model, tokenizer, pairs, max_length, batch_size):
     return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
 
 
-def _train_frozen(model, head, tokenizer, train, evals, counts, *, l2, max_iter, max_length, batch_size, progress,
-                  cache):
+@dataclass
+class _Run:
+    """What both modes work on: the loaded model, its head layer and the split pairs."""
+
+    model: object  # a transformers model (or PooledHeads), float32
+    head_name: str
+    head: object  # torch.nn.Linear [K, hidden]
+    tokenizer: object
+    train: list[dict]
+    evals: list[dict]
+    counts: np.ndarray  # [n_train, K] bootstrap weights
+    max_length: int
+
+
+@dataclass
+class _Fit:
+    """What a mode's training produced."""
+
+    train_loss: float
+    eval_chosen: np.ndarray | None  # [n_eval, K]
+    eval_rejected: np.ndarray | None  # [n_eval, K]
+    steps: int = 1
+    start_epoch: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+
+
+def _train_frozen(run: _Run, settings: TrainSettings) -> _Fit:
+    """Pooled features once with the encoder fixed (or from the cache), then the K heads by L-BFGS."""
+    method, train, evals, head = settings.method, run.train, run.evals, run.head
     prompts = [p["prompt"] for p in train] * 2 + [p["prompt"] for p in evals] * 2
     responses = ([p["chosen"] for p in train] + [p["rejected"] for p in train]
                  + [p["chosen"] for p in evals] + [p["rejected"] for p in evals])
 
     def compute(prompts, responses):
-        bar = Progress(len(responses), "features (frozen encoder)", enabled=progress, unit="text")
-        out = M.pooled_features(model, head, tokenizer, prompts, responses, max_length=max_length,
-                                batch_size=batch_size, progress=bar)  # [n, hidden]
+        bar = Progress(len(responses), "features (frozen encoder)", enabled=settings.progress, unit="text")
+        out = M.pooled_features(run.model, head, run.tokenizer, prompts, responses, max_length=run.max_length,
+                                batch_size=max(settings.batch_size, 32), progress=bar)  # [n, hidden]
         bar.close()
         return out
 
-    if cache is None:
+    if method.feature_cache is None:
         features = compute(prompts, responses)  # [2 * (n_train + n_eval), hidden]
     else:
+        cache = FeatureCache(method.feature_cache, model_fingerprint(run.model, run.head_name), run.max_length)
         features = torch.from_numpy(cache.features(prompts, responses, lambda p, r: compute(p, r).numpy()))
     n, m = len(train), len(evals)
-    fitted = fit_heads(features[:n], features[n:2 * n], torch.from_numpy(counts), head.weight.detach(),
-                       l2=l2, max_iter=max_iter)
+    fitted = fit_heads(features[:n], features[n:2 * n], torch.from_numpy(run.counts), head.weight.detach(),
+                       l2=method.l2, max_iter=method.max_iter)
     with torch.no_grad():
         head.weight.copy_(fitted.weight)
         if head.bias is not None:  # decoder score layers have no bias: their offsets stay uncentred
             head.bias.copy_(fitted.bias)
         eval_rewards = head(features[2 * n:]).numpy()  # [2m, K], exactly what the saved classifier outputs
-    return fitted.loss, eval_rewards[:m], eval_rewards[m:]
+    return _Fit(fitted.loss, eval_rewards[:m], eval_rewards[m:])
+
+
+def _train_joint(run: _Run, settings: TrainSettings, base_model, out_dir: Path) -> _Fit:
+    """Encoder and heads fine-tuned together, resumable from ``out_dir/.train_state``."""
+    method = settings.method
+    batch_size, head = settings.batch_size, run.head
+    identity = {"data": fingerprint(run.train), "base_model": str(Path(base_model).resolve()),
+                "heads": settings.heads, "seed": settings.seed, "bootstrap": settings.bootstrap,
+                "label_noise": settings.label_noise, "lr": method.lr, "head_lr": method.head_lr,
+                "batch_size": batch_size, "max_length": run.max_length, "epochs": method.epochs}
+    outcome = train_joint(run.model, run.head_name, run.tokenizer, run.train, run.counts, epochs=method.epochs,
+                          lr=method.lr, head_lr=method.head_lr, batch_size=batch_size, max_length=run.max_length,
+                          seed=settings.seed, state_dir=out_dir / STATE_DIR, resume=method.resume, run=identity,
+                          progress=settings.progress)
+    if head.bias is not None:  # decoder score layers have no bias to centre with
+        with torch.no_grad():
+            head.bias -= torch.tensor(outcome.head_means, dtype=head.bias.dtype)  # each head's mean near 0
+    losses = outcome.epoch_losses
+    eval_c = eval_r = None
+    if run.evals:
+        eval_c, eval_r = _score_pairs(run.model, run.tokenizer, run.evals, run.max_length, max(batch_size, 32))
+    return _Fit(losses[-1] if losses else float("nan"), eval_c, eval_r, outcome.steps, outcome.start_epoch, losses)
+
+
+def _prepare(base_model, prefs, settings: TrainSettings) -> _Run:
+    """Read and split the pairs (malformed data fails before the slow model load), then load the model."""
+    records = load_preferences(prefs)
+    try:
+        split = split_pairs(records, settings.eval_fraction, settings.seed)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    train = add_label_noise(split.train, settings.label_noise, settings.seed)
+    counts = bootstrap_counts(len(train), settings.heads, settings.seed, settings.bootstrap)  # [n_train, K]
+    tokenizer = M.load_tokenizer(base_model)
+    max_length = settings.max_length
+    if tokenizer.model_max_length < 1_000_000:  # unset limits are reported as a huge sentinel
+        max_length = min(max_length, tokenizer.model_max_length)
+    pooling = getattr(settings.method, "pooling", None)
+    if pooling is None:
+        model = M.load_classifier(base_model, settings.heads, tokenizer, settings.seed)
+    else:
+        model = M.load_pooled_heads(base_model, settings.heads, pooling)
+    head_name, head = M.final_linear(model, settings.heads)
+    config = model.base.config if pooling else model.config
+    M.init_heads(head, settings.seed, float(getattr(config, "initializer_range", 0.02) or 0.02))
+    return _Run(model, head_name, head, tokenizer, train, split.eval, counts, max_length)
+
+
+def _report(base_model, settings: TrainSettings, run: _Run, fit: _Fit, metrics: dict | None,
+            seconds: float) -> dict:
+    """The contents of ``ensrm_training.json``; every mode's settings (the other mode's at their defaults)."""
+    frozen = settings.method if isinstance(settings.method, FrozenSettings) else FrozenSettings()
+    joint = settings.method if isinstance(settings.method, JointSettings) else JointSettings()
+    pooling = frozen.pooling
+    return {
+        "format_version": 1,
+        "base_model": str(base_model),
+        "architecture": type(run.model.base if pooling else run.model).__name__,
+        "head_layer": run.head_name,
+        "pooling": pooling,
+        "heads_file": M.HEADS_FILE if pooling else None,
+        "text_encoding": "tokenizer(prompt, response)",
+        "mode": settings.mode,
+        "heads": settings.heads,
+        "seed": settings.seed,
+        "bootstrap": settings.bootstrap,
+        "label_noise": settings.label_noise,
+        "settings": {"epochs": joint.epochs, "lr": joint.lr, "head_lr": joint.head_lr,
+                     "batch_size": settings.batch_size, "l2": frozen.l2, "max_iter": frozen.max_iter,
+                     "eval_fraction": settings.eval_fraction, "max_length": run.max_length,
+                     "feature_cache": None if frozen.feature_cache is None else str(frozen.feature_cache)},
+        "n_train": len(run.train),
+        "n_eval": len(run.evals),
+        "train_loss": fit.train_loss,
+        "epoch_losses": fit.epoch_losses,
+        "metrics": metrics,
+        "seconds": round(seconds, 2),
+    }
+
+
+def train_with_settings(base_model: str | os.PathLike, prefs: str | os.PathLike | Iterable[dict],
+                        out_dir: str | os.PathLike, settings: TrainSettings) -> TrainResult:
+    """:func:`train_reward_model` with its keywords already checked into a :class:`TrainSettings`.
+
+    >>> settings = TrainSettings.create(heads=8, mode="joint", epochs=2)          # doctest: +SKIP
+    >>> train_with_settings("minilm/", "prefs.jsonl", "rm/", settings).steps     # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    run = _prepare(base_model, prefs, settings)
+    fit = _train_frozen(run, settings) if settings.mode == "frozen" else \
+        _train_joint(run, settings, base_model, out_dir)
+    metrics = pairwise_metrics(fit.eval_chosen, fit.eval_rejected, settings.uwo_lambda) if run.evals else None
+    M.save_checkpoint(run.model, run.tokenizer, out_dir)
+    seconds = time.perf_counter() - started
+    report = _report(base_model, settings, run, fit, metrics, seconds)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    result = TrainResult(out_dir=out_dir, mode=settings.mode, heads=settings.heads, n_train=len(run.train),
+                         n_eval=len(run.evals), train_loss=fit.train_loss, metrics=metrics, eval_pairs=run.evals,
+                         eval_rewards_chosen=fit.eval_chosen, eval_rewards_rejected=fit.eval_rejected,
+                         steps=fit.steps, start_epoch=fit.start_epoch, seconds=seconds,
+                         pooling=getattr(settings.method, "pooling", None))
+    if settings.progress:
+        print(result.summary(), file=sys.stderr)
+    return result
 
 
 def train_reward_model(
@@ -141,12 +347,12 @@ def train_reward_model(
     seed: int = 0,
     bootstrap: bool = False,
     label_noise: float = 0.0,
-    epochs: int = 1,
-    lr: float = 2e-5,
-    head_lr: float = 1e-3,
+    epochs: int | None = None,
+    lr: float | None = None,
+    head_lr: float | None = None,
     batch_size: int = 16,
-    l2: float = 1e-3,
-    max_iter: int = 200,
+    l2: float | None = None,
+    max_iter: int | None = None,
     eval_fraction: float = 0.1,
     max_length: int = 256,
     uwo_lambda: float = 0.5,
@@ -165,13 +371,15 @@ def train_reward_model(
     (settings and held-out metrics).
 
     - ``mode="frozen"``: pooled features are computed once with the encoder fixed and the K heads
-      are fitted by L-BFGS (``l2``, ``max_iter``); ``epochs``/``resume`` are refused and
-      ``lr``/``head_lr`` unused. ``feature_cache`` (a directory) keeps the pooled features of every
-      (prompt, response) seen, per base model and ``max_length``, so further fits on the same
-      texts (other seeds, head counts, bootstrap resamples: an ensemble) skip the encoder.
+      are fitted by L-BFGS (``l2``, default 1e-3; ``max_iter``, default 200). ``feature_cache`` (a
+      directory) keeps the pooled features of every (prompt, response) seen, per base model and
+      ``max_length``, so further fits on the same texts (other seeds, head counts, bootstrap
+      resamples: an ensemble) skip the encoder.
     - ``mode="joint"``: encoder and heads train together with AdamW (``lr`` for the encoder,
-      ``head_lr`` for the heads) for ``epochs``; state is saved in ``out_dir/.train_state/``
-      after every epoch and ``resume=True`` continues from it.
+      default 2e-5; ``head_lr`` for the heads, default 1e-3) for ``epochs`` (default 1); state is
+      saved in ``out_dir/.train_state/`` after every epoch and ``resume=True`` continues from it.
+
+    A keyword of the other mode is refused with :class:`TrainingError` (it would do nothing).
 
     ``pooling`` (``"cls"``, ``"mean"`` or ``"last"``, frozen mode) fits the heads on that pooling of
     the base model's last hidden states instead of the classifier's own pooled feature (BERT's
@@ -189,82 +397,9 @@ def train_reward_model(
     >>> result.metrics["accuracy"]["wco"]                                       # doctest: +SKIP
     0.87
     """
-    started = time.perf_counter()
-    _check_settings(heads, mode, epochs, batch_size, max_length, label_noise, resume, feature_cache, pooling)
-    records = load_preferences(prefs)  # malformed data fails before the slow model load
-    try:
-        split = split_pairs(records, eval_fraction, seed)
-    except ValueError as exc:
-        raise TrainingError(str(exc)) from exc
-    train = add_label_noise(split.train, label_noise, seed)
-    counts = bootstrap_counts(len(train), heads, seed, bootstrap)  # [n_train, K]
-    out_dir = Path(out_dir)
-
-    tokenizer = M.load_tokenizer(base_model)
-    if tokenizer.model_max_length < 1_000_000:  # unset limits are reported as a huge sentinel
-        max_length = min(max_length, tokenizer.model_max_length)
-    if pooling is None:
-        model = M.load_classifier(base_model, heads, tokenizer, seed)
-    else:
-        model = M.load_pooled_heads(base_model, heads, pooling)
-    head_name, head = M.final_linear(model, heads)
-    config = model.base.config if pooling else model.config
-    M.init_heads(head, seed, float(getattr(config, "initializer_range", 0.02) or 0.02))
-
-    start_epoch, steps, epoch_losses = 0, 1, []
-    if mode == "frozen":
-        cache = None
-        if feature_cache is not None:
-            cache = FeatureCache(feature_cache, model_fingerprint(model, head_name),
-                                 max_length)
-        train_loss, eval_c, eval_r = _train_frozen(
-            model, head, tokenizer, train, split.eval, counts, l2=l2, max_iter=max_iter,
-            max_length=max_length, batch_size=max(batch_size, 32), progress=progress, cache=cache)
-    else:
-        run = {"data": fingerprint(train), "base_model": str(Path(base_model).resolve()), "heads": heads,
-               "seed": seed, "bootstrap": bootstrap, "label_noise": label_noise, "lr": lr, "head_lr": head_lr,
-               "batch_size": batch_size, "max_length": max_length, "epochs": epochs}
-        outcome = train_joint(model, head_name, tokenizer, train, counts, epochs=epochs, lr=lr, head_lr=head_lr,
-                              batch_size=batch_size, max_length=max_length, seed=seed,
-                              state_dir=out_dir / STATE_DIR, resume=resume, run=run, progress=progress)
-        if head.bias is not None:  # decoder score layers have no bias to centre with
-            with torch.no_grad():
-                head.bias -= torch.tensor(outcome.head_means, dtype=head.bias.dtype)  # each head's mean near 0
-        start_epoch, steps, epoch_losses = outcome.start_epoch, outcome.steps, outcome.epoch_losses
-        train_loss = epoch_losses[-1] if epoch_losses else float("nan")
-        eval_c = eval_r = None
-        if split.eval:
-            eval_c, eval_r = _score_pairs(model, tokenizer, split.eval, max_length, max(batch_size, 32))
-
-    metrics = pairwise_metrics(eval_c, eval_r, uwo_lambda) if split.eval else None
-    M.save_checkpoint(model, tokenizer, out_dir)
-    seconds = time.perf_counter() - started
-    report = {
-        "format_version": 1,
-        "base_model": str(base_model),
-        "architecture": type(model.base if pooling else model).__name__,
-        "head_layer": head_name,
-        "pooling": pooling,
-        "heads_file": M.HEADS_FILE if pooling else None,
-        "text_encoding": "tokenizer(prompt, response)",
-        "mode": mode,
-        "heads": heads,
-        "seed": seed,
-        "bootstrap": bootstrap,
-        "label_noise": label_noise,
-        "settings": {"epochs": epochs, "lr": lr, "head_lr": head_lr, "batch_size": batch_size, "l2": l2,
-                     "max_iter": max_iter, "eval_fraction": eval_fraction, "max_length": max_length,
-                     "feature_cache": None if feature_cache is None else str(feature_cache)},
-        "n_train": len(train),
-        "n_eval": len(split.eval),
-        "train_loss": train_loss,
-        "epoch_losses": epoch_losses,
-        "metrics": metrics,
-        "seconds": round(seconds, 2),
-    }
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
-    result = TrainResult(out_dir, mode, heads, len(train), len(split.eval), train_loss, metrics, split.eval,
-                         eval_c, eval_r, steps, start_epoch, seconds, pooling)
-    if progress:
-        print(result.summary(), file=sys.stderr)
-    return result
+    settings = TrainSettings.create(
+        heads=heads, mode=mode, seed=seed, bootstrap=bootstrap, label_noise=label_noise, epochs=epochs, lr=lr,
+        head_lr=head_lr, batch_size=batch_size, l2=l2, max_iter=max_iter, eval_fraction=eval_fraction,
+        max_length=max_length, uwo_lambda=uwo_lambda, progress=progress, resume=resume,
+        feature_cache=feature_cache, pooling=pooling)
+    return train_with_settings(base_model, prefs, out_dir, settings)

@@ -343,7 +343,7 @@ def test_staged_bundle_replaces_only_with_overwrite(tmp_path):
     target = tmp_path / "rm"
     with staged_bundle(target) as stage:
         (stage / "a").write_text("first")
-    with pytest.raises(BundleError, match="already exists; pass --overwrite"):
+    with pytest.raises(BundleError, match="already exists; pass `overwrite=True`"):
         with staged_bundle(target) as stage:
             (stage / "a").write_text("second")
     assert (target / "a").read_text() == "first"

@@ -75,7 +75,7 @@ def test_mean_pooled_bundle_gets_an_fp16_variant(spread_checkpoint, record_files
               str(tmp_path / "heads.safetensors"))
     export_bundle([spread_checkpoint], tmp_path / "rm", heads=tmp_path / "heads.safetensors", pooling="mean",
                   precisions="fp16", eval_on=record_files["eval"], gates=GATES, progress=None)
-    assert load_spec(tmp_path / "rm").variants["fp16"]["accepted"]
+    assert load_spec(tmp_path / "rm").variants["fp16"].accepted
     records = load_records(record_files["eval"], "eval")
     prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
     np.testing.assert_allclose(Scorer(tmp_path / "rm", precision="fp16").score_texts(prompts, responses).heads,
@@ -110,7 +110,7 @@ def test_int8_graph_is_symmetric_qdq_with_a_float_tail(variant_bundle):
 def test_onnxruntime_runs_every_quantized_product_as_an_integer_kernel(variant_bundle, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     bundle, _ = variant_bundle
-    quantized = load_spec(bundle).variants["int8"]["method"]["quantized_matmuls"]
+    quantized = load_spec(bundle).variants["int8"].method["quantized_matmuls"]
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(bundle / "model.int8.onnx"), options, providers=["CPUExecutionProvider"])
@@ -225,11 +225,11 @@ def test_gate_rejects_a_damaged_int8_variant(variant_bundle, record_files, tmp_p
     assert "int8: REJECTED on 40 held-out records" in result.output
     assert "int8: rejected" in result.output
     spec = load_spec(bundle)
-    assert spec.variants["int8"]["accepted"] is False and spec.variants["int8"]["file"] is None
-    assert spec.variants["int8"]["checks"]["gate"]["min_spearman"] == 0.9
+    assert spec.variants["int8"].accepted is False and spec.variants["int8"].file is None
+    assert spec.variants["int8"].gate.min_spearman == 0.9
     assert not (bundle / "model.int8.onnx").exists()
-    assert spec.variants["int8"]["checks"]["spearman"]["mean"] < 0.9
-    assert spec.variants["fp16"]["accepted"]  # untouched
+    assert spec.variants["int8"].checks["spearman"]["mean"] < 0.9
+    assert spec.variants["fp16"].accepted  # untouched
     with pytest.raises(BundleError, match="failed its accuracy gate"):
         Scorer(bundle, precision="int8")
 
@@ -239,15 +239,19 @@ def test_dynamic_int8_needs_no_calibration(spread_bundle, record_files, tmp_path
     shutil.copytree(spread_bundle, bundle)
     spec = variants_module.add_variants(bundle, "int8", int8_mode="dynamic", eval_on=record_files["eval"],
                                         gates=GATES)
-    assert spec.variants["int8"]["method"]["method"] == "dynamic"
+    assert spec.variants["int8"].method["method"] == "dynamic"
     assert Scorer(bundle, precision="int8").score_texts(["Hi"], ["Hello"]).heads.shape == (1, 4)
 
 
 def test_static_int8_without_calibration_is_an_error_naming_the_option(spread_bundle, record_files, tmp_path):
     bundle = tmp_path / "rm"
     shutil.copytree(spread_bundle, bundle)
-    with pytest.raises(ExportError, match="--calibration"):
+    with pytest.raises(ExportError, match="`calibration=CALIB.jsonl`"):
         variants_module.add_variants(bundle, "int8", eval_on=record_files["eval"])
+    # the command names its own options instead of the parameters
+    result = CliRunner().invoke(main, ["quantize", str(bundle), "--precision", "int8", "--eval-on",
+                                       str(record_files["eval"])])
+    assert result.exit_code == 1 and "pass --calibration CALIB.jsonl (or --int8-mode dynamic " in result.output
     with pytest.raises(ExportError, match="need records to be judged on"):
         variants_module.add_variants(bundle, "fp16")
     with pytest.raises(ValueError, match="unknown precision 'bf16'"):
@@ -261,7 +265,7 @@ def test_calibrating_a_bundle_with_variants_updates_and_regates_them(variant_bun
     shutil.copytree(variant_bundle[0], bundle)
     spec = calibrate_bundle(bundle, record_files["eval"])
     assert spec.normalization.records == 40
-    assert spec.variants["fp16"]["checks"]["records"] == 40
+    assert spec.variants["fp16"].checks["records"] == 40
     fp16 = onnx.load(str(bundle / "model.fp16.onnx"))
     sigma = next(i for i in fp16.graph.initializer if i.name == "ensrm_norm_sigma")
     np.testing.assert_allclose(onnx.numpy_helper.to_array(sigma), spec.normalization.sigma, rtol=1e-6)

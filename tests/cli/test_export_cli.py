@@ -41,6 +41,10 @@ def test_errors_are_one_line_with_non_zero_exit(checkpoints, tmp_path):
                                        "--max-length", "100000"])
     assert result.exit_code == 1 and "--max-length must be between 1" in result.output
 
+    result = CliRunner().invoke(main, ["export", str(checkpoints("bert")), "-o", str(tmp_path / "c"),
+                                       "--lambda", "-1"])
+    assert result.exit_code == 1 and "Error: --lambda must be >= 0, got -1.0" in result.output
+
 
 def test_help_explains_the_sources():
     result = CliRunner().invoke(main, ["export", "--help"])

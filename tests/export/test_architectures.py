@@ -51,8 +51,8 @@ def test_graph_matches_torch_in_mixed_padded_batches(kind, checkpoints, bundles)
         ids, mask = _padded(sequences, side, scorer.spec.pad_token_id)
         heads = scorer.score(ids, mask).heads
         np.testing.assert_allclose(heads, expected, atol=TOLERANCE, rtol=0, err_msg=f"{kind} {side}-padded")
-    assert scorer.spec.variants["fp32"]["checks"]["passed"]
-    assert scorer.spec.variants["fp32"]["checks"]["max_abs_diff_heads"] <= TOLERANCE
+    assert scorer.spec.variants["fp32"].checks["passed"]
+    assert scorer.spec.variants["fp32"].checks["max_abs_diff_heads"] <= TOLERANCE
 
 
 @pytest.mark.parametrize("kind", ARCHITECTURES)

@@ -123,7 +123,7 @@ def test_heads_file_with_wrong_shape_is_refused(checkpoints, tmp_path):
 def test_base_model_without_heads_is_explained(checkpoints, tmp_path):
     classifier = transformers.AutoModelForSequenceClassification.from_pretrained(checkpoints("bert"))
     classifier.bert.save_pretrained(tmp_path / "base")
-    with pytest.raises(ExportError, match="--heads"):
+    with pytest.raises(ExportError, match="`heads=heads.safetensors`"):
         export_bundle([tmp_path / "base"], tmp_path / "b", progress=None)
 
 
@@ -136,7 +136,7 @@ def test_failed_verification_leaves_no_bundle(checkpoints, tmp_path):
 def test_existing_bundle_needs_overwrite(checkpoints, tmp_path):
     export_bundle([checkpoints("bert")], tmp_path / "b", progress=None)
     before = (tmp_path / "b" / "ensemble.json").read_bytes()
-    with pytest.raises(BundleError, match="--overwrite"):
+    with pytest.raises(BundleError, match="`overwrite=True`"):
         export_bundle([checkpoints("bert")], tmp_path / "b", progress=None)
     with pytest.raises(ExportError):
         export_bundle([checkpoints("bert")], tmp_path / "b", tolerance=-1.0, overwrite=True, progress=None)
