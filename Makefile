@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench gpu-check clean overopt
+.PHONY: demo lint test test-slow bench clean overopt
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ demo: $(STAMP)
 overopt: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/overoptimisation/run.py --out examples/overoptimisation/results
 
-test: $(STAMP)
+# ruff's rules are in pyproject.toml ([tool.ruff]); the tests run only on a clean tree.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

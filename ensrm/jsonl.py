@@ -24,7 +24,8 @@ def parse_record(line: str, fields: Sequence[str], path: str | os.PathLike, line
         raise InputFileError(path, lineno, f"expected a JSON object, found {type(record).__name__}")
     for field in fields:
         if field not in record:
-            raise InputFileError(path, lineno, f"missing field {field!r} (has: {', '.join(sorted(record)) or 'nothing'})")
+            raise InputFileError(path, lineno,
+                                 f"missing field {field!r} (has: {', '.join(sorted(record)) or 'nothing'})")
         if not isinstance(record[field], str):
             raise InputFileError(
                 path, lineno, f"field {field!r} must be a string, found {type(record[field]).__name__}"

@@ -7,7 +7,8 @@ records, gated on held-out candidate pools; adds a dynamic-INT8 copy; then times
 
     python scripts/bench_precision.py --out /tmp/bench-prec            # ~5-10 min on 2 cores
     python scripts/bench_precision.py --checkpoint my-rm --out /tmp/b --threads 8
-    python scripts/bench_precision.py --out /tmp/b --smoothing-sweep off,0.5,0.7,0.9   # + static INT8 at other strengths
+    # + static INT8 at other smoothing strengths:
+    python scripts/bench_precision.py --out /tmp/b --smoothing-sweep off,0.5,0.7,0.9
     python scripts/bench_precision.py --out /tmp/b-mean --pooling mean --l2 0.1        # heads on mean-pooled states
     python scripts/bench_precision.py --out /tmp/b --rounding nearest                  # + INT8 without GPTQ
 """
@@ -67,7 +68,8 @@ def _rejected_copy(bundle: Path, mode: str, calib: Path, target: Path, smoothing
         records = split_holdout(load_records(calib, "calibration"))[0][:512]
         batches = [f for _, f in feed_batches(encoder_for(bundle, spec), records, 32)]
     quantize_int8(bundle / "model.onnx", target, mode, batches,
-                  smoothing=DEFAULT_SMOOTHING if smoothing is None else smoothing, rounding=rounding or DEFAULT_ROUNDING)
+                  smoothing=DEFAULT_SMOOTHING if smoothing is None else smoothing,
+                  rounding=rounding or DEFAULT_ROUNDING)
     return target
 
 
@@ -97,7 +99,8 @@ def main(argv=None) -> int:
                         help="comma-separated smoothing strengths (0-1, or 'off') to gate and time besides the default")
     parser.add_argument("--rounding", choices=["nearest"], help="also gate and time static INT8 with this rounding")
     parser.add_argument("--pooling", choices=["mean", "cls"],
-                        help="build the default model with its heads on this pooling of MiniLM's states, not BERT's pooler")
+                        help="build the default model with its heads on this pooling of MiniLM's states, "
+                             "not BERT's pooler")
     parser.add_argument("--l2", type=float, default=1e-3, help="L2 of the default model's head fit (default 1e-3)")
     args = parser.parse_args(argv)
 
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.checkpoint and args.pooling:
         parser.error("--pooling and --l2 shape the default model; a --checkpoint is exported as it is")
-    checkpoint = Path(args.checkpoint) if args.checkpoint else out / f"default-rm-{args.pooling or 'pooler'}-l2{args.l2:g}"
+    checkpoint = Path(args.checkpoint) if args.checkpoint else \
+        out / f"default-rm-{args.pooling or 'pooler'}-l2{args.l2:g}"
     if not args.checkpoint and not (checkpoint / "ensrm_training.json").is_file():
         from ensrm.train.default import build_default_model
 
@@ -130,11 +134,11 @@ def main(argv=None) -> int:
     add_variants(dynamic, "int8", int8_mode="dynamic", eval_on=files["eval"], threads=args.threads)
 
     from ensrm.bundle import load_spec
-
     from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-    results = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads, "pooling": args.pooling, "l2": args.l2, "batch": args.batch,
-               "seq": args.seq, "export_seconds": export_s, "gates": {}, "accepted": {}, "seconds_per_batch": {}}
+    results = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads, "pooling": args.pooling, "l2": args.l2,
+               "batch": args.batch, "seq": args.seq, "export_seconds": export_s, "gates": {}, "accepted": {},
+               "seconds_per_batch": {}}
     backends = {"fp32": Scorer(bundle, threads=args.threads, spinning=False).backend}
     for name, path in (("int8-static", bundle), ("int8-dynamic", dynamic)):
         variant = load_spec(path).variants["int8"]

@@ -67,8 +67,15 @@ def bpe_tokenizer(kind: str, vocab_size: int = 400, corpus=CORPUS, pad: bool = T
 def build_classifier(kind: str, out: Path, num_labels: int = 4, seed: int = 0) -> Path:
     """Save a tiny random ``*ForSequenceClassification`` of architecture ``kind`` into ``out``."""
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, GPT2Config,
-                              GPTNeoXConfig, LlamaConfig, RobertaConfig)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        GPT2Config,
+        GPTNeoXConfig,
+        LlamaConfig,
+        RobertaConfig,
+    )
 
     torch.manual_seed(seed)
     if kind == "bert":

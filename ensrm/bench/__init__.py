@@ -75,9 +75,7 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
     if not (checkpoint / "config.json").is_file():
         raise EnsrmError(f"checkpoint {checkpoint} has no config.json; pass a Hugging Face classifier directory")
     if bundle is None:
-        from ensrm.bench.models import ModelCache
-
-        from ensrm.bench.models import model_max_length
+        from ensrm.bench.models import ModelCache, model_max_length
 
         longest = min(max(config.lengths), model_max_length(checkpoint))
         bundle = ModelCache(checkpoint, cache, max_length=longest, progress=progress).bundle([checkpoint], "main")

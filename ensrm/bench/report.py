@@ -153,7 +153,8 @@ def markdown(report: dict) -> str:
             batches = sorted({r["batch"] for r in data["shapes"]})
             cell = {(r["batch"], r["length"]): r["seq_per_s"] for r in data["shapes"]}
             lat = data["latency_batch1"]
-            lines += [f"{name} (p50 {lat['p50_s'] * 1e3:.1f} ms, p99 {lat['p99_s'] * 1e3:.1f} ms at 1 x {lat['length']}):",
+            lines += [f"{name} (p50 {lat['p50_s'] * 1e3:.1f} ms, p99 {lat['p99_s'] * 1e3:.1f} ms "
+                      f"at 1 x {lat['length']}):",
                       "", "| batch | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
                       "|---|" + "---|" * len(lengths)]
             lines += [f"| {b} | " + " | ".join(f"{cell.get((b, n), float('nan')):.1f}" for n in lengths) + " |"
@@ -178,7 +179,8 @@ def plot(report: dict, path: Path) -> None:
     series = {"multi-head (one encoder, K heads)": "multihead", "full ensemble, K sessions": "full_sessions",
               "full ensemble, one graph": "full_graph"}
     for label, prefix in series.items():
-        rows = sorted((int(n.split("/k")[1]), r) for n, r in cmp.items() if n.startswith(prefix + "/k") and "error" not in r)
+        rows = sorted((int(n.split("/k")[1]), r) for n, r in cmp.items()
+                      if n.startswith(prefix + "/k") and "error" not in r)
         if rows:
             ks = [k for k, _ in rows]
             axes[0].plot(ks, [r["seq_per_s"] for _, r in rows], "o-", label=label)

@@ -169,9 +169,9 @@ def matmul_graph(m: int, k: int, n: int, precision: str, seed: int = 0):
 
 
 def matmul_job(job: dict) -> dict:
-    from ensrm.runtime.onnxruntime_backend import session_options
-
     import onnxruntime as ort
+
+    from ensrm.runtime.onnxruntime_backend import session_options
 
     out = {}
     rng = np.random.default_rng(1)

@@ -77,9 +77,7 @@ def export_bundle(
             build_variants(build, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
                            gates=gates)
         build.step(f"wrote bundle {Path(output)}")
-    if build.spec.num_heads > 1 and not build.spec.normalization.calibrated and progress:
-        progress(f"warning: {build.spec.num_heads} heads without calibrated normalisation: ens_min and ens_uwo "
-                 "compare raw head offsets; calibrate with `normalize_on=REFS.jsonl`")
+    _warn_uncalibrated(build.spec, progress)
     if tensorrt_batches:
         from ensrm.export.tensorrt_engine import build_engines
 
@@ -101,6 +99,12 @@ def _check_options(output, overwrite: bool, uwo_lambda: float, precisions, tenso
         profile_ranges(tensorrt_batches)
         check_tensorrt()  # before the export, not after minutes of it
     return precisions
+
+
+def _warn_uncalibrated(spec: EnsembleSpec, progress: Progress | None) -> None:
+    if spec.num_heads > 1 and not spec.normalization.calibrated and progress:
+        progress(f"warning: {spec.num_heads} heads without calibrated normalisation: ens_min and ens_uwo "
+                 "compare raw head offsets; calibrate with `normalize_on=REFS.jsonl`")
 
 
 def _export_steps(build: BundleBuilder, sources, *, heads, pooling, max_length, attn_implementation,

@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ensrm._optional import require
 from ensrm.bundle import bundle_file, load_spec
 from ensrm.errors import BundleError, ExportError
 from ensrm.runtime.tensorrt_backend import ENGINE_DIR, check_tensorrt, engine_name

@@ -22,8 +22,8 @@ torch = require("torch", "export")
 
 
 class FittedHeads(NamedTuple):
-    weight: "torch.Tensor"  # [K, hidden]
-    bias: "torch.Tensor"  # [K]
+    weight: torch.Tensor  # [K, hidden]
+    bias: torch.Tensor  # [K]
     loss: float  # final training BT loss (without the L2 term)
 
 
@@ -33,7 +33,8 @@ def fit_heads(chosen, rejected, counts, init_weight, *, l2: float = 1e-3, max_it
 
     ``chosen``/``rejected`` are ``[pairs, hidden]`` features, ``counts`` ``[pairs, K]`` per-head
     sample weights, ``init_weight`` ``[K, hidden]`` (in units of standardised features). ``l2``
-    (on standardised features) keeps separable data from sending the weights to infinity. The bias, which the loss cannot see, is set so that each head's mean
+    (on standardised features) keeps separable data from sending the weights to infinity. The bias,
+    which the loss cannot see, is set so that each head's mean
     reward over ``center`` (``[n, hidden]`` features, default: all training responses) is 0.
 
     >>> import torch

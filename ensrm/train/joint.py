@@ -68,7 +68,8 @@ def _load_state(state_dir: Path, model, optimizer, run: dict) -> dict:
             "start afresh without resume or restore the original settings"
         )
     if info["epoch"] > run["epochs"]:
-        raise TrainingError(f"{state_dir} already holds {info['epoch']} epochs, more than the {run['epochs']} asked for")
+        raise TrainingError(f"{state_dir} already holds {info['epoch']} epochs, "
+                            f"more than the {run['epochs']} asked for")
     safetensors_torch.load_model(model, str(state_dir / "model.safetensors"), strict=True)
     optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
     return info

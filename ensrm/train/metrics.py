@@ -66,7 +66,8 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join([
         f"held-out pairs: {metrics['n_pairs']}",
         f"per-head accuracy: {heads}",
-        f"objective accuracy: mean {acc['mean']:.3f}  wco {acc['wco']:.3f}  uwo(lambda={metrics['uwo_lambda']:g}) {acc['uwo']:.3f}",
+        f"objective accuracy: mean {acc['mean']:.3f}  wco {acc['wco']:.3f}  "
+        f"uwo(lambda={metrics['uwo_lambda']:g}) {acc['uwo']:.3f}",
         f"head spread: accuracy range {spread['head_accuracy_range']:.3f}  mean std {spread['mean_head_std']:.4f}  "
         f"mean corr {spread['mean_head_correlation']:.3f}  disagreement {spread['disagreement_rate']:.3f}",
     ])

@@ -72,7 +72,14 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class FrozenSettings:
-    """``mode="frozen"``: the encoder stays fixed and the heads are fitted by L-BFGS on its features."""
+    """``mode="frozen"``: the encoder stays fixed and the heads are fitted by L-BFGS on its features.
+
+    ``pooling`` (``"cls"``, ``"mean"`` or ``"last"``) fits the heads on that pooling of the base
+    model's last hidden states instead of the classifier's own pooled feature (BERT's pooler, for
+    one, is not what sentence encoders such as all-MiniLM-L6-v2 were trained to produce). The
+    output then holds the base checkpoint plus ``heads.safetensors``, exported with
+    ``ens-export OUT --heads OUT/heads.safetensors --pooling POOLING``.
+    """
 
     l2: float = 1e-3
     max_iter: int = 200
@@ -365,10 +372,9 @@ def train_reward_model(
 
     ``base_model`` is a local checkpoint directory: a bare encoder/decoder or an existing
     ``AutoModelForSequenceClassification``. ``prefs`` is a JSONL path or a list of dicts with
-    ``prompt``/``chosen``/``rejected``. ``out_dir`` receives an ordinary
-    ``AutoModelForSequenceClassification`` checkpoint with ``num_labels = heads`` (safetensors,
-    config with ``id2label`` ``head_k``, tokenizer files) and ``ensrm_training.json``
-    (settings and held-out metrics).
+    ``prompt``/``chosen``/``rejected``. ``out_dir`` receives an ordinary classifier checkpoint with
+    ``num_labels = heads`` (safetensors, ``id2label`` ``head_k``, tokenizer files) and
+    ``ensrm_training.json`` (settings and held-out metrics).
 
     - ``mode="frozen"``: pooled features are computed once with the encoder fixed and the K heads
       are fitted by L-BFGS (``l2``, default 1e-3; ``max_iter``, default 200). ``feature_cache`` (a
@@ -379,13 +385,8 @@ def train_reward_model(
       default 2e-5; ``head_lr`` for the heads, default 1e-3) for ``epochs`` (default 1); state is
       saved in ``out_dir/.train_state/`` after every epoch and ``resume=True`` continues from it.
 
-    A keyword of the other mode is refused with :class:`TrainingError` (it would do nothing).
-
-    ``pooling`` (``"cls"``, ``"mean"`` or ``"last"``, frozen mode) fits the heads on that pooling of
-    the base model's last hidden states instead of the classifier's own pooled feature (BERT's
-    pooler, for one, is not what sentence encoders such as all-MiniLM-L6-v2 were trained to
-    produce). ``out_dir`` then holds the base checkpoint plus ``heads.safetensors``, exported with
-    ``ens-export OUT --heads OUT/heads.safetensors --pooling POOLING``.
+    A keyword of the other mode is refused (it would do nothing). ``pooling`` (frozen) fits the heads
+    on a pooling of the base model's states, written as ``heads.safetensors`` (:class:`FrozenSettings`).
 
     Head k starts from seed ``seed + k``; ``bootstrap=True`` gives each head its own resample of
     the training pairs; ``label_noise=p`` swaps each training pair with probability ``p`` (the

@@ -41,9 +41,9 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from ensrm.train.bon import best_of_n_kl, expected_best_of_n  # noqa: E402
 from ensrm.data.synthetic import generate_candidates, generate_preferences, generate_references  # noqa: E402
 from ensrm.jsonl import write_records  # noqa: E402
+from ensrm.train.bon import best_of_n_kl, expected_best_of_n  # noqa: E402
 from ensrm.train.metrics import aggregates, pairwise_metrics  # noqa: E402
 
 DEFAULTS = dict(prompts=24, pool=256, pairs=400, heads=4, label_noise=0.25, references=200, test_pairs=100,
@@ -276,7 +276,8 @@ def run(out: Path, work: Path, base_model: str | None = None, **settings) -> dic
                  for name, s in summary.items()},
         "proxy_gold_correlation": {name: float(np.corrcoef(v, gold.ravel())[0, 1]) for name, v in proxies.items()},
         "clean_test_accuracy": {g: clean_accuracy(g)["accuracy"] if g != "single" else
-                                {"head": clean_accuracy(g)["per_head_accuracy"][0]} for g in ("single", "multi", "full")},
+                                {"head": clean_accuracy(g)["per_head_accuracy"][0]}
+                                for g in ("single", "multi", "full")},
         "training": {name: {"n_train": r.n_train, "train_loss": r.train_loss, "seconds": round(r.seconds, 1),
                             "noisy_heldout_accuracy": r.metrics["accuracy"] if r.metrics else None}
                      for name, r in training.items()},

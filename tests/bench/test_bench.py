@@ -16,7 +16,8 @@ from ensrm.bench.suites import BenchConfig
 from ensrm.cli import main
 
 TINY = dict(batches=(1, 2), lengths=(8, 16), target_batch=2, target_length=16, heads_sweep=(1, 2),
-            full_ensemble_sizes=(1, 2), rounds=1, repeats=1, paired_rounds=2, latency_repeats=3, text_pairs=8, text_words=(3, 10),
+            full_ensemble_sizes=(1, 2), rounds=1, repeats=1, paired_rounds=2, latency_repeats=3, text_pairs=8,
+            text_words=(3, 10),
             matmul_shapes=((32, 16, 32),), matmul_min_time=0.0, startup_runs=1, threads=1)
 
 

@@ -248,7 +248,8 @@ def test_package_source_unpickles_nothing():
         text = path.read_text(encoding="utf-8")
         for pattern, what in forbidden:
             for match in pattern.finditer(text):
-                problems.append(f"{path.relative_to(PACKAGE.parent)}:{text.count(chr(10), 0, match.start()) + 1}: {what}")
+                line = text.count(chr(10), 0, match.start()) + 1
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {what}")
         for match in re.finditer(r"torch\.load\(", text):
             call = text[match.start():text.find(")", match.start()) + 1]
             if "weights_only=True" not in call:

@@ -15,7 +15,7 @@ from ensrm.errors import BundleError, ExportError
 
 onnx = pytest.importorskip("onnx")
 
-from tests.calibration.conftest import GATES
+from tests.calibration.conftest import GATES  # noqa: E402
 
 
 def test_manifest_records_each_variant_with_its_gate_numbers(variant_bundle):

@@ -77,8 +77,9 @@ def test_full_ensemble_refuses_mixed_tokenizers(checkpoints, tmp_path):
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "last"])
 def test_base_model_with_heads_file(checkpoints, tmp_path, pooling):
-    import ensrm
     from safetensors.torch import save_file
+
+    import ensrm
 
     base_dir = tmp_path / "base"
     classifier = transformers.AutoModelForSequenceClassification.from_pretrained(checkpoints("bert"))

@@ -118,7 +118,8 @@ def test_pooling_is_refused_in_joint_mode_and_when_unknown(tiny_bert_dir, easy_p
     from ensrm.train import train_reward_model
 
     with pytest.raises(TrainingError, match="`pooling` only applies to `mode='frozen'`"):
-        train_reward_model(tiny_bert_dir, easy_prefs[:10], tmp_path / "rm", mode="joint", pooling="mean", progress=False)
+        train_reward_model(tiny_bert_dir, easy_prefs[:10], tmp_path / "rm", mode="joint", pooling="mean",
+                           progress=False)
     with pytest.raises(TrainingError, match="`pooling` must be one of cls, mean, last"):
         train_reward_model(tiny_bert_dir, easy_prefs[:10], tmp_path / "rm", pooling="max", progress=False)
     assert not (tmp_path / "rm").exists()

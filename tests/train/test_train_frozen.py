@@ -111,7 +111,8 @@ def test_frozen_other_families(family, tiny_gpt2_dir, tmp_path):
     """Decoders read the last token through ``score``; RoBERTa's head has dense+tanh before ``out_proj``."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_gpt2_dir))
     torch.manual_seed(0)
-    transformers.AutoModel.from_config(_tiny_config(family, tokenizer.vocab_size)).save_pretrained(str(tmp_path / "base"))
+    base = transformers.AutoModel.from_config(_tiny_config(family, tokenizer.vocab_size))
+    base.save_pretrained(str(tmp_path / "base"))
     tokenizer.save_pretrained(str(tmp_path / "base"))
     prefs = generate_preferences(120, seed=5, aspects=("specificity",))
     result = train_reward_model(tmp_path / "base", prefs, tmp_path / "rm", heads=2, eval_fraction=0.25,

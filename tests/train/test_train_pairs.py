@@ -13,7 +13,8 @@ PAIR = {"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "Go awa
 
 def test_malformed_jsonl_reports_line(tmp_path):
     path = tmp_path / "prefs.jsonl"
-    path.write_text(json.dumps(PAIR) + "\n\n" + json.dumps(PAIR) + "\n" + '{"prompt": "x", "chosen": 3, "rejected": "y"}\n')
+    bad = '{"prompt": "x", "chosen": 3, "rejected": "y"}\n'
+    path.write_text(json.dumps(PAIR) + "\n\n" + json.dumps(PAIR) + "\n" + bad)
     with pytest.raises(InputFileError) as info:
         load_preferences(path)
     assert info.value.line == 4 and "'chosen'" in str(info.value)
