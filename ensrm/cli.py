@@ -32,7 +32,7 @@ def _as_flags(message: str) -> str:
         option = options.get(_ALIASES.get(name, name))
         if option is None:
             return match.group(0).strip("`")
-        return option if value in (None, "", "True") else f"{option} {value.strip(chr(39) + chr(34))}"
+        return option if value in (None, "", "True") else option + " " + value.strip("'\"")
 
     return _PARAMETER.sub(flag, message)
 
