@@ -181,7 +181,7 @@ def write_triton_repository(bundle: str | os.PathLike, out: str | os.PathLike, *
 
         configs = _configs(pb2, repo, spec, inputs, outputs, max_batch=max_batch, instances=instances, kind=kind,
                            max_queue_delay_us=max_queue_delay_us, pad_to_multiple=pad_to_multiple)
-        header = f"# Written by ensrm {ensrm.__version__} (ensrm triton-repo) from {bundle.resolve().name}, {precision}\n"
+        header = f"# Written by ensrm {ensrm.__version__} (triton-repo) from {bundle.resolve().name}, {precision}\n"
         for model, config in configs.items():
             (staging / model / "config.pbtxt").write_text(header + text_format.MessageToString(config),
                                                           encoding="utf-8")
@@ -192,13 +192,13 @@ def _variant_file(bundle: Path, spec: EnsembleSpec, precision: str) -> str:
     if precision not in MODEL_FILES:
         raise ValueError(f"precision must be one of {', '.join(MODEL_FILES)}, got {precision!r}")
     variant = spec.variants.get(precision)
-    if variant is None or not variant.get("file"):
-        have = ", ".join(p for p, v in sorted(spec.variants.items()) if v.get("accepted")) or "none"
-        raise BundleError(f"bundle {bundle} has no {precision} model file (accepted precisions: {have}); "
-                          f"make one with: ensrm quantize {bundle} --precision {precision}")
-    if not variant.get("accepted", False):
+    accepted = ", ".join(p for p, v in sorted(spec.variants.items()) if v.get("accepted")) or "none"
+    if variant is not None and not variant.get("accepted", False):  # a rejected variant keeps no file
         raise BundleError(f"the {precision} variant of {bundle} failed its accuracy gate and is marked rejected; "
-                          "serve another precision")
+                          f"serve an accepted precision ({accepted})")
+    if variant is None or not variant.get("file"):
+        raise BundleError(f"bundle {bundle} has no {precision} model file (accepted precisions: {accepted}); "
+                          f"make one with: ensrm quantize {bundle} --precision {precision}")
     return variant["file"]
 
 
