@@ -274,10 +274,10 @@ def _configs(pb2, repo: TritonRepository, spec: EnsembleSpec, inputs, outputs, *
     """The three ``ModelConfig`` messages, by model name."""
     types = pb2.DataType
 
-    def tensors(message, entries):
+    def tensors(message, entries, reshape: bool = True):
         for tensor, dtype, dims in entries:
             item = message.add(name=tensor, data_type=types.Value(dtype), dims=dims or [1])
-            if not dims:  # the graph's [batch] is [batch, 1] to Triton's API (every tensor needs a dim)
+            if not dims and reshape:  # the graph's [batch] is [batch, 1] to Triton's API (every tensor needs a dim)
                 item.reshape.SetInParent()
 
     def group(config, group_kind: str):
@@ -302,7 +302,7 @@ def _configs(pb2, repo: TritonRepository, spec: EnsembleSpec, inputs, outputs, *
 
     ensemble = pb2.ModelConfig(name=repo.ensemble, platform="ensemble", max_batch_size=max_batch)
     tensors(ensemble.input, text)
-    tensors(ensemble.output, outputs)
+    tensors(ensemble.output, outputs, reshape=False)  # an ensemble tensor has the step's API shape, [batch, 1]
     for model, step_inputs, step_outputs in ((repo.tokenize, TEXT_INPUTS, [t for t, _, _ in inputs]),
                                              (repo.onnx, [t for t, _, _ in inputs], [t for t, _, _ in outputs])):
         step = ensemble.ensemble_scheduling.step.add(model_name=model, model_version=-1)

@@ -208,7 +208,10 @@ def test_ensemble_steps_connect_tensors_that_exist(repo):
     for tensor in ensemble.output:
         assert tensor.name in available
         produced = available[tensor.name]
+        # Triton infers an ensemble tensor's shape from the step model's API dims (its reshape is
+        # the backend's business): the ensemble output must repeat those dims without a reshape
         assert (tensor.data_type, list(tensor.dims)) == (produced.data_type, list(produced.dims))
+        assert not tensor.HasField("reshape"), tensor.name
     assert [t.name for t in ensemble.output] == ["heads", "ens_mean", "ens_std", "ens_min", "ens_uwo"]
     assert all(c.max_batch_size == 16 for c in found.values())
 
