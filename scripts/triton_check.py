@@ -44,7 +44,7 @@ RESPONSES = ["Simmer it for eight minutes, then cool it in cold water.", "It end
              "cold wind, quiet hills", "An ordered, immutable sequence."]
 OUTPUTS = {"heads": "heads", "ens_mean": "mean", "ens_std": "std", "ens_min": "min", "ens_uwo": "uwo"}
 
-STANDIN_MODEL = '''"""Stand-in for Triton's onnxruntime backend (scripts/triton_check.py): the same graph, run by onnxruntime."""
+STANDIN_MODEL = '''"""Stand-in for the onnxruntime backend (scripts/triton_check.py): the same graph, by onnxruntime."""
 import json
 import os
 
