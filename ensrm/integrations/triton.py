@@ -221,8 +221,8 @@ def _copy_graph(bundle: Path, spec: EnsembleSpec, model_file: str, version_dir: 
     return target
 
 
-def _graph_io(graph: Path, spec: EnsembleSpec) -> tuple[list[tuple[str, str, list[int]]], ...]:
-    """Names, Triton dtypes and per-pair dims of the copied graph, checked against the spec.
+def _graph_io(graph: Path, spec: EnsembleSpec) -> tuple[list, list]:
+    """``(name, Triton dtype, per-pair dims)`` of the copied graph's inputs and outputs, checked.
 
     Loading the copy with onnxruntime also proves that its external weights resolve where
     they were put. Per-pair dims drop the batch axis; a dynamic axis is ``-1``.
@@ -253,6 +253,8 @@ def _check_io(side: str, args, want: Sequence[str], dtype: str, spec: EnsembleSp
             raise BundleError(f"graph {side} {tensor} has shape {arg.shape}; expected rank {rank} "
                               "with a dynamic batch axis first")
         dims = [d if isinstance(d, int) else -1 for d in arg.shape[1:]]
+        if side == "input" and dims != [-1]:  # the tokenize step's outputs vary in length
+            raise BundleError(f"graph input {tensor} has shape {arg.shape}; its sequence axis must be dynamic")
         if tensor == "heads" and dims != [spec.num_heads]:
             raise BundleError(f"graph output heads has shape {arg.shape}, the manifest says {spec.num_heads} heads")
         entries.append((tensor, dtype, dims))
@@ -295,7 +297,7 @@ def _configs(pb2, repo: TritonRepository, spec: EnsembleSpec, inputs, outputs, *
 
     tokenize = pb2.ModelConfig(name=repo.tokenize, backend="python", max_batch_size=max_batch)
     tensors(tokenize.input, text)
-    tensors(tokenize.output, [(tensor, dtype, [-1]) for tensor, dtype, _ in inputs])
+    tensors(tokenize.output, inputs)
     group(tokenize, "cpu")
     tokenize.parameters[PAD_PARAMETER].string_value = str(pad_to_multiple)
     tokenize.parameters["ensrm_version"].string_value = ensrm.__version__
