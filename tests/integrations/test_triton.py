@@ -167,8 +167,7 @@ def test_onnx_config_has_the_graphs_names_dtypes_and_dims(repo, bert):
     config = configs(repo)[repo.onnx]
     session = ort.InferenceSession(str(graph_file(repo)), providers=["CPUExecutionProvider"])
     spec = read_spec(bert)
-    assert [i.name for i in config.input] == list(spec.inputs) and {i.name for i in session.get_inputs()} == \
-        set(spec.inputs)
+    assert [i.name for i in config.input] == list(spec.inputs)
     for side, graph_side in ((config.input, session.get_inputs()), (config.output, session.get_outputs())):
         graph = {arg.name: arg for arg in graph_side}
         assert {t.name for t in side} == set(graph)
