@@ -393,6 +393,42 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
     click.echo(train_with_settings(base_model, prefs, output, settings).headline())
 
 
+@click.command("triton-repo")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model repository to write.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Which of the bundle's accepted model files to serve.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="max_batch_size of every model: the most pairs in one request and in one model batch.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long the dynamic batcher waits for a batch to fill.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Copies of the onnx and tokenize models (per GPU with --kind gpu).")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Where the onnx model's instances run (KIND_CPU or KIND_GPU).")
+@click.option("--pad-to-multiple", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Pad each request's sequence axis to a multiple of this, so requests can share a batch.")
+@click.option("--name", help="Model name prefix (default: the bundle directory's name).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing repository at --output.")
+@_one_line_errors
+def triton_repo_command(bundle, output, precision, max_batch, max_wait_ms, instances, kind, pad_to_multiple, name,
+                        overwrite):
+    """Write a Triton Inference Server model repository that serves BUNDLE to text clients.
+
+    \b
+    Example:
+      ensrm triton-repo bundles/default -o triton-models --precision fp16 --kind gpu
+      tritonserver --model-repository "$PWD/triton-models"
+    """
+    from ensrm.integrations.triton import write_triton_repository
+
+    repo = write_triton_repository(bundle, output, precision=precision, max_batch=max_batch, instances=instances,
+                                   kind=kind, max_queue_delay_us=round(max_wait_ms * 1000),
+                                   pad_to_multiple=pad_to_multiple, name=name, overwrite=overwrite)
+    click.echo(f"{repo.path}: models {repo.ensemble} (text in, scores out) = {repo.tokenize} -> {repo.onnx} "
+               f"({repo.precision}); serve with: tritonserver --model-repository {repo.path.resolve()}")
+
+
 @click.group()
 @click.version_option(package_name="ensrm")
 def main():
@@ -413,6 +449,7 @@ main.add_command(quantize_command)
 main.add_command(build_engine_command)
 main.add_command(bench_command)
 main.add_command(train_command)
+main.add_command(triton_repo_command)
 
 
 @main.command("demo")
