@@ -192,14 +192,14 @@ def _variant_file(bundle: Path, spec: EnsembleSpec, precision: str) -> str:
     if precision not in MODEL_FILES:
         raise ValueError(f"precision must be one of {', '.join(MODEL_FILES)}, got {precision!r}")
     variant = spec.variants.get(precision)
-    accepted = ", ".join(p for p, v in sorted(spec.variants.items()) if v.get("accepted")) or "none"
-    if variant is not None and not variant.get("accepted", False):  # a rejected variant keeps no file
+    accepted = ", ".join(spec.usable_precisions) or "none"
+    if variant is not None and not variant.accepted:  # a rejected variant keeps no file
         raise BundleError(f"the {precision} variant of {bundle} failed its accuracy gate and is marked rejected; "
                           f"serve an accepted precision ({accepted})")
-    if variant is None or not variant.get("file"):
+    if variant is None or variant.file is None:
         raise BundleError(f"bundle {bundle} has no {precision} model file (accepted precisions: {accepted}); "
                           f"make one with: ensrm quantize {bundle} --precision {precision}")
-    return variant["file"]
+    return variant.file
 
 
 def _copy_graph(bundle: Path, spec: EnsembleSpec, model_file: str, version_dir: Path) -> Path:

@@ -24,6 +24,7 @@ from ensrm.bundle import file_entries, read_spec, sha256_file, write_manifest
 from ensrm.cli import main
 from ensrm.errors import BundleError
 from ensrm.integrations.triton import PAD_PARAMETER, write_triton_repository
+from ensrm.spec import Variant
 
 pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from google.protobuf import json_format, text_format  # noqa: E402 - installed with tritonclient[grpc]
@@ -270,8 +271,8 @@ def variant_bundle(bert, tmp_path_factory):
     shutil.copytree(bert, out)
     convert_fp16(out / "model.onnx", out / "model.fp16.onnx")
     spec = read_spec(out)
-    variants = {**spec.variants, "fp16": {"file": "model.fp16.onnx", "accepted": True, "checks": {}},
-                "int8": {"file": None, "accepted": False, "checks": {}}}
+    variants = {**spec.variants, "fp16": Variant("fp16", "model.fp16.onnx", accepted=True),
+                "int8": Variant("int8", None, accepted=False)}
     write_manifest(out, spec.replace(variants=variants, files=file_entries(out)))
     return out
 
@@ -302,7 +303,7 @@ def test_an_existing_repository_is_kept_unless_overwrite(bert, tmp_path):
     out = tmp_path / "repo"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    with pytest.raises(BundleError, match="already exists; pass --overwrite"):
+    with pytest.raises(BundleError, match="already exists; pass `overwrite=True`"):
         write_triton_repository(bert, out)
     assert (out / "mine.txt").read_text() == "keep"
     repo = write_triton_repository(bert, out, overwrite=True)
@@ -346,4 +347,4 @@ def test_cli_writes_a_gpu_repository_and_refuses_an_existing_one(bert, tmp_path)
     tokenize_config = read_config(out / "rm_tokenize" / "config.pbtxt")
     assert [g.kind for g in tokenize_config.instance_group] == [pb2.ModelInstanceGroup.KIND_CPU]  # tokenizer on CPU
     again = CliRunner().invoke(main, args)
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 1 and "already exists; pass --overwrite" in again.output
