@@ -83,6 +83,7 @@ def export_bundle(
     output: str | Path,
     *,
     heads: str | Path | None = None,
+    tokenizer: str | Path | None = None,
     pooling: str | None = None,
     uwo_lambda: float = 0.5,
     max_length: int | None = None,
@@ -105,6 +106,10 @@ def export_bundle(
     The bundle appears at ``output`` only once it is complete and verified; on any error
     nothing is left behind and an existing bundle is untouched.
 
+    ``tokenizer`` is a directory to take the tokenizer from when the source has none (often the
+    base model the reward model was trained from); the tokenizer must fit the model
+    (:mod:`ensrm.export.checks`).
+
     ``normalize_on`` (a JSONL file of prompt/response records) calibrates the per-head
     normalisation; ``precisions`` (``"fp16,int8"``) adds variants, each kept only if it passes
     its accuracy gate on held-out records (``eval_on``, else a quarter of ``calibration``).
@@ -114,6 +119,7 @@ def export_bundle(
     8
     """
     import ensrm
+    from ensrm.export.checks import check_source
     from ensrm.export.sources import load_source
     from ensrm.export.verify import verify_against_torch
     from ensrm.runtime.onnxruntime_backend import create_session
@@ -125,7 +131,7 @@ def export_bundle(
 
     precisions = parse_precisions(precisions)
     step = _Steps(4 + (normalize_on is not None) + bool(precisions), progress)
-    source = load_source(sources, heads=heads, pooling=pooling, max_length=max_length,
+    source = load_source(sources, heads=heads, tokenizer=tokenizer, pooling=pooling, max_length=max_length,
                          attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     side = padding_side or ("left" if source.architecture == "decoder" else "right")
     if side == "left" and source.pooling == "cls":
@@ -151,6 +157,9 @@ def export_bundle(
         producer={"ensrm": ensrm.__version__, "torch": torch.__version__,
                   "transformers": transformers.__version__, "exporter": "torch.onnx dynamo"},
     )
+    note = check_source(source.module, tokenizer, spec)  # before tracing: torch and ONNX agree on garbage too
+    if note and progress:
+        progress(note)
     with staged_bundle(output, overwrite=overwrite) as staging:
         model_path = staging / MODEL_FILES["fp32"]
         trace_to_onnx(source.module, spec, model_path)

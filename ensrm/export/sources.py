@@ -19,6 +19,7 @@ from ensrm._hf import quiet_transformers
 from ensrm._optional import require
 from ensrm.errors import ExportError
 from ensrm.export import modules
+from ensrm.export.checks import check_loaded_weights, require_tokenizer_files, tokenizer_files
 
 torch = require("torch", "export")
 transformers = require("transformers", "export")
@@ -98,7 +99,8 @@ def _check_dir(path: Path) -> None:
         raise ExportError(f"source {path} has no config.json; is it a Hugging Face checkpoint directory?")
 
 
-def _load_tokenizer(path: Path, trust_remote_code: bool):
+def _load_tokenizer(path: Path, trust_remote_code: bool, given: bool = False):
+    require_tokenizer_files(path, given=given)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -112,11 +114,13 @@ def _from_pretrained(auto_class, path: Path, attn: str, trust_remote_code: bool)
     """Load weights; a pickle (``.bin``) checkpoint goes through transformers' ``weights_only`` loader,
     which refuses anything but tensors, so a malicious checkpoint fails here instead of running code."""
     try:
-        return auto_class.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
-                                          trust_remote_code=trust_remote_code).eval()
+        model, info = auto_class.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
+                                                 trust_remote_code=trust_remote_code, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, UnpicklingError) as exc:
         raise ExportError(f"cannot load the weights of {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
                           "ensrm reads safetensors, or .bin files holding tensors only") from None
+    check_loaded_weights(path, info)
+    return model.eval()
 
 
 def _classifier(path: Path, attn: str, trust_remote_code: bool):
@@ -165,18 +169,20 @@ def _load_heads(path: Path, hidden: int):
 
 def load_source(sources: list[str | Path], heads: str | Path | None = None, pooling: str | None = None,
                 max_length: int | None = None, attn_implementation: str = "eager",
-                trust_remote_code: bool = False) -> LoadedSource:
-    """Load one of the three source kinds (see the module docstring).
+                trust_remote_code: bool = False, tokenizer: str | Path | None = None) -> LoadedSource:
+    """Load one of the three source kinds (see the module docstring); the tokenizer comes from
+    the (first) source directory, or from the directory ``tokenizer`` when given.
 
     >>> src = load_source(["checkpoints/rm"])            # doctest: +SKIP
     >>> src.num_heads, src.architecture
     (8, 'encoder')
     """
     with quiet_transformers():
-        return _load_source(sources, heads, pooling, max_length, attn_implementation, trust_remote_code)
+        return _load_source(sources, heads, pooling, max_length, attn_implementation, trust_remote_code, tokenizer)
 
 
-def _load_source(sources, heads, pooling, max_length, attn_implementation, trust_remote_code) -> LoadedSource:
+def _load_source(sources, heads, pooling, max_length, attn_implementation, trust_remote_code,
+                 tokenizer_dir=None) -> LoadedSource:
     paths = [Path(s) for s in sources]
     if not paths:
         raise ExportError("no source given")
@@ -222,8 +228,8 @@ def _load_source(sources, heads, pooling, max_length, attn_implementation, trust
                           for i, c in enumerate(configs) for j in range(c.num_labels))
         config = configs[0]
 
-    tokenizer = _load_tokenizer(paths[0], trust_remote_code)
-    if len(paths) > 1:
+    tokenizer = _load_tokenizer(Path(tokenizer_dir or paths[0]), trust_remote_code, given=tokenizer_dir is not None)
+    if len(paths) > 1 and tokenizer_dir is None:
         first = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()), sort_keys=True)
         for p in paths[1:]:
             other = _load_tokenizer(p, trust_remote_code).backend_tokenizer.to_str()
@@ -238,7 +244,8 @@ def _load_source(sources, heads, pooling, max_length, attn_implementation, trust
         if max_length < 1 or max_length > limit:
             raise ExportError(f"--max-length must be between 1 and the model's limit {limit}, got {max_length}")
         limit = max_length
-    fp_paths = paths + ([Path(heads)] if heads is not None else [])
+    fp_paths = paths + ([Path(heads)] if heads is not None else []) + \
+        (tokenizer_files(Path(tokenizer_dir)) if tokenizer_dir is not None else [])
     return LoadedSource(
         module=module, kind=kind, architecture=architecture, model_type=config.model_type,
         pooling=pooling, uses_token_type_ids=uses_types, num_heads=int(k), head_names=names,
