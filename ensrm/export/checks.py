@@ -88,25 +88,27 @@ def check_members(module) -> None:
 
 
 def check_vocabulary(module, tokenizer, spec) -> None:
-    """Every id the tokenizer can produce, and the pad id, must index a row of the embedding."""
+    """Every id the tokenizer can produce, and the pad id, must index a row of the embedding, and the
+    tokenizer must cover most of it (see :data:`MIN_VOCAB_COVERAGE`)."""
     rows = min(m.get_input_embeddings().num_embeddings for m in _members(module))
     vocab = tokenizer.get_vocab()  # includes special and added tokens
     needed = max(len(tokenizer), max(vocab.values(), default=-1) + 1)
+    if not 0 <= spec.pad_token_id < rows:  # checked first: an added pad token is the usual cause
+        name = tokenizer.pad_token if tokenizer.pad_token is not None else tokenizer.eos_token
+        raise ExportError(f"the pad id {spec.pad_token_id} ({name!r}) of the tokenizer{_where(tokenizer)} "
+                          f"is outside the {spec.model_type} model's {rows} embedding rows [0, {rows}); after "
+                          "adding a pad token resize the model's embeddings "
+                          "(model.resize_token_embeddings(len(tokenizer))) before saving it, or pad with a token "
+                          "the model embeds, such as its eos token")
     if needed > rows:
-        raise ExportError(f"the tokenizer{_where(tokenizer)} produces ids up to {needed - 1} "
-                          f"({len(tokenizer)} tokens, special and added tokens included) but the {spec.model_type} model embeds only {rows} "
-                          "ids; use the tokenizer the model was trained with (tokenizer=DIR), or resize the "
-                          "model's token embeddings to the tokenizer before saving it")
+        raise ExportError(f"the tokenizer{_where(tokenizer)} has {needed} tokens (special and added tokens "
+                          f"included) but the {spec.model_type} model embeds only {rows}: ids {rows} and above "
+                          "would index past its embedding; use the tokenizer the model was trained with "
+                          "(tokenizer=DIR), or resize the model's token embeddings to the tokenizer before saving it")
     if needed < MIN_VOCAB_COVERAGE * rows:
-        raise ExportError(f"the tokenizer{_where(tokenizer)} has {needed} tokens but the {spec.model_type} model embeds "
-                          f"{rows}: less than {MIN_VOCAB_COVERAGE:.0%} of its vocabulary, so it is not the tokenizer "
-                          "the model was trained with; pass that one as tokenizer=DIR (--tokenizer DIR)")
-    if spec.vocab_size > rows:
-        raise ExportError(f"the {spec.model_type} config says vocab_size {spec.vocab_size} but the model embeds only "
-                          f"{rows} ids; fix vocab_size in config.json")
-    if not 0 <= spec.pad_token_id < rows:
-        raise ExportError(f"the pad id {spec.pad_token_id}{_where(tokenizer)} is outside the model's "
-                          f"{rows} embedding rows [0, {rows}); set a pad token the model embeds")
+        raise ExportError(f"the tokenizer{_where(tokenizer)} has {needed} tokens but the {spec.model_type} model "
+                          f"embeds {rows}: less than {MIN_VOCAB_COVERAGE:.0%} of its vocabulary, so it is not the "
+                          "tokenizer the model was trained with; pass that one as tokenizer=DIR (--tokenizer DIR)")
 
 
 def unknown_fraction(tokenizer, texts) -> tuple[int, int]:
@@ -184,6 +186,8 @@ def align_tokenizer(tokenizer, spec) -> str | None:
     before = getattr(tokenizer, "padding_side", spec.padding_side)
     tokenizer.padding_side = spec.padding_side
     tokenizer.truncation_side = spec.truncation_side
+    # save_pretrained writes tokenizer_config.json from init_kwargs, not from the attributes
+    tokenizer.init_kwargs.update(padding_side=spec.padding_side, truncation_side=spec.truncation_side)
     if before == spec.padding_side:
         return None
     why = ("last-token pooling reads the attention mask, so scores do not depend on the side"
