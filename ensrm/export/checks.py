@@ -131,8 +131,9 @@ def check_encoding(tokenizer, texts) -> None:
     unknown, total = unknown_fraction(tokenizer, texts)
     if total == 0:
         raise ExportError(f"the tokenizer{_where(tokenizer)} encodes the {len(texts)} reference texts "
-                          f"({sum(map(len, texts))} characters) to 0 tokens: its vocabulary is empty; pass the "
-                          "tokenizer the model was trained with as tokenizer=DIR (--tokenizer DIR)")
+                          f"({sum(map(len, texts))} characters) to 0 tokens: its vocabulary knows none of their "
+                          "characters and it has no unknown token; pass the tokenizer the model was trained with "
+                          "as tokenizer=DIR (--tokenizer DIR)")
     if unknown > MAX_UNKNOWN_FRACTION * total:
         raise ExportError(f"the tokenizer{_where(tokenizer)} maps {unknown / total:.0%} of the reference texts' "
                           f"tokens ({unknown} of {total}) to its unknown token {tokenizer.unk_token!r}, above "
