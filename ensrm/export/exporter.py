@@ -157,9 +157,9 @@ def export_bundle(
         producer={"ensrm": ensrm.__version__, "torch": torch.__version__,
                   "transformers": transformers.__version__, "exporter": "torch.onnx dynamo"},
     )
-    note = check_source(source.module, tokenizer, spec)  # before tracing: torch and ONNX agree on garbage too
-    if note and progress:
-        progress(note)
+    for note in check_source(source.module, tokenizer, spec):  # before tracing: torch and ONNX agree on garbage too
+        if progress:
+            progress(note)
     with staged_bundle(output, overwrite=overwrite) as staging:
         model_path = staging / MODEL_FILES["fp32"]
         trace_to_onnx(source.module, spec, model_path)

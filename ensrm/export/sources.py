@@ -228,8 +228,9 @@ def _load_source(sources, heads, pooling, max_length, attn_implementation, trust
                           for i, c in enumerate(configs) for j in range(c.num_labels))
         config = configs[0]
 
-    tokenizer = _load_tokenizer(Path(tokenizer_dir or paths[0]), trust_remote_code, given=tokenizer_dir is not None)
-    if len(paths) > 1 and tokenizer_dir is None:
+    given = tokenizer_dir is not None
+    tokenizer = _load_tokenizer(Path(tokenizer_dir) if given else paths[0], trust_remote_code, given=given)
+    if len(paths) > 1 and not given:
         first = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()), sort_keys=True)
         for p in paths[1:]:
             other = _load_tokenizer(p, trust_remote_code).backend_tokenizer.to_str()
@@ -245,7 +246,7 @@ def _load_source(sources, heads, pooling, max_length, attn_implementation, trust
             raise ExportError(f"--max-length must be between 1 and the model's limit {limit}, got {max_length}")
         limit = max_length
     fp_paths = paths + ([Path(heads)] if heads is not None else []) + \
-        (tokenizer_files(Path(tokenizer_dir)) if tokenizer_dir is not None else [])
+        (tokenizer_files(Path(tokenizer_dir)) if given else [])
     return LoadedSource(
         module=module, kind=kind, architecture=architecture, model_type=config.model_type,
         pooling=pooling, uses_token_type_ids=uses_types, num_heads=int(k), head_names=names,

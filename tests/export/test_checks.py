@@ -130,13 +130,32 @@ def test_pad_token_added_without_resizing_is_refused(checkpoints, tmp_path):
     assert f"the pad id {rows} ('[PAD]')" in message and f"{rows} embedding rows [0, {rows})" in message
 
 
-def test_tokenizer_of_another_model_is_refused(checkpoints, tmp_path):
-    # A 400-token BPE tokenizer for a BERT that embeds 30522 ids: every id is in range, but it is not the
-    # model's tokenizer.
-    source = bare(checkpoints("bert"), tmp_path / "ckpt")
-    tok = tokenizer_dir(checkpoints("roberta"), tmp_path / "tok")
-    message = refused(tmp_path, [source], "less than 50%", tokenizer=tok)
-    assert "has 400 tokens but the bert model embeds 30522" in message
+def test_tokenizer_covering_little_of_the_vocabulary_is_warned_about(checkpoints, tmp_path):
+    # A 272-token WordPiece for a BERT that embeds 30522 ids: every id is in range and the texts encode,
+    # but it is probably not the model's tokenizer (a model may embed more rows than it uses, so no error).
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    from ensrm.export.verify import REFERENCE_TEXTS
+
+    small = BertWordPieceTokenizer(lowercase=True)
+    small.train_from_iterator(list(REFERENCE_TEXTS), vocab_size=400, show_progress=False)
+    small.save_model(str(tmp_path))
+    tok = tmp_path / "tok"
+    transformers.BertTokenizerFast(str(tmp_path / "vocab.txt")).save_pretrained(tok)
+    size = len(transformers.AutoTokenizer.from_pretrained(tok))
+    notes = []
+    export_bundle([bare(checkpoints("bert"), tmp_path / "ckpt")], tmp_path / "b", tokenizer=tok,
+                  progress=notes.append)
+    assert any(n.startswith(f"warning: the tokenizer of {tok} has {size} tokens but the bert model embeds 30522, "
+                            "less than 50%") for n in notes), notes
+
+
+def test_tokenizer_without_token_types_for_a_bert_is_refused(checkpoints, tmp_path):
+    # RoBERTa's tokenizer returns no token_type_ids; BERT embeds the response as segment 1.
+    message = refused(tmp_path, [bare(checkpoints("bert"), tmp_path / "ckpt")], "token_type_ids",
+                      tokenizer=checkpoints("roberta"))
+    assert "the bert model takes token_type_ids but the tokenizer of" in message
+    assert "produces only input_ids, attention_mask" in message
 
 
 def test_tokenizer_that_maps_text_to_unknown_is_refused(checkpoints, tmp_path):
