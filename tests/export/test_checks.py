@@ -131,7 +131,7 @@ def test_pad_token_added_without_resizing_is_refused(checkpoints, tmp_path):
 
 
 def test_tokenizer_covering_little_of_the_vocabulary_is_warned_about(checkpoints, tmp_path):
-    # A 272-token WordPiece for a BERT that embeds 30522 ids: every id is in range and the texts encode,
+    # A 139-token WordPiece for a BERT that embeds 30522 ids: every id is in range and the texts encode,
     # but it is probably not the model's tokenizer (a model may embed more rows than it uses, so no error).
     from tokenizers.implementations import BertWordPieceTokenizer
 
