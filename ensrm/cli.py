@@ -65,6 +65,8 @@ def _usage():
               help="Bundle directory to create.")
 @click.option("--heads", type=click.Path(exists=True, dir_okay=False),
               help="heads.safetensors (weight [K, hidden], bias [K]) for a base-model SOURCE.")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False),
+              help="Directory to take the tokenizer from, for a SOURCE saved without one (e.g. its base model).")
 @click.option("--pooling", type=click.Choice(["cls", "mean", "last"]),
               help="Pooling for a base model with --heads (default: cls for encoders, last for decoders).")
 @click.option("--lambda", "uwo_lambda", type=float, default=0.5, show_default=True,
@@ -94,7 +96,7 @@ def _usage():
               help="Also build TensorRT engines for the written variants, for these batch sizes "
                    "(e.g. 1,8,32); needs a GPU and the tensorrt package.")
 @_one_line_errors
-def export_command(sources, output, heads, pooling, uwo_lambda, max_length, padding_side, tolerance,
+def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_length, padding_side, tolerance,
                    overwrite, trust_remote_code, normalize_on, precisions, calibration, eval_on, int8_mode,
                    min_spearman, min_top1, tensorrt_batches):
     """Export a reward model into a bundle: one ONNX graph with the ensemble aggregates.
@@ -117,8 +119,8 @@ def export_command(sources, output, heads, pooling, uwo_lambda, max_length, padd
     from ensrm.calibration.gate import gates_with
     from ensrm.export.exporter import export_bundle
 
-    spec = export_bundle(list(sources), output, heads=heads, pooling=pooling, uwo_lambda=uwo_lambda,
-                         max_length=max_length, padding_side=padding_side, tolerance=tolerance,
+    spec = export_bundle(list(sources), output, heads=heads, tokenizer=tokenizer, pooling=pooling,
+                         uwo_lambda=uwo_lambda, max_length=max_length, padding_side=padding_side, tolerance=tolerance,
                          overwrite=overwrite, trust_remote_code=trust_remote_code, normalize_on=normalize_on,
                          precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
                          gates=gates_with(min_spearman, min_top1),

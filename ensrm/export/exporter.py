@@ -28,6 +28,7 @@ def export_bundle(
     output: str | Path,
     *,
     heads: str | Path | None = None,
+    tokenizer: str | Path | None = None,
     pooling: str | None = None,
     uwo_lambda: float = 0.5,
     max_length: int | None = None,
@@ -51,6 +52,10 @@ def export_bundle(
     The bundle appears at ``output`` only once it is complete and verified; on any error
     nothing is left behind and an existing bundle is untouched.
 
+    ``tokenizer`` is a directory to take the tokenizer from when the source has none (often the
+    base model the reward model was trained from); the tokenizer must fit the model
+    (:mod:`ensrm.export.checks`).
+
     ``normalize_on`` (a JSONL file of prompt/response records) calibrates the per-head
     normalisation; ``precisions`` (``"fp16,int8"``) adds variants, each kept only if it passes
     its accuracy gate on held-out records (``eval_on``, else a quarter of ``calibration``).
@@ -64,7 +69,7 @@ def export_bundle(
     precisions = _check_options(output, overwrite, uwo_lambda, precisions, tensorrt_batches)
     steps = 4 + (normalize_on is not None) + bool(precisions)
     with BundleBuilder.new(output, overwrite=overwrite, threads=threads, progress=progress, steps=steps) as build:
-        _export_steps(build, sources, heads=heads, pooling=pooling, max_length=max_length,
+        _export_steps(build, sources, heads=heads, tokenizer=tokenizer, pooling=pooling, max_length=max_length,
                       attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
                       uwo_lambda=uwo_lambda, padding_side=padding_side, tolerance=tolerance)
         if normalize_on is not None:
@@ -107,16 +112,18 @@ def _warn_uncalibrated(spec: EnsembleSpec, progress: Progress | None) -> None:
                  "compare raw head offsets; calibrate with `normalize_on=REFS.jsonl`")
 
 
-def _export_steps(build: BundleBuilder, sources, *, heads, pooling, max_length, attn_implementation,
+def _export_steps(build: BundleBuilder, sources, *, heads, tokenizer, pooling, max_length, attn_implementation,
                   trust_remote_code, uwo_lambda, padding_side, tolerance) -> None:
     """Load the source, check it, trace and verify it: the steps only a new bundle has."""
+    from ensrm.export.checks import check_source
     from ensrm.export.sources import load_source
-    from ensrm.export.trace import padding_side_for, trace_and_verify
+    from ensrm.export.trace import padding_side_for, spec_for, trace_and_verify
 
-    source = load_source(sources, heads=heads, pooling=pooling, max_length=max_length,
+    source = load_source(sources, heads=heads, tokenizer=tokenizer, pooling=pooling, max_length=max_length,
                          attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-    # Checks of the loaded source go here, before the slow trace.
-    side = padding_side_for(source, padding_side)
+    spec = spec_for(source, uwo_lambda=uwo_lambda, padding_side=padding_side_for(source, padding_side))
+    for note in check_source(source.module, source.tokenizer, spec):  # torch and ONNX would agree on garbage too
+        build.note(note)
     build.step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
                f"pooling {source.pooling}, max length {source.max_length}")
-    trace_and_verify(build, source, uwo_lambda=uwo_lambda, padding_side=side, tolerance=tolerance)
+    trace_and_verify(build, source, spec, tolerance=tolerance)

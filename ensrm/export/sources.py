@@ -20,6 +20,7 @@ from ensrm._hf import quiet_transformers
 from ensrm._optional import require
 from ensrm.errors import ExportError
 from ensrm.export import modules
+from ensrm.export.checks import check_loaded_weights, require_tokenizer_files, tokenizer_files
 
 torch = require("torch", "export")
 transformers = require("transformers", "export")
@@ -100,7 +101,8 @@ def _check_dir(path: Path) -> None:
         raise ExportError(f"source {path} has no config.json; is it a Hugging Face checkpoint directory?")
 
 
-def _load_tokenizer(path: Path, trust_remote_code: bool):
+def _load_tokenizer(path: Path, trust_remote_code: bool, given: bool = False):
+    require_tokenizer_files(path, given=given)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -114,11 +116,13 @@ def _from_pretrained(auto_class, path: Path, attn: str, trust_remote_code: bool)
     """Load weights; a pickle (``.bin``) checkpoint goes through transformers' ``weights_only`` loader,
     which refuses anything but tensors, so a malicious checkpoint fails here instead of running code."""
     try:
-        return auto_class.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
-                                          trust_remote_code=trust_remote_code).eval()
+        model, info = auto_class.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
+                                                 trust_remote_code=trust_remote_code, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, UnpicklingError) as exc:
         raise ExportError(f"cannot load the weights of {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
                           "ensrm reads safetensors, or .bin files holding tensors only") from None
+    check_loaded_weights(path, info)
+    return model.eval()
 
 
 def _classifier(path: Path, attn: str, trust_remote_code: bool):
@@ -167,11 +171,12 @@ def _load_heads(path: Path, hidden: int):
 
 def load_source(sources: list[str | Path], heads: str | Path | None = None, pooling: str | None = None,
                 max_length: int | None = None, attn_implementation: str = "eager",
-                trust_remote_code: bool = False) -> LoadedSource:
+                trust_remote_code: bool = False, tokenizer: str | Path | None = None) -> LoadedSource:
     """Load one of the three source kinds (see the module docstring).
 
     One directory is a sequence classifier, or a base model when ``heads`` is given; several
-    directories are a full ensemble. ``max_length`` caps the model's own limit.
+    directories are a full ensemble. ``max_length`` caps the model's own limit. The tokenizer
+    comes from the (first) source directory, or from the directory ``tokenizer`` when given.
 
     >>> src = load_source(["checkpoints/rm"])            # doctest: +SKIP
     >>> src.num_heads, src.architecture
@@ -185,13 +190,15 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
     if pooling is not None and heads is None:
         raise ExportError("`pooling` applies only to a base model with `heads`; a sequence classifier "
                           "keeps its own pooling")
+    given = Path(tokenizer) if tokenizer is not None else None
     with quiet_transformers():
         if heads is not None:
-            source = load_base_with_heads(paths[0], Path(heads), pooling, attn_implementation, trust_remote_code)
+            source = load_base_with_heads(paths[0], Path(heads), pooling, attn_implementation, trust_remote_code,
+                                          tokenizer=given)
         elif len(paths) == 1:
-            source = load_sequence_classifier(paths[0], attn_implementation, trust_remote_code)
+            source = load_sequence_classifier(paths[0], attn_implementation, trust_remote_code, tokenizer=given)
         else:
-            source = load_full_ensemble(paths, attn_implementation, trust_remote_code)
+            source = load_full_ensemble(paths, attn_implementation, trust_remote_code, tokenizer=given)
     if max_length is not None:
         if max_length < 1 or max_length > source.max_length:
             raise ExportError(f"`max_length` must be between 1 and the model's limit {source.max_length}, "
@@ -200,22 +207,22 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
     return source
 
 
-def load_sequence_classifier(path: Path, attn_implementation: str = "eager",
-                             trust_remote_code: bool = False) -> LoadedSource:
+def load_sequence_classifier(path: Path, attn_implementation: str = "eager", trust_remote_code: bool = False,
+                             tokenizer: Path | None = None) -> LoadedSource:
     """A ``*ForSequenceClassification`` checkpoint with ``num_labels = K``: K heads, its own pooling."""
     module, config, architecture, uses_types = _classifier(path, attn_implementation, trust_remote_code)
-    tokenizer = _load_tokenizer(path, trust_remote_code)
+    loaded, tokenizer_dir = _tokenizer_of(path, tokenizer, trust_remote_code)
     return LoadedSource(
         module=module, kind="sequence-classifier", architecture=architecture, model_type=config.model_type,
         pooling="last" if architecture == "decoder" else "cls", uses_token_type_ids=uses_types,
         num_heads=int(config.num_labels), head_names=_head_names(config, config.num_labels), members=1,
-        max_length=_limit([config], tokenizer), vocab_size=int(config.vocab_size), tokenizer=tokenizer,
-        tokenizer_dir=path, fingerprint=fingerprint([path]),
+        max_length=_limit([config], loaded), vocab_size=int(config.vocab_size), tokenizer=loaded,
+        tokenizer_dir=tokenizer_dir, fingerprint=fingerprint([path, *_given_files(tokenizer)]),
     )
 
 
 def load_base_with_heads(path: Path, heads: Path, pooling: str | None = None, attn_implementation: str = "eager",
-                         trust_remote_code: bool = False) -> LoadedSource:
+                         trust_remote_code: bool = False, tokenizer: Path | None = None) -> LoadedSource:
     """A base encoder/decoder plus ``heads.safetensors`` (``weight [K, hidden]``, ``bias [K]``) and a pooling."""
     _check_dir(path)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -225,19 +232,22 @@ def load_base_with_heads(path: Path, heads: Path, pooling: str | None = None, at
     weight, bias = _load_heads(heads, base.config.hidden_size)
     uses_types = _uses_token_type_ids(base) and not decoder
     k = int(weight.shape[0])
-    tokenizer = _load_tokenizer(path, trust_remote_code)
+    loaded, tokenizer_dir = _tokenizer_of(path, tokenizer, trust_remote_code)
     return LoadedSource(
         module=modules.EncoderWithHeads(base, weight, bias, pooling, decoder, uses_types).eval(),
         kind="encoder+heads", architecture="decoder" if decoder else "encoder", model_type=config.model_type,
         pooling=pooling, uses_token_type_ids=uses_types, num_heads=k, head_names=tuple(f"head_{i}" for i in range(k)),
-        members=1, max_length=_limit([config], tokenizer), vocab_size=int(config.vocab_size), tokenizer=tokenizer,
-        tokenizer_dir=path, fingerprint=fingerprint([path, heads]),
+        members=1, max_length=_limit([config], loaded), vocab_size=int(config.vocab_size), tokenizer=loaded,
+        tokenizer_dir=tokenizer_dir, fingerprint=fingerprint([path, heads, *_given_files(tokenizer)]),
     )
 
 
-def load_full_ensemble(paths: list[Path], attn_implementation: str = "eager",
-                       trust_remote_code: bool = False) -> LoadedSource:
-    """Several classifiers of one architecture sharing one tokenizer: one graph running every member."""
+def load_full_ensemble(paths: list[Path], attn_implementation: str = "eager", trust_remote_code: bool = False,
+                       tokenizer: Path | None = None) -> LoadedSource:
+    """Several classifiers of one architecture sharing one tokenizer: one graph running every member.
+
+    With ``tokenizer`` every member is fed that tokenizer and the members' own files are not compared.
+    """
     loaded = [_classifier(p, attn_implementation, trust_remote_code) for p in paths]
     configs = [config for _, config, _, _ in loaded]
     archs = {architecture for _, _, architecture, _ in loaded}
@@ -245,7 +255,10 @@ def load_full_ensemble(paths: list[Path], attn_implementation: str = "eager",
         raise ExportError("full-ensemble members must share one architecture; found "
                           + ", ".join(f"{p}: {c.model_type}" for p, c in zip(paths, configs)))
     architecture = archs.pop()
-    tokenizer = _shared_tokenizer(paths, trust_remote_code)
+    if tokenizer is None:
+        shared, tokenizer_dir = _shared_tokenizer(paths, trust_remote_code), paths[0]
+    else:
+        shared, tokenizer_dir = _tokenizer_of(paths[0], tokenizer, trust_remote_code)
     return LoadedSource(
         module=modules.FullEnsemble([module for module, _, _, _ in loaded]).eval(), kind="full-ensemble",
         architecture=architecture, model_type=configs[0].model_type,
@@ -253,9 +266,20 @@ def load_full_ensemble(paths: list[Path], attn_implementation: str = "eager",
         num_heads=sum(c.num_labels for c in configs),
         head_names=tuple(f"member_{i}" if c.num_labels == 1 else f"member_{i}_head_{j}"
                          for i, c in enumerate(configs) for j in range(c.num_labels)),
-        members=len(paths), max_length=_limit(configs, tokenizer), vocab_size=int(configs[0].vocab_size),
-        tokenizer=tokenizer, tokenizer_dir=paths[0], fingerprint=fingerprint(paths),
+        members=len(paths), max_length=_limit(configs, shared), vocab_size=int(configs[0].vocab_size),
+        tokenizer=shared, tokenizer_dir=tokenizer_dir, fingerprint=fingerprint([*paths, *_given_files(tokenizer)]),
     )
+
+
+def _tokenizer_of(path: Path, given: Path | None, trust_remote_code: bool):
+    """The tokenizer of the directory ``given`` (``tokenizer=DIR``), else of the source ``path``; and where from."""
+    directory = given if given is not None else path
+    return _load_tokenizer(directory, trust_remote_code, given=given is not None), directory
+
+
+def _given_files(given: Path | None) -> list[Path]:
+    # A tokenizer taken from elsewhere is part of what the bundle computes: the fingerprint covers it.
+    return tokenizer_files(given) if given is not None else []
 
 
 def _shared_tokenizer(paths: list[Path], trust_remote_code: bool):

@@ -91,16 +91,16 @@ def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def trace_and_verify(build: BundleBuilder, source: LoadedSource, *, uwo_lambda: float = 0.5,
-                     padding_side: str | None = None, tolerance: float = 1e-4) -> None:
-    """Trace ``source`` into the new bundle, check it against torch, save its tokenizer; set the spec.
+def trace_and_verify(build: BundleBuilder, source: LoadedSource, spec: EnsembleSpec, *,
+                     tolerance: float = 1e-4) -> None:
+    """Trace ``source`` into the new bundle as ``spec`` describes it (:func:`spec_for`), check it
+    against torch, save its tokenizer; set the builder's spec.
 
     Raises :class:`ExportError` (and nothing is written) when a head differs by more than ``tolerance``.
     """
     from ensrm.export.verify import verify_against_torch
     from ensrm.runtime.onnxruntime_backend import create_session
 
-    spec = spec_for(source, uwo_lambda=uwo_lambda, padding_side=padding_side_for(source, padding_side))
     model_path = build.path(MODEL_FILES["fp32"])
     trace_to_onnx(source.module, spec, model_path)
     build.step("traced the ensemble graph")

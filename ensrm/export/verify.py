@@ -28,6 +28,8 @@ _RESPONSES = [
     "A list is mutable and a tuple is not: [1, 2].append(3) works, (1, 2).append(3) raises.",
     "Layers, a rain shell, a warm hat, a map, a headlamp, water filter and food for four days. " * 40,
 ]
+# What the export's tokenizer checks encode (ensrm.export.checks.check_encoding).
+REFERENCE_TEXTS = tuple(_PROMPTS + _RESPONSES)
 
 
 def reference_inputs(tokenizer, spec: EnsembleSpec) -> list[dict[str, np.ndarray]]:

@@ -29,6 +29,7 @@ def test_train_command_writes_a_checkpoint_that_exports(tiny_bert_dir, prefs_fil
     assert f"checkpoint {ckpt}: 3 heads, {mode} (held-out accuracy: mean" in result.output
     report = json.loads((ckpt / "ensrm_training.json").read_text())
     assert report["mode"] == mode and report["heads"] == 3 and len(report["metrics"]["per_head_accuracy"]) == 3
+    assert (ckpt / "tokenizer.json").is_file()  # ens-export refuses a checkpoint without tokenizer files
     # Frozen heads on a random tiny encoder have weights in the hundreds (its pooled features barely
     # vary), so float noise reaches 1e-3 in absolute terms; the default 1e-4 suits real encoders.
     exported = CliRunner().invoke(export_command, [str(ckpt), "-o", str(tmp_path / "bundle"), "--max-length", "64",
