@@ -50,20 +50,15 @@ def export_bundle(
     """Export a reward model (or a full ensemble) into a verified bundle directory.
 
     The bundle appears at ``output`` only once it is complete and verified; on any error
-    nothing is left behind and an existing bundle is untouched.
+    nothing is left behind and an existing bundle is untouched. ``tokenizer`` is a directory to
+    take the tokenizer from when the source has none (e.g. its base model); it must fit the model.
+    ``normalize_on`` (JSONL prompt/response records) calibrates the per-head normalisation;
+    ``precisions`` (``"fp16,int8"``) adds variants, each kept only if it passes its accuracy gate
+    on held-out records (``eval_on``, else a quarter of ``calibration``). ``tensorrt_batches``
+    (``(1, 8, 32)``) then builds a TensorRT engine of each accepted fp16/int8 variant (needs a GPU
+    and ``ensrm[tensorrt]``; checked before the export starts).
 
-    ``tokenizer`` is a directory to take the tokenizer from when the source has none (often the
-    base model the reward model was trained from); the tokenizer must fit the model
-    (:mod:`ensrm.export.checks`).
-
-    ``normalize_on`` (a JSONL file of prompt/response records) calibrates the per-head
-    normalisation; ``precisions`` (``"fp16,int8"``) adds variants, each kept only if it passes
-    its accuracy gate on held-out records (``eval_on``, else a quarter of ``calibration``).
-    ``tensorrt_batches`` (e.g. ``(1, 8, 32)``) then builds a TensorRT engine for each accepted
-    fp16/int8 variant (needs a GPU and ``ensrm[tensorrt]``; checked before the export starts).
-
-    >>> spec = export_bundle(["checkpoints/rm"], "bundles/rm")     # doctest: +SKIP
-    >>> spec.num_heads
+    >>> export_bundle(["checkpoints/rm"], "bundles/rm").num_heads     # doctest: +SKIP
     8
     """
     precisions = _check_options(output, overwrite, uwo_lambda, precisions, tensorrt_batches)
