@@ -1,0 +1,190 @@
+"""Dynamic batching: concurrent requests are gathered into model batches, scored off the event loop.
+
+Requests wait in a FIFO queue bounded in pairs. One gathering task on the event loop takes
+whole requests from the head of the queue until ``max_batch`` pairs are reached or
+``max_wait_ms`` have passed since the oldest of them arrived, and hands the batch to a
+single worker thread (one per scorer, so the loop keeps accepting while the model runs).
+The worker scores all pairs of the batch with one :meth:`Scorer.score_texts` call, which
+tokenises them once and groups them by length, and the results are split back to each
+request in order. A request larger than ``max_batch`` is scored alone, in slices.
+
+If the batch raises :class:`InputError` (a text the tokenizer cannot take), its requests are
+scored one by one so that only the faulty one fails. Any other error fails every request of
+the batch with one :class:`ModelError` carrying an id that is logged with the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ensrm.errors import EnsrmError, InputError
+from ensrm.runtime.scores import Scores
+
+log = logging.getLogger("ensrm.serve")
+
+
+class QueueFull(EnsrmError):
+    """The queue holds ``max_queue`` pairs already; the client should retry later."""
+
+
+class ModelError(EnsrmError):
+    """Scoring failed inside the model; ``error_id`` is the id logged with the traceback."""
+
+    def __init__(self, error_id: str):
+        super().__init__(f"the model failed on this batch (error id {error_id})")
+        self.error_id = error_id
+
+
+@dataclass
+class _Request:
+    prompts: list[str]
+    responses: list[str]
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+class DynamicBatcher:
+    """Queue of pending requests and the task that turns them into model batches.
+
+    ``on_batch(pairs, seconds)`` is called on the event loop after each model batch (metrics).
+
+    >>> batcher = DynamicBatcher(scorer, max_batch=64, max_wait_ms=5, max_queue=1024)  # doctest: +SKIP
+    >>> await batcher.start()                                                         # doctest: +SKIP
+    >>> scores = await batcher.submit(["Hi"], ["Hello!"])                            # doctest: +SKIP
+    """
+
+    def __init__(self, scorer, max_batch: int, max_wait_ms: float, max_queue: int, on_batch=None,
+                 on_queue=None):
+        self.scorer = scorer
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self.on_queue = on_queue
+        self._queue: collections.deque[_Request] = collections.deque()
+        self.queued_pairs = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ensrm-model")
+        self._task = asyncio.create_task(self._run(), name="ensrm-batcher")
+
+    async def warm_up(self) -> None:
+        """Score one pair in the worker thread (loads the tokenizer, touches every weight)."""
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.scorer.score_texts, ["warm-up"], ["warm-up"])
+
+    async def stop(self) -> None:
+        """Score everything still queued, then stop the task and the worker thread."""
+        self._closing = True
+        if self._task is not None:
+            self._wakeup.set()
+            await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, prompts: list[str], responses: list[str]) -> Scores:
+        """Queue one request's pairs; return their scores in order.
+
+        Raises :class:`QueueFull` at once when the pairs do not fit in the queue.
+        """
+        if self.queued_pairs + len(prompts) > self.max_queue:
+            raise QueueFull(f"the queue holds {self.queued_pairs} pairs; {len(prompts)} more would exceed "
+                            f"max_queue={self.max_queue}")
+        request = _Request(prompts, responses, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self._queued(len(request))
+        self._wakeup.set()
+        return await request.future
+
+    def _queued(self, delta: int) -> None:
+        self.queued_pairs += delta
+        if self.on_queue is not None:
+            self.on_queue(self.queued_pairs)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Wait for more requests until the batch is full or the oldest has waited max_wait.
+            deadline = self._queue[0].arrived + self.max_wait
+            while self.queued_pairs < self.max_batch and not self._closing:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = [self._queue.popleft()]
+            pairs = len(batch[0])
+            while self._queue and pairs + len(self._queue[0]) <= self.max_batch:
+                pairs += len(self._queue[0])
+                batch.append(self._queue.popleft())
+            self._queued(-pairs)
+            start = time.perf_counter()
+            results = await loop.run_in_executor(self._executor, self._score, batch)
+            if self.on_batch is not None:
+                self.on_batch(pairs, time.perf_counter() - start)
+            for request, result in zip(batch, results):
+                if request.future.done():  # the client went away
+                    continue
+                if isinstance(result, Exception):
+                    request.future.set_exception(result)
+                else:
+                    request.future.set_result(result)
+
+    # -- in the worker thread --------------------------------------------------------------
+
+    def _score(self, batch: list[_Request]) -> list[Scores | Exception]:
+        try:
+            return self._score_together(batch)
+        except InputError:
+            if len(batch) == 1:
+                return [self._score_alone(batch[0])]
+        except Exception as exc:  # noqa: BLE001 - any model failure must reach the clients, not kill the task
+            return [self._model_error(exc)] * len(batch)
+        return [self._score_alone(request) for request in batch]
+
+    def _score_together(self, batch: list[_Request]) -> list[Scores]:
+        prompts = [p for request in batch for p in request.prompts]
+        responses = [r for request in batch for r in request.responses]
+        scores = self.scorer.score_texts(prompts, responses, batch_size=self.max_batch)  # [pairs]
+        results, start = [], 0
+        for request in batch:
+            results.append(scores.take(slice(start, start + len(request))))
+            start += len(request)
+        return results
+
+    def _score_alone(self, request: _Request) -> Scores | Exception:
+        try:
+            return self.scorer.score_texts(request.prompts, request.responses, batch_size=self.max_batch)
+        except InputError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - see _score
+            return self._model_error(exc)
+
+    @staticmethod
+    def _model_error(exc: Exception) -> ModelError:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("model error %s: %s: %s", error_id, type(exc).__name__, exc, exc_info=exc)
+        return ModelError(error_id)
