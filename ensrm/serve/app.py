@@ -17,7 +17,7 @@ import time
 from ensrm._optional import require
 from ensrm.errors import InputError
 from ensrm.runtime.best_of_n import choose
-from ensrm.runtime.scores import parse_objective
+from ensrm.runtime.scores import Scores, parse_objective
 from ensrm.runtime.texts import check_texts
 from ensrm.serve.batcher import DynamicBatcher, ModelError, QueueFull
 from ensrm.serve.metrics import ServeMetrics
@@ -149,6 +149,8 @@ class _Service:
                            "(--max-pairs-per-request); split it", kind="too_large", field="prompts",
                            expected=f"at most {limit} pairs", actual=f"{len(prompts)} pairs")
         request.scope["ensrm.pairs"] = len(prompts)
+        if not prompts:
+            return Scores.empty(self.scorer.num_heads)
         try:
             scores = await self.batcher.submit(prompts, responses)
         except QueueFull as exc:

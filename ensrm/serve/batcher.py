@@ -4,9 +4,11 @@ Requests wait in a FIFO queue bounded in pairs. One gathering task on the event 
 whole requests from the head of the queue until ``max_batch`` pairs are reached or
 ``max_wait_ms`` have passed since the oldest of them arrived, and hands the batch to a
 single worker thread (one per scorer, so the loop keeps accepting while the model runs).
-The worker scores all pairs of the batch with one :meth:`Scorer.score_texts` call, which
-tokenises them once and groups them by length, and the results are split back to each
-request in order. A request larger than ``max_batch`` is scored alone, in slices.
+The worker tokenises all pairs of the batch at once, sorts them by length and runs them as
+one or more model calls (:func:`length_groups`): pairs of very different lengths go into
+separate calls rather than padding every short pair to the longest, which on a CPU costs as
+much as real tokens. Results are split back to each request in order. A request larger than
+``max_batch`` is gathered alone and scored in slices.
 
 If the batch raises :class:`InputError` (a text the tokenizer cannot take), its requests are
 scored one by one so that only the faulty one fails. Any other error fails every request of
@@ -23,10 +25,38 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ensrm.errors import EnsrmError, InputError
 from ensrm.runtime.scores import Scores
 
 log = logging.getLogger("ensrm.serve")
+
+#: A model call may hold at most this share of padding over real tokens before a new call starts.
+PADDING_SLACK = 0.25
+
+
+def length_groups(lengths: np.ndarray, max_batch: int, slack: float = PADDING_SLACK) -> list[np.ndarray]:
+    """Split pair indices, sorted by token length, into model calls of at most ``max_batch``
+    pairs whose padded size stays within ``(1 + slack)`` of their real tokens.
+
+    >>> [g.tolist() for g in length_groups(np.array([10, 200, 12, 11, 190]), max_batch=64)]
+    [[0, 3, 2], [4, 1]]
+    """
+    order = np.argsort(lengths, kind="stable")
+    groups: list[list[int]] = []
+    real = 0
+    for i in order.tolist():
+        n = int(lengths[i])
+        group = groups[-1] if groups else None
+        # sorted ascending, so the newcomer is the group's longest: every row pads to n
+        if group is None or len(group) >= max_batch or (len(group) + 1) * n > (1 + slack) * (real + n):
+            groups.append([i])
+            real = n
+        else:
+            group.append(i)
+            real += n
+    return [np.asarray(g, dtype=np.int64) for g in groups]
 
 
 class QueueFull(EnsrmError):
@@ -55,7 +85,8 @@ class _Request:
 class DynamicBatcher:
     """Queue of pending requests and the task that turns them into model batches.
 
-    ``on_batch(pairs, seconds)`` is called on the event loop after each model batch (metrics).
+    ``on_batch(pairs, model_calls, seconds)`` is called on the event loop after each gathered
+    batch (metrics); ``on_queue(pairs)`` whenever the queue's size changes.
 
     >>> batcher = DynamicBatcher(scorer, max_batch=64, max_wait_ms=5, max_queue=1024)  # doctest: +SKIP
     >>> await batcher.start()                                                         # doctest: +SKIP
@@ -72,6 +103,7 @@ class DynamicBatcher:
         self.on_queue = on_queue
         self._queue: collections.deque[_Request] = collections.deque()
         self.queued_pairs = 0
+        self.model_calls = 0  # written by the worker thread only
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -83,9 +115,9 @@ class DynamicBatcher:
         self._task = asyncio.create_task(self._run(), name="ensrm-batcher")
 
     async def warm_up(self) -> None:
-        """Score one pair in the worker thread (loads the tokenizer, touches every weight)."""
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.scorer.score_texts, ["warm-up"], ["warm-up"])
+        """Score one pair in the worker thread, the way requests are (loads the tokenizer, touches every weight)."""
+        request = _Request(["warm-up"], ["warm-up"], asyncio.get_running_loop().create_future())
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._score_together, [request])
 
     async def stop(self) -> None:
         """Score everything still queued, then stop the task and the worker thread."""
@@ -141,10 +173,10 @@ class DynamicBatcher:
                 pairs += len(self._queue[0])
                 batch.append(self._queue.popleft())
             self._queued(-pairs)
-            start = time.perf_counter()
+            start, calls = time.perf_counter(), self.model_calls
             results = await loop.run_in_executor(self._executor, self._score, batch)
             if self.on_batch is not None:
-                self.on_batch(pairs, time.perf_counter() - start)
+                self.on_batch(pairs, self.model_calls - calls, time.perf_counter() - start)
             for request, result in zip(batch, results):
                 if request.future.done():  # the client went away
                     continue
@@ -168,16 +200,31 @@ class DynamicBatcher:
     def _score_together(self, batch: list[_Request]) -> list[Scores]:
         prompts = [p for request in batch for p in request.prompts]
         responses = [r for request in batch for r in request.responses]
-        scores = self.scorer.score_texts(prompts, responses, batch_size=self.max_batch)  # [pairs]
+        scores = self._score_pairs(prompts, responses)  # [pairs]
         results, start = [], 0
         for request in batch:
             results.append(scores.take(slice(start, start + len(request))))
             start += len(request)
         return results
 
+    def _score_pairs(self, prompts: list[str], responses: list[str]) -> Scores:
+        """Tokenise once, score in length groups, scatter back: what ``score_texts`` does, with
+        groups cut by padding as well as by size."""
+        encoder = self.scorer.text_encoder
+        encodings = encoder.encode(prompts, responses, truncation=True)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))  # [pairs]
+        parts, rows = [], []
+        for group in length_groups(lengths, self.max_batch):
+            for batch_rows, feeds in encoder.batches([encodings[i] for i in group], len(group)):
+                parts.append(self.scorer.score(**feeds))
+                self.model_calls += 1
+                rows.append(group[batch_rows])
+        scores = Scores.concatenate(parts, self.scorer.num_heads)
+        return scores.take(np.argsort(np.concatenate(rows), kind="stable"))  # back to input order
+
     def _score_alone(self, request: _Request) -> Scores | Exception:
         try:
-            return self.scorer.score_texts(request.prompts, request.responses, batch_size=self.max_batch)
+            return self._score_pairs(request.prompts, request.responses)
         except InputError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - see _score

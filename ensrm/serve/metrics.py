@@ -28,9 +28,11 @@ class ServeMetrics:
         kw = {"registry": self.registry}
         self.requests = prom.Counter("ensrm_requests", "HTTP requests answered", ["path", "status"], **kw)
         self.pairs = prom.Counter("ensrm_pairs", "(prompt, response) pairs scored", ["path"], **kw)
-        self.batch_size = prom.Histogram("ensrm_batch_size_pairs", "Pairs per model batch",
-                                         buckets=BATCH_BUCKETS, **kw)
-        self.batch_seconds = prom.Histogram("ensrm_batch_seconds", "Time the model took per batch",
+        self.batch_size = prom.Histogram("ensrm_batch_size_pairs", "Pairs per gathered batch", buckets=BATCH_BUCKETS,
+                                         **kw)
+        self.model_calls = prom.Counter("ensrm_model_calls", "Model calls (a batch runs as one per length group)",
+                                        **kw)
+        self.batch_seconds = prom.Histogram("ensrm_batch_seconds", "Time the model took per gathered batch",
                                             buckets=LATENCY_BUCKETS, **kw)
         self.queue_depth = prom.Gauge("ensrm_queue_depth_pairs", "Pairs waiting for the model", **kw)
         self.latency = prom.Histogram("ensrm_request_latency_seconds", "Time from request to response",
@@ -39,8 +41,9 @@ class ServeMetrics:
         for reason in REJECT_REASONS:
             self.rejects.labels(reason)  # present at 0 from the start, so rates are defined
 
-    def observe_batch(self, pairs: int, seconds: float) -> None:
+    def observe_batch(self, pairs: int, model_calls: int, seconds: float) -> None:
         self.batch_size.observe(pairs)
+        self.model_calls.inc(model_calls)
         self.batch_seconds.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:

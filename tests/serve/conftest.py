@@ -23,35 +23,35 @@ def scorer(bundles):
 
 
 class HeldScorer:
-    """Passes every call to ``scorer``; while ``gate`` is clear the model call blocks inside the worker.
+    """Passes every call to ``scorer``; while ``gate`` is clear a model call blocks inside the worker.
 
-    ``entered`` is set when a model call begins; ``calls`` lists the pairs of every call made.
-    ``fail_on``: a response text that makes the call raise, as a crashing model would.
+    ``entered`` is set when a model call begins; ``calls`` lists the rows of every model call.
+    With ``fail`` set, model calls raise, as a crashing onnxruntime session would.
     """
 
-    def __init__(self, scorer, fail_on: str | None = None):
+    def __init__(self, scorer):
         self.scorer = scorer
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
         self.calls: list[int] = []
-        self.fail_on = fail_on
+        self.fail = False
 
     def __getattr__(self, name):
         return getattr(self.scorer, name)
 
-    def score_texts(self, prompts, responses, **kwargs):
+    def score(self, input_ids, attention_mask, token_type_ids=None):
         self.entered.set()
         assert self.gate.wait(60), "the test never released the model"
-        self.calls.append(len(prompts))
-        if self.fail_on is not None and self.fail_on in responses:
+        self.calls.append(len(input_ids))
+        if self.fail:
             raise RuntimeError("simulated onnxruntime failure")
-        return self.scorer.score_texts(prompts, responses, **kwargs)
+        return self.scorer.score(input_ids, attention_mask, token_type_ids)
 
 
 @pytest.fixture
 def held(scorer):
-    return HeldScorer(scorer, fail_on="boom")
+    return HeldScorer(scorer)
 
 
 @pytest.fixture

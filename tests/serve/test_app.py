@@ -289,8 +289,10 @@ def test_full_queue_is_503_with_retry_after(held, make_client):
 
 def test_model_error_is_500_with_a_logged_id_and_the_server_goes_on(held, make_client, caplog):
     client = make_client(held)
+    held.fail = True
     with caplog.at_level(logging.ERROR, logger="ensrm.serve"):
         answer = client.post("/v1/score", json={"prompts": ["q"], "responses": ["boom"]})
+    held.fail = False
     assert answer.status_code == 500
     error_id = answer.json()["error"]["id"]
     assert len(error_id) == 12 and error_id in caplog.text
@@ -308,7 +310,7 @@ def test_concurrent_requests_are_gathered_into_one_batch(held, make_client):
     held.gate.clear()
     held.entered.clear()
     prompts = [f"question {i}" for i in range(7)]
-    responses = [f"answer number {i} " * (i + 1) for i in range(7)]  # different lengths
+    responses = [f"answer number {i}" for i in range(7)]  # one length: one model call
     with ThreadPoolExecutor(7) as pool:
         first = pool.submit(client.post, "/v1/score", json={"prompts": prompts[:1], "responses": responses[:1]})
         held.entered.wait(30)
@@ -324,6 +326,7 @@ def test_concurrent_requests_are_gathered_into_one_batch(held, make_client):
     assert metric(client, "ensrm_batch_size_pairs_sum") == 7
     assert metric(client, "ensrm_batch_size_pairs_bucket", le="4.0") == 1  # the held one
     assert metric(client, "ensrm_batch_size_pairs_bucket", le="8.0") == 2  # the gathered six
+    assert metric(client, "ensrm_model_calls_total") == 2
     # each answer is its own pair's score, in its own request
     for answer, p, r in zip(answers, prompts, responses):
         close(answer.json()["score"], held.scorer.score_texts([p], [r]).uwo)
@@ -346,3 +349,36 @@ def test_batches_hold_at_most_max_batch_pairs(held, make_client):
     assert held.calls[-4:] == [1, 3, 3, 3]
     big = client.post("/v1/score", json={"prompts": ["a"] * 10, "responses": ["b"] * 10})
     assert big.status_code == 200 and len(big.json()["score"]) == 10
+
+
+def test_a_gathered_batch_of_mixed_lengths_runs_in_length_groups(held, make_client):
+    client = make_client(held, max_batch=64, max_wait_ms=0)
+    held.gate.clear()
+    held.entered.clear()
+    responses = ["ok", "fine thanks " * 30, "sure", "a much longer answer " * 25, "yes", "no"]
+    with ThreadPoolExecutor(len(responses) + 1) as pool:
+        first = pool.submit(client.post, "/v1/score", json={"prompts": ["q"], "responses": ["hold"]})
+        held.entered.wait(30)
+        rest = [pool.submit(client.post, "/v1/score", json={"prompts": ["q"], "responses": [r]}) for r in responses]
+        service = client.app.state.service
+        wait_for(lambda: service.batcher.queued_pairs == len(responses))
+        held.gate.set()
+        answers = [first.result(30)] + [f.result(30) for f in rest]
+    assert metric(client, "ensrm_batch_size_pairs_bucket", le="8.0") == 2  # one gathered batch of six ...
+    assert sorted(held.calls[-2:]) == [2, 4]  # ... run as the four short and the two long pairs
+    for answer, r in zip(answers[1:], responses):
+        close(answer.json()["heads"], held.scorer.score_texts(["q"], [r]).heads)
+
+
+def test_length_groups_cover_every_pair_once_within_the_limits():
+    from ensrm.serve.batcher import length_groups
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 300, size=500)
+    groups = length_groups(lengths, max_batch=16)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(500))
+    for group in groups:
+        assert len(group) <= 16
+        padded = len(group) * lengths[group].max()
+        assert len(group) == 1 or padded <= 1.25 * lengths[group].sum()
+    assert [g.tolist() for g in length_groups(np.array([7, 7, 7, 7, 7]), max_batch=2)] == [[0, 1], [2, 3], [4]]
