@@ -452,7 +452,8 @@ def serve_command(bundle, host, port, precision, objective, filter_file, max_bat
     settings = ServeSettings(objective=objective, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              max_body_bytes=parse_size(max_body_bytes), max_pairs_per_request=max_pairs_per_request,
                              api_key=api_key)
-    scorer = Scorer(bundle, providers=list(providers) or None, threads=threads, precision=precision)
+    # No spinning: between model calls the event loop needs the cores that idle onnxruntime threads would spin on.
+    scorer = Scorer(bundle, providers=list(providers) or None, threads=threads, precision=precision, spinning=False)
     response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
     try:
         run_server(scorer, settings, response_filter, host=host, port=port, echo=click.echo)

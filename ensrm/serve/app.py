@@ -356,7 +356,8 @@ def create_app(scorer, settings: ServeSettings | None = None, response_filter=No
                 "/v1/best_of_n": ("POST", service.v1_best_of_n), "/get_reward": ("POST", service.get_reward),
                 "/healthz": ("GET", service.healthz), "/readyz": ("GET", service.readyz),
                 "/metrics": ("GET", service.metrics_text), "/v1/info": ("GET", service.info)}
-    routes = [Route(path, _endpoint(service, handler), methods=[method]) for path, (method, handler) in handlers.items()]
+    routes = [Route(path, _endpoint(service, handler), methods=[method])
+              for path, (method, handler) in handlers.items()]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = service
     app.add_middleware(_Observe, service=service)

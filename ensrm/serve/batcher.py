@@ -4,6 +4,9 @@ Requests wait in a FIFO queue bounded in pairs. One gathering task on the event 
 whole requests from the head of the queue until ``max_batch`` pairs are reached or
 ``max_wait_ms`` have passed since the oldest of them arrived, and hands the batch to a
 single worker thread (one per scorer, so the loop keeps accepting while the model runs).
+The wait is skipped while traffic shows no concurrency: when the previous batch held one
+request and nothing arrived while it ran, a lone client is not made to wait for company
+that never comes. Requests that pile up while the model runs are gathered either way.
 The worker tokenises all pairs of the batch at once, sorts them by length and runs them as
 one or more model calls (:func:`length_groups`): pairs of very different lengths go into
 separate calls rather than padding every short pair to the longest, which on a CPU costs as
@@ -104,6 +107,8 @@ class DynamicBatcher:
         self._queue: collections.deque[_Request] = collections.deque()
         self.queued_pairs = 0
         self.model_calls = 0  # written by the worker thread only
+        #: whether the next gathering waits up to max_wait for more requests (see the module docstring)
+        self.waiting_for_more = True
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -158,7 +163,7 @@ class DynamicBatcher:
                 continue
             # Wait for more requests until the batch is full or the oldest has waited max_wait.
             deadline = self._queue[0].arrived + self.max_wait
-            while self.queued_pairs < self.max_batch and not self._closing:
+            while self.waiting_for_more and self.queued_pairs < self.max_batch and not self._closing:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -177,6 +182,7 @@ class DynamicBatcher:
             results = await loop.run_in_executor(self._executor, self._score, batch)
             if self.on_batch is not None:
                 self.on_batch(pairs, self.model_calls - calls, time.perf_counter() - start)
+            self.waiting_for_more = len(batch) > 1 or bool(self._queue)
             for request, result in zip(batch, results):
                 if request.future.done():  # the client went away
                     continue

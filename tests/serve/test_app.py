@@ -382,3 +382,22 @@ def test_length_groups_cover_every_pair_once_within_the_limits():
         padded = len(group) * lengths[group].max()
         assert len(group) == 1 or padded <= 1.25 * lengths[group].sum()
     assert [g.tolist() for g in length_groups(np.array([7, 7, 7, 7, 7]), max_batch=2)] == [[0, 1], [2, 3], [4]]
+
+
+def test_the_gathering_wait_is_skipped_for_a_lone_client(held, make_client):
+    client = make_client(held, max_wait_ms=0)
+    batcher = client.app.state.service.batcher
+    assert batcher.waiting_for_more  # until traffic shows otherwise
+    for _ in range(2):
+        client.post("/v1/score", json={"prompts": ["a"], "responses": ["b"]})
+        assert not batcher.waiting_for_more  # one request, nothing else arrived meanwhile
+    held.gate.clear()
+    held.entered.clear()
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(client.post, "/v1/score", json={"prompts": ["a"], "responses": ["b"]})
+        held.entered.wait(30)
+        others = [pool.submit(client.post, "/v1/score", json={"prompts": ["c"], "responses": [r]}) for r in "de"]
+        wait_for(lambda: batcher.queued_pairs == 2)
+        held.gate.set()
+        assert all(f.result(30).status_code == 200 for f in [first, *others])
+    assert batcher.waiting_for_more  # requests came together: concurrency, so the next gathering waits
