@@ -177,7 +177,8 @@ class InProcess:
     def __init__(self, bundle: Path, threads: int | None):
         import ensrm
 
-        self.scorer = ensrm.Scorer(bundle, threads=threads)
+        # The server's own scorer settings (no spinning), so the comparison isolates the server.
+        self.scorer = ensrm.Scorer(bundle, threads=threads, spinning=False)
         self.scorer.score_texts(["warm"] * 32, ["up"] * 32)
 
     def reference(self, pairs) -> np.ndarray:
@@ -303,6 +304,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="Alternated in-process / server rounds.")
     parser.add_argument("--soak-seconds", type=float, default=0.0, help="Also run an RSS soak this long (8 clients).")
     args = parser.parse_args(argv)
+    # A bench stopped with SIGTERM still stops its servers (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from ensrm.bench.suites import machine_info
     from ensrm.data.synthetic import generate_candidates

@@ -46,7 +46,10 @@ def start_server(bundle, tmp_path, *args, headers=None):
                 break
         except httpx.TransportError:
             pass
-        assert time.monotonic() < deadline and proc.poll() is None, "the server never became ready"
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            stderr.seek(0)
+            pytest.fail(f"the server never became ready; stderr:\n{stderr.read()}")
         time.sleep(0.1)
     return proc, url, stderr
 
