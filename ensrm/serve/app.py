@@ -63,11 +63,9 @@ def _floats(values) -> list:
     return [x if math.isfinite(x) else None for x in values.tolist()]
 
 
-def _field(data: dict, name: str, required: bool = True):
+def _field(data: dict, name: str):
     if name not in data:
-        if required:
-            raise InputError(f"the body lacks the field {name!r}", field=name, expected="present", actual="missing")
-        return None
+        raise InputError(f"the body lacks the field {name!r}", field=name, expected="present", actual="missing")
     return data[name]
 
 
@@ -127,9 +125,9 @@ class _Service:
                         f"above the limit of {limit} (--max-body-bytes)", kind="too_large", field="body",
                         expected=f"at most {limit} bytes", actual=f"{size} bytes")
 
-    def pairs(self, data: dict, prompts_field: str = "prompts", responses_field: str = "responses"):
-        prompts = _strings(_field(data, prompts_field), prompts_field)
-        responses = _strings(_field(data, responses_field), responses_field)
+    def pairs(self, data: dict) -> tuple[list[str], list[str]]:
+        prompts = _strings(_field(data, "prompts"), "prompts")
+        responses = _strings(_field(data, "responses"), "responses")
         return check_texts(prompts, responses)
 
     def objective_of(self, data: dict) -> str:
