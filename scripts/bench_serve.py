@@ -268,12 +268,13 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for k, marker in ((1, "o"), (8, "s")):
+    for k, marker, color in ((1, "o", "tab:blue"), (8, "s", "tab:orange")):
         rows = [r for r in report["load"] if r["pairs_per_request"] == k]
         clients = [r["clients"] for r in rows]
-        left.plot(clients, [r["p50_ms"] for r in rows], marker=marker, label=f"{k} pair(s)/request, p50")
-        left.plot(clients, [r["p99_ms"] for r in rows], marker=marker, linestyle="--", label=f"{k}, p99")
-        right.plot(clients, [r["pairs_per_s"] for r in rows], marker=marker, label=f"{k} pair(s)/request")
+        left.plot(clients, [r["p50_ms"] for r in rows], marker=marker, color=color, label=f"{k} pair(s)/request, p50")
+        left.plot(clients, [r["p99_ms"] for r in rows], marker=marker, color=color, linestyle="--", label=f"{k}, p99")
+        right.plot(clients, [r["pairs_per_s"] for r in rows], marker=marker, color=color,
+                   label=f"{k} pair(s)/request")
     right.axhline(report["paired"]["in_process_batch32_pairs_per_s"], color="gray", linestyle=":",
                   label="in-process score_texts, batch 32")
     for ax, label in ((left, "latency (ms)"), (right, "throughput (pairs/s)")):
