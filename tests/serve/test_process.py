@@ -135,3 +135,49 @@ def test_loopback_detection():
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("myhost")
+
+
+def test_the_server_needs_no_torch_and_import_ensrm_serve_stays_light(bundles):
+    from tests.runtime.test_without_torch import run_blocked
+
+    result = run_blocked(f"""
+        import json, sys
+        import ensrm.serve
+        light = not any(m.split(".")[0] in ("starlette", "uvicorn", "prometheus_client") for m in sys.modules)
+        import ensrm
+        from starlette.testclient import TestClient
+        with TestClient(ensrm.serve.create_app(ensrm.Scorer({str(bundles("bert", num_labels=4))!r}))) as client:
+            answer = client.post("/v1/score", json={{"prompts": ["Hi"], "responses": ["Hello"]}})
+        print(json.dumps({{"light": light, "status": answer.status_code,
+                          "export": any(m.startswith("ensrm.export") for m in sys.modules)}}))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"light": True, "status": 200, "export": False}
+
+
+def test_accepted_connections_have_nagle_off():
+    """Else every response written in two parts waits for the client's delayed ACK (40 ms)."""
+    import asyncio
+    import socket
+
+    from ensrm.serve.server import bind
+
+    async def check() -> int:
+        accepted = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        listener = bind("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        try:
+            return await asyncio.wait_for(accepted, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(check()) == 1
