@@ -196,9 +196,9 @@ class DynamicBatcher:
     def _score(self, batch: list[_Request]) -> list[Scores | Exception]:
         try:
             return self._score_together(batch)
-        except InputError:
-            if len(batch) == 1:
-                return [self._score_alone(batch[0])]
+        except InputError as exc:
+            if len(batch) == 1:  # its indices are the request's own
+                return [exc]
         except Exception as exc:  # noqa: BLE001 - any model failure must reach the clients, not kill the task
             return [self._model_error(exc)] * len(batch)
         return [self._score_alone(request) for request in batch]
