@@ -431,6 +431,63 @@ def triton_repo_command(bundle, output, precision, max_batch, max_wait_ms, insta
                f"({repo.precision}); serve with: tritonserver --model-repository {repo.path.resolve()}")
 
 
+# -- ensrm serve (issue 12) ----------------------------------------------------------------------
+
+
+@click.command("serve")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on (0: any free port; the chosen one is printed).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--objective", default="uwo", show_default=True,
+              help="Default score of /v1/score and the reward of /get_reward: mean, wco, uwo or head:K.")
+@click.option("--filter", "filter_file", type=click.Path(exists=True, dir_okay=False),
+              help="A filter JSON (ResponseFilter.save) that /v1/filter applies.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Pairs per model batch.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Longest wait for more requests to fill a batch.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Pairs waiting at most; beyond it requests get 503 with Retry-After.")
+@click.option("--max-body-bytes", default="8MiB", show_default=True, help="Largest request body (413 above).")
+@click.option("--max-pairs-per-request", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most pairs in one request (413 above).")
+@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the API key every endpoint but /healthz requires as 'Authorization: Bearer KEY'.")
+@click.option("--provider", "providers", multiple=True, help="onnxruntime execution provider (cpu, cuda, tensorrt).")
+@click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice, one per core).")
+@_one_line_errors
+def serve_command(bundle, host, port, precision, objective, filter_file, max_batch, max_wait_ms, max_queue,
+                  max_body_bytes, max_pairs_per_request, api_key_file, providers, threads):
+    """Serve BUNDLE over HTTP with dynamic batching until SIGTERM (see README, Serving).
+
+    \b
+    Examples:
+      ensrm serve bundles/default
+      ensrm serve bundles/default --host 0.0.0.0 --api-key-file key.txt --filter bundles/default-filter.json
+    """
+    from pathlib import Path
+
+    from ensrm.runtime.filter import ResponseFilter
+    from ensrm.runtime.scorer import Scorer
+    from ensrm.serve.server import run_server
+    from ensrm.serve.settings import ServeSettings, parse_size
+
+    api_key = Path(api_key_file).read_text(encoding="utf-8").strip() if api_key_file else None
+    if api_key_file and not api_key:
+        raise click.UsageError(f"--api-key-file {api_key_file} is empty")
+    settings = ServeSettings(objective=objective, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                             max_body_bytes=parse_size(max_body_bytes), max_pairs_per_request=max_pairs_per_request,
+                             api_key=api_key)
+    # No spinning: between model calls the event loop needs the cores that idle onnxruntime threads would spin on.
+    scorer = Scorer(bundle, providers=list(providers) or None, threads=threads, precision=precision, spinning=False)
+    response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
+    try:
+        run_server(scorer, settings, response_filter, host=host, port=port, echo=click.echo)
+    except OSError as exc:  # the port is taken or the address is not ours
+        raise click.ClickException(str(exc)) from None
+
+
 @click.group()
 @click.version_option(package_name="ensrm")
 def main():
@@ -452,6 +509,7 @@ main.add_command(build_engine_command)
 main.add_command(bench_command)
 main.add_command(train_command)
 main.add_command(triton_repo_command)
+main.add_command(serve_command)
 
 
 @main.command("demo")

@@ -1,0 +1,243 @@
+"""Dynamic batching: concurrent requests are gathered into model batches, scored off the event loop.
+
+Requests wait in a FIFO queue bounded in pairs. One gathering task on the event loop takes
+whole requests from the head of the queue until ``max_batch`` pairs are reached or
+``max_wait_ms`` have passed since the oldest of them arrived, and hands the batch to a
+single worker thread (one per scorer, so the loop keeps accepting while the model runs).
+The wait is skipped while traffic shows no concurrency: when the previous batch held one
+request and nothing arrived while it ran, a lone client is not made to wait for company
+that never comes. Requests that pile up while the model runs are gathered either way.
+The worker tokenises all pairs of the batch at once, sorts them by length and runs them as
+one or more model calls (:func:`length_groups`): pairs of very different lengths go into
+separate calls rather than padding every short pair to the longest, which on a CPU costs as
+much as real tokens. Results are split back to each request in order. A request larger than
+``max_batch`` is gathered alone and scored in slices.
+
+If the batch raises :class:`InputError` (a text the tokenizer cannot take), its requests are
+scored one by one so that only the faulty one fails. Any other error fails every request of
+the batch with one :class:`ModelError` carrying an id that is logged with the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ensrm.errors import EnsrmError, InputError
+from ensrm.runtime.scores import Scores
+
+log = logging.getLogger("ensrm.serve")
+
+#: A model call may hold at most this share of padding over real tokens before a new call starts.
+PADDING_SLACK = 0.25
+
+
+def length_groups(lengths: np.ndarray, max_batch: int, slack: float = PADDING_SLACK) -> list[np.ndarray]:
+    """Split pair indices, sorted by token length, into model calls of at most ``max_batch``
+    pairs whose padded size stays within ``(1 + slack)`` of their real tokens.
+
+    >>> [g.tolist() for g in length_groups(np.array([10, 200, 12, 11, 190]), max_batch=64)]
+    [[0, 3, 2], [4, 1]]
+    """
+    order = np.argsort(lengths, kind="stable")
+    groups: list[list[int]] = []
+    real = 0
+    for i in order.tolist():
+        n = int(lengths[i])
+        group = groups[-1] if groups else None
+        # sorted ascending, so the newcomer is the group's longest: every row pads to n
+        if group is None or len(group) >= max_batch or (len(group) + 1) * n > (1 + slack) * (real + n):
+            groups.append([i])
+            real = n
+        else:
+            group.append(i)
+            real += n
+    return [np.asarray(g, dtype=np.int64) for g in groups]
+
+
+class QueueFull(EnsrmError):
+    """The queue holds ``max_queue`` pairs already; the client should retry later."""
+
+
+class ModelError(EnsrmError):
+    """Scoring failed inside the model; ``error_id`` is the id logged with the traceback."""
+
+    def __init__(self, error_id: str):
+        super().__init__(f"the model failed on this batch (error id {error_id})")
+        self.error_id = error_id
+
+
+@dataclass
+class _Request:
+    prompts: list[str]
+    responses: list[str]
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+class DynamicBatcher:
+    """Queue of pending requests and the task that turns them into model batches.
+
+    ``on_batch(pairs, model_calls, seconds)`` is called on the event loop after each gathered
+    batch (metrics); ``on_queue(pairs)`` whenever the queue's size changes.
+
+    >>> batcher = DynamicBatcher(scorer, max_batch=64, max_wait_ms=5, max_queue=1024)  # doctest: +SKIP
+    >>> await batcher.start()                                                         # doctest: +SKIP
+    >>> scores = await batcher.submit(["Hi"], ["Hello!"])                            # doctest: +SKIP
+    """
+
+    def __init__(self, scorer, max_batch: int, max_wait_ms: float, max_queue: int, on_batch=None,
+                 on_queue=None):
+        self.scorer = scorer
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self.on_queue = on_queue
+        self._queue: collections.deque[_Request] = collections.deque()
+        self.queued_pairs = 0
+        self.model_calls = 0  # written by the worker thread only
+        #: whether the next gathering waits up to max_wait for more requests (see the module docstring)
+        self.waiting_for_more = True
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ensrm-model")
+        self._task = asyncio.create_task(self._run(), name="ensrm-batcher")
+
+    async def warm_up(self) -> None:
+        """Score one pair in the worker thread, the way requests are (loads the tokenizer, touches every weight)."""
+        request = _Request(["warm-up"], ["warm-up"], asyncio.get_running_loop().create_future())
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._score_together, [request])
+
+    async def stop(self) -> None:
+        """Score everything still queued, then stop the task and the worker thread."""
+        self._closing = True
+        if self._task is not None:
+            self._wakeup.set()
+            await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, prompts: list[str], responses: list[str]) -> Scores:
+        """Queue one request's pairs; return their scores in order.
+
+        Raises :class:`QueueFull` at once when the pairs do not fit in the queue.
+        """
+        if self.queued_pairs + len(prompts) > self.max_queue:
+            raise QueueFull(f"the queue holds {self.queued_pairs} pairs; {len(prompts)} more would exceed "
+                            f"max_queue={self.max_queue}")
+        request = _Request(prompts, responses, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self._queued(len(request))
+        self._wakeup.set()
+        return await request.future
+
+    def _queued(self, delta: int) -> None:
+        self.queued_pairs += delta
+        if self.on_queue is not None:
+            self.on_queue(self.queued_pairs)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Wait for more requests until the batch is full or the oldest has waited max_wait.
+            deadline = self._queue[0].arrived + self.max_wait
+            while self.waiting_for_more and self.queued_pairs < self.max_batch and not self._closing:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = [self._queue.popleft()]
+            pairs = len(batch[0])
+            while self._queue and pairs + len(self._queue[0]) <= self.max_batch:
+                pairs += len(self._queue[0])
+                batch.append(self._queue.popleft())
+            self._queued(-pairs)
+            start, calls = time.perf_counter(), self.model_calls
+            results = await loop.run_in_executor(self._executor, self._score, batch)
+            if self.on_batch is not None:
+                self.on_batch(pairs, self.model_calls - calls, time.perf_counter() - start)
+            self.waiting_for_more = len(batch) > 1 or bool(self._queue)
+            for request, result in zip(batch, results):
+                if request.future.done():  # the client went away
+                    continue
+                if isinstance(result, Exception):
+                    request.future.set_exception(result)
+                else:
+                    request.future.set_result(result)
+
+    # -- in the worker thread --------------------------------------------------------------
+
+    def _score(self, batch: list[_Request]) -> list[Scores | Exception]:
+        try:
+            return self._score_together(batch)
+        except InputError as exc:
+            if len(batch) == 1:  # its indices are the request's own
+                return [exc]
+        except Exception as exc:  # noqa: BLE001 - any model failure must reach the clients, not kill the task
+            return [self._model_error(exc)] * len(batch)
+        return [self._score_alone(request) for request in batch]
+
+    def _score_together(self, batch: list[_Request]) -> list[Scores]:
+        prompts = [p for request in batch for p in request.prompts]
+        responses = [r for request in batch for r in request.responses]
+        scores = self._score_pairs(prompts, responses)  # [pairs]
+        results, start = [], 0
+        for request in batch:
+            results.append(scores.take(slice(start, start + len(request))))
+            start += len(request)
+        return results
+
+    def _score_pairs(self, prompts: list[str], responses: list[str]) -> Scores:
+        """Tokenise once, score in length groups, scatter back: what ``score_texts`` does, with
+        groups cut by padding as well as by size."""
+        encoder = self.scorer.text_encoder
+        encodings = encoder.encode(prompts, responses, truncation=True)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))  # [pairs]
+        parts, rows = [], []
+        for group in length_groups(lengths, self.max_batch):
+            for batch_rows, feeds in encoder.batches([encodings[i] for i in group], len(group)):
+                parts.append(self.scorer.score(**feeds))
+                self.model_calls += 1
+                rows.append(group[batch_rows])
+        scores = Scores.concatenate(parts, self.scorer.num_heads)
+        return scores.take(np.argsort(np.concatenate(rows), kind="stable"))  # back to input order
+
+    def _score_alone(self, request: _Request) -> Scores | Exception:
+        try:
+            return self._score_pairs(request.prompts, request.responses)
+        except InputError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - see _score
+            return self._model_error(exc)
+
+    @staticmethod
+    def _model_error(exc: Exception) -> ModelError:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("model error %s: %s: %s", error_id, type(exc).__name__, exc, exc_info=exc)
+        return ModelError(error_id)

@@ -1,0 +1,393 @@
+"""Serving benchmark: ``ensrm serve`` as a real process on loopback, driven by an async load generator.
+
+Measures closed-loop throughput and latency at 1, 8, 32 and 128 concurrent clients sending
+requests of 1 and 8 pairs (mixed lengths from the synthetic candidate generator), the mean
+model batch size the server formed (from its /metrics), the ratio to in-process
+``Scorer.score_texts`` at batch 32 on the same pairs (with dynamic batching, and with
+``--max-batch 1``), the server's overhead on one pair against ``score_texts`` on one pair,
+and checks every answer against the serial in-process score of its own pairs. Traffic goes
+to 127.0.0.1 only; every run is bounded by a request count and a time limit.
+
+    python scripts/bench_serve.py -o artifacts/bench-serve                       # default MiniLM bundle
+    python scripts/bench_serve.py --bundle bundles/default --requests 200 --seconds 20 --soak-seconds 300
+
+Writes bench_serve.json, bench_serve.md and bench_serve.png into the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HOST = "127.0.0.1"  # loopback only, by design
+
+
+# -- the server process ------------------------------------------------------------------------
+
+
+class Server:
+    """``ensrm serve`` on an ephemeral loopback port, stopped with SIGTERM."""
+
+    def __init__(self, bundle: Path, *args: str, log: Path):
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ensrm.cli", "serve", str(bundle), "--host", HOST,
+                                      "--port", "0", *args], stdout=subprocess.PIPE, stderr=self.log, text=True)
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(120)
+        match = re.match(r"listening on (http://127\.0\.0\.1:\d+)", (line or [""])[0])
+        if match is None:
+            self.proc.kill()
+            raise RuntimeError(f"the server did not start; see {log}")
+        self.url = match.group(1)
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"the server never became ready; see {log}")
+            time.sleep(0.2)
+
+    def batch_stats(self) -> tuple[float, float]:
+        """(sum, count) of the server's model batch sizes so far."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        values = {}
+        for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics", timeout=10).text):
+            for sample in family.samples:
+                values[sample.name] = sample.value
+        return values["ensrm_batch_size_pairs_sum"], values["ensrm_batch_size_pairs_count"]
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss / 2 ** 20
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        return self.proc.returncode
+
+
+# -- the load generator ------------------------------------------------------------------------
+
+
+async def closed_loop(url: str, pairs: list[tuple[str, str]], reference: np.ndarray, clients: int,
+                      pairs_per_request: int, max_requests: int, max_seconds: float, warmup: int = 2) -> dict:
+    """``clients`` concurrent clients, each sending its next request when the last is answered,
+    until ``max_requests`` were sent or ``max_seconds`` passed. Request ``i`` carries pairs
+    ``i*k .. i*k+k-1`` (mod the pool), so each answer can be checked against its own pairs."""
+    import httpx
+
+    n = len(pairs)
+    counter = iter(range(10 ** 9))
+    latencies, errors, worst = [], {}, 0.0
+    mismatched = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
+        async def one(i: int) -> None:
+            nonlocal worst, mismatched
+            rows = [(i * pairs_per_request + j) % n for j in range(pairs_per_request)]
+            body = {"prompts": [pairs[r][0] for r in rows], "responses": [pairs[r][1] for r in rows]}
+            start = time.perf_counter()
+            try:
+                answer = await client.post("/v1/score", json=body)
+            except httpx.TransportError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            seconds = time.perf_counter() - start
+            if answer.status_code != 200:
+                errors[answer.status_code] = errors.get(answer.status_code, 0) + 1
+                return
+            got = np.asarray(answer.json()["heads"], dtype=np.float64)  # [k, K]
+            diff = float(np.max(np.abs(got - reference[rows]))) if got.shape == reference[rows].shape else np.inf
+            worst = max(worst, diff)
+            mismatched += diff > 1e-6
+            latencies.append(seconds)
+
+        for i in range(warmup):  # connections and the first batch shapes, untimed
+            await one(i)
+        latencies.clear()
+        deadline = time.perf_counter() + max_seconds
+        start = time.perf_counter()
+        sent = 0
+
+        async def worker() -> None:
+            nonlocal sent
+            while time.perf_counter() < deadline:
+                i = next(counter)
+                if i >= max_requests:
+                    return
+                sent += 1
+                await one(i)
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    lat = np.asarray(latencies) * 1000
+    done = len(latencies)
+    return {"clients": clients, "pairs_per_request": pairs_per_request, "requests": sent, "answered": done,
+            "errors": errors, "seconds": wall, "pairs_per_s": done * pairs_per_request / wall,
+            "p50_ms": float(np.percentile(lat, 50)) if done else None,
+            "p95_ms": float(np.percentile(lat, 95)) if done else None,
+            "p99_ms": float(np.percentile(lat, 99)) if done else None,
+            "max_abs_diff": worst, "mismatched": int(mismatched), "lost": sent - done - sum(errors.values())}
+
+
+def run_load(server: Server, *args, **kwargs) -> dict:
+    before = server.batch_stats()
+    result = asyncio.run(closed_loop(server.url, *args, **kwargs))
+    after = server.batch_stats()
+    batches = after[1] - before[1]
+    result["mean_batch"] = (after[0] - before[0]) / batches if batches else None
+    return result
+
+
+# -- in-process baselines ----------------------------------------------------------------------
+
+
+class InProcess:
+    """``Scorer.score_texts`` in this process, the baseline each server figure is compared with."""
+
+    def __init__(self, bundle: Path, threads: int | None):
+        import ensrm
+
+        # The server's own scorer settings (no spinning), so the comparison isolates the server.
+        self.scorer = ensrm.Scorer(bundle, threads=threads, spinning=False)
+        self.scorer.score_texts(["warm"] * 32, ["up"] * 32)
+
+    def reference(self, pairs) -> np.ndarray:
+        """Every pair scored alone, so no batch shape or padding enters it: ``[n, K]``."""
+        return np.stack([self.scorer.score_texts([p], [r]).heads[0] for p, r in pairs]).astype(np.float64)
+
+    def throughput(self, pairs, batch_size: int = 32) -> float:
+        start = time.perf_counter()
+        self.scorer.score_texts([p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
+        return len(pairs) / (time.perf_counter() - start)
+
+    def single_ms(self, pairs) -> list[float]:
+        times = []
+        for p, r in pairs:
+            start = time.perf_counter()
+            self.scorer.score_texts([p], [r])
+            times.append((time.perf_counter() - start) * 1000)
+        return times
+
+
+def paired_rounds(local: InProcess, server: Server, pairs, reference, rounds: int, seconds: float,
+                  with_single: bool) -> dict:
+    """In-process and server measurements alternated round by round, so that a shared machine's
+    changing load hits both alike; medians over the rounds."""
+    n = min(len(pairs), 96)
+    local_rate, served, local_single, served_single = [], [], [], []
+    for _ in range(rounds):
+        local_rate.append(local.throughput(pairs[:n]))
+        served.append(run_load(server, pairs, reference, 32, 1, n, seconds))
+        if with_single:
+            local_single += local.single_ms(pairs[:30])
+            served_single.append(run_load(server, pairs, reference, 1, 1, 30, seconds))
+    out = {"in_process_batch32_pairs_per_s": float(np.median(local_rate)), "in_process_runs": local_rate,
+           "server_32x1_pairs_per_s": float(np.median([r["pairs_per_s"] for r in served])), "server_runs": served}
+    out["ratio"] = out["server_32x1_pairs_per_s"] / out["in_process_batch32_pairs_per_s"]
+    if with_single:
+        out["in_process_single_p50_ms"] = float(np.percentile(local_single, 50))
+        out["in_process_single_p99_ms"] = float(np.percentile(local_single, 99))
+        out["server_single_p50_ms"] = float(np.median([r["p50_ms"] for r in served_single]))
+        out["server_single_p99_ms"] = float(np.median([r["p99_ms"] for r in served_single]))
+        out["overhead_p50_ms"] = out["server_single_p50_ms"] - out["in_process_single_p50_ms"]
+        out["single_runs"] = served_single
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    d, b1, t = report["paired"], report["paired_max_batch_1"], report["targets"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; load average at the start {m['load_before']} (other jobs "
+             f"running). Bundle {report['bundle']}, {report['pool_pairs']} distinct pairs, server "
+             f"--max-batch {report['settings']['max_batch']} --max-wait-ms {report['settings']['max_wait_ms']}.", "",
+             "| clients | pairs/request | pairs/s | p50 ms | p95 ms | p99 ms | mean gathered batch | errors |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["load"]:
+        lines.append(f"| {r['clients']} | {r['pairs_per_request']} | {r['pairs_per_s']:.1f} | {r['p50_ms']:.0f} | "
+                     f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.1f} | {sum(r['errors'].values())} |")
+    ok = t["mismatched"] == 0 and t["lost"] == 0
+    lines += ["", "| target (in-process and server alternated, medians of rounds) | measured | goal | met |",
+              "|---|---:|---:|:---:|",
+              f"| 32 clients x 1 pair vs in-process `score_texts` batch 32, same pairs | {d['ratio']:.2f} "
+              f"({d['server_32x1_pairs_per_s']:.1f} vs {d['in_process_batch32_pairs_per_s']:.1f} pairs/s) | >= 0.85 | "
+              f"{'yes' if d['ratio'] >= 0.85 else 'no'} |",
+              f"| the same with --max-batch 1 | {b1['ratio']:.2f} ({b1['server_32x1_pairs_per_s']:.1f} vs "
+              f"{b1['in_process_batch32_pairs_per_s']:.1f} pairs/s) | (reported) | |",
+              f"| one client x one pair, p50 (p99): server {d['server_single_p50_ms']:.1f} "
+              f"({d['server_single_p99_ms']:.1f}) ms, in-process {d['in_process_single_p50_ms']:.1f} "
+              f"({d['in_process_single_p99_ms']:.1f}) ms | overhead {d['overhead_p50_ms']:.1f} ms | <= 2 ms | "
+              f"{'yes' if d['overhead_p50_ms'] <= 2 else 'no'} |",
+              f"| every answer equals the serial in-process score of its own pairs (<= 1e-6) | {t['answers']} answers: "
+              f"{t['mismatched']} mismatched, {t['lost']} lost, max diff {t['max_abs_diff']:.1e} | 0, 0 | "
+              f"{'yes' if ok else 'no'} |"]
+    if report.get("soak"):
+        s = report["soak"]
+        lines.append(f"| RSS growth over a {s['seconds']:.0f} s soak, {s['clients']} clients x 1 pair, "
+                     f"{s['answered']} answers | {s['growth_mb']:+.1f} MB | <= 64 MB | "
+                     f"{'yes' if s['growth_mb'] <= 64 else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for k, marker, color in ((1, "o", "tab:blue"), (8, "s", "tab:orange")):
+        rows = [r for r in report["load"] if r["pairs_per_request"] == k]
+        clients = [r["clients"] for r in rows]
+        left.plot(clients, [r["p50_ms"] for r in rows], marker=marker, color=color, label=f"{k} pair(s)/request, p50")
+        left.plot(clients, [r["p99_ms"] for r in rows], marker=marker, color=color, linestyle="--", label=f"{k}, p99")
+        right.plot(clients, [r["pairs_per_s"] for r in rows], marker=marker, color=color,
+                   label=f"{k} pair(s)/request")
+    right.axhline(report["paired"]["in_process_batch32_pairs_per_s"], color="gray", linestyle=":",
+                  label="in-process score_texts, batch 32")
+    for ax, label in ((left, "latency (ms)"), (right, "throughput (pairs/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    left.set_yscale("log")
+    fig.suptitle(f"ensrm serve on {report['machine']['cpu']} ({report['machine']['cores']} cores), loopback")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, help="Bundle to serve (default: build bundles/default as ensrm demo).")
+    parser.add_argument("-o", "--output", type=Path, default=Path("artifacts/bench-serve"))
+    parser.add_argument("--clients", default="1,8,32,128", help="Concurrency levels.")
+    parser.add_argument("--pairs", default="1,8", help="Pairs per request.")
+    parser.add_argument("--requests", type=int, default=300, help="Requests per load level at most.")
+    parser.add_argument("--seconds", type=float, default=20.0, help="Seconds per load level at most.")
+    parser.add_argument("--pool", type=int, default=256, help="Distinct (prompt, response) pairs.")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads, server and in-process alike.")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3, help="Alternated in-process / server rounds.")
+    parser.add_argument("--soak-seconds", type=float, default=0.0, help="Also run an RSS soak this long (8 clients).")
+    args = parser.parse_args(argv)
+    # A bench stopped with SIGTERM still stops its servers (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    from ensrm.bench.suites import machine_info
+    from ensrm.data.synthetic import generate_candidates
+    from ensrm.demo import ensure_default_bundle
+
+    bundle = args.bundle or ensure_default_bundle()
+    args.output.mkdir(parents=True, exist_ok=True)
+    records = generate_candidates(max(1, args.pool // 8), 8, seed=11)[:args.pool]
+    pairs = [(r["prompt"], r["response"]) for r in records]
+    machine = {**machine_info(), "load_before": [round(x, 2) for x in os.getloadavg()]}
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    print(f"in-process reference scores of {len(pairs)} pairs ...", flush=True)
+    local = InProcess(bundle, args.threads)
+    reference = local.reference(pairs)
+    clients = [int(x) for x in args.clients.split(",")]
+    sizes = [int(x) for x in args.pairs.split(",")]
+    common = ["--max-queue", "4096", "--max-pairs-per-request", "256", *threads]
+
+    server = Server(bundle, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), *common,
+                    log=args.output / "server.log")
+    load, soak = [], None
+    try:
+        paired = paired_rounds(local, server, pairs, reference, args.rounds, args.seconds, with_single=True)
+        print(json.dumps({k: v for k, v in paired.items() if not k.endswith("runs")}), flush=True)
+        for k in sizes:
+            for c in clients:
+                result = run_load(server, pairs, reference, c, k, max(args.requests // k, 2 * c), args.seconds)
+                print(json.dumps(result), flush=True)
+                load.append(result)
+        if args.soak_seconds > 0:
+            print(f"soak for {args.soak_seconds:.0f} s ...", flush=True)
+            start_rss = server.rss_mb()
+            samples = []
+            stop = threading.Event()
+
+            def sample():
+                while not stop.is_set():
+                    samples.append(server.rss_mb())
+                    stop.wait(5)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            result = run_load(server, pairs, reference, 8, 1, 10 ** 9, args.soak_seconds)
+            stop.set()
+            sampler.join()
+            load_soak = result
+            soak = {"seconds": args.soak_seconds, "clients": 8, "start_mb": start_rss, "end_mb": server.rss_mb(),
+                    "max_mb": max(samples), "answered": result["answered"], "mismatched": result["mismatched"]}
+            soak["growth_mb"] = soak["end_mb"] - soak["start_mb"]
+    finally:
+        exit_code = server.stop()
+    one = Server(bundle, "--max-batch", "1", *common, log=args.output / "server-batch1.log")
+    try:
+        paired_b1 = paired_rounds(local, one, pairs, reference, max(1, args.rounds - 1), args.seconds,
+                                  with_single=False)
+        print(json.dumps({k: v for k, v in paired_b1.items() if not k.endswith("runs")}), flush=True)
+    finally:
+        one.stop()
+
+    everything = load + paired["server_runs"] + paired["single_runs"] + paired_b1["server_runs"]
+    if soak:
+        everything.append(load_soak)
+    report = {"bundle": str(bundle), "machine": machine, "threads": args.threads, "pool_pairs": len(pairs),
+              "settings": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "requests": args.requests,
+                           "seconds": args.seconds, "rounds": args.rounds},
+              "paired": paired, "paired_max_batch_1": paired_b1, "load": load, "soak": soak,
+              "server_exit_code": exit_code,
+              "targets": {"ratio_dynamic": paired["ratio"], "ratio_max_batch_1": paired_b1["ratio"],
+                          "overhead_p50_ms": paired["overhead_p50_ms"],
+                          "answers": sum(r["answered"] for r in everything),
+                          "mismatched": sum(r["mismatched"] for r in everything),
+                          "lost": sum(r["lost"] for r in everything),
+                          "max_abs_diff": max(r["max_abs_diff"] for r in everything)},
+              "command": " ".join(["python scripts/bench_serve.py", *(argv if argv is not None else sys.argv[1:])])}
+    (args.output / "bench_serve.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.output / "bench_serve.md").write_text(markdown(report))
+    plot(report, args.output / "bench_serve.png")
+    print(markdown(report))
+    print(f"wrote {args.output}/bench_serve.json, bench_serve.md, bench_serve.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
