@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import socket
 import time
@@ -117,7 +118,7 @@ class ScoreBatches:
     """A callable class for ``Dataset.map_batches``: loads the bundle once per actor, scores each batch.
 
     Takes and returns ``pyarrow.Table`` batches (``batch_format="pyarrow"``; a pandas
-    DataFrame also works and comes back as one). ``batch_size`` is pairs per model call:
+    DataFrame also works, may hold texts of any Python type, and comes back as one). ``batch_size`` is pairs per model call:
     within each Ray batch pairs are grouped by token length before batching
     (:meth:`Scorer.score_texts`), so larger Ray batches pad less. ``threads=None`` takes the
     CPUs Ray assigned the actor. ``response_filter`` is the path of a saved
@@ -155,39 +156,51 @@ class ScoreBatches:
 
     def __call__(self, batch):
         pa = _pa()
-        pandas_in = not isinstance(batch, pa.Table)
-        table = pa.Table.from_pandas(batch, preserve_index=False) if pandas_in else batch
-        out = self.score_table(table)
-        return out.to_pandas() if pandas_in else out
+        if isinstance(batch, pa.Table):
+            return self.score_table(batch)
+        # pandas: read the texts from the frame itself, which may hold objects Arrow cannot
+        out = batch.copy()
+        for name, column in self._added(list(batch.columns), len(batch), [
+                batch[c].tolist() if c in batch.columns else None for c in self.text_columns],
+                lambda i: batch.iloc[i].to_dict()).items():
+            out[name] = column.to_pandas().values
+        return out
 
     def score_table(self, table):
         """Score a ``pyarrow.Table``; the same table with the score columns appended."""
+        columns = [table.column(c).to_pylist() if c in table.column_names else None for c in self.text_columns]
+        for name, column in self._added(table.column_names, table.num_rows, columns,
+                                        lambda i: table.slice(i, 1).to_pylist()[0]).items():
+            table = table.append_column(name, column)
+        return table
+
+    def _added(self, names: list[str], n: int, columns: list, row) -> dict:
+        """The columns to add (name -> Arrow array) for a batch of ``n`` rows whose text columns are ``columns``
+        (lists, or None when absent); ``row(i)`` gives row i as a dict, to name it in errors."""
         pa = _pa()
-        clash = [c for c in self.added if c in table.column_names]
+        clash = [c for c in self.added if c in names]
         if clash:
             raise InputError(f"the dataset already has the column(s) {', '.join(clash)}, which scoring adds; "
                              "drop or rename them first")
-        n = table.num_rows
         errors: list[str | None] = [None] * n
-        columns = [table.column(c).to_pylist() if c in table.column_names else None for c in self.text_columns]
         good, texts = [], ([], [])
         for i in range(n):
-            problems, row = [], []
+            problems, pair = [], []
             for name, values in zip(self.text_columns, columns):
                 text, problem = (None, "is missing") if values is None else _as_text(values[i])
                 if problem is not None:
                     problems.append(f"field {name!r} {problem}")
-                row.append(text)
+                pair.append(text)
             if problems:
                 errors[i] = "; ".join(problems)
             else:
                 good.append(i)
-                texts[0].append(row[0])
-                texts[1].append(row[1])
+                texts[0].append(pair[0])
+                texts[1].append(pair[1])
         scores, good = self._score(texts[0], texts[1], good, errors)
         bad = [i for i, e in enumerate(errors) if e is not None]
         if bad and not self.mark:
-            raise BadRowError(f"{self._name(table, bad[0])}: {errors[bad[0]]}"
+            raise BadRowError(f"{self._name(row(bad[0]), bad[0], n)}: {errors[bad[0]]}"
                               + (f" (and {len(bad) - 1} more bad rows in this batch)" if len(bad) > 1 else "")
                               + "; fix the data, or pass on_bad_row='mark' to score the rest and mark these")
         missing = np.ones(n, dtype=bool)  # [n]
@@ -196,25 +209,20 @@ class ScoreBatches:
         heads = np.zeros((n, k), dtype=np.float32)  # [n, K]
         heads[good] = scores.heads
         offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-        added = [pa.ListArray.from_arrays(offsets, pa.array(heads.reshape(-1)), mask=pa.array(missing))]
+        added = {"ens_heads": pa.ListArray.from_arrays(offsets, pa.array(heads.reshape(-1)), mask=pa.array(missing))}
         values = [getattr(scores, name) for name in AGGREGATES] + [scores.objective(self.objective)]
-        for column in values:
+        for name, column in zip(SCORE_COLUMNS[1:], values):
             full = np.zeros(n, dtype=np.float32)  # [n]
             full[good] = column
-            added.append(pa.array(full, mask=missing))
-        names = list(SCORE_COLUMNS)
+            added[name] = pa.array(full, mask=missing)
         if self.mark:
-            added.append(pa.array(errors, type=pa.string()))
-            names.append(ERROR_COLUMN)
+            added[ERROR_COLUMN] = pa.array(errors, type=pa.string())
         if self.filter is not None:
             decisions: list[dict | None] = [None] * n
             for i, decision in zip(good, self.filter.decide_scores(scores)):
                 decisions[i] = decision.to_dict()
-            added.append(pa.array(decisions, type=_filter_type()))
-            names.append(FILTER_COLUMN)
-        for name, column in zip(names, added):
-            table = table.append_column(name, column)
-        return table
+            added[FILTER_COLUMN] = pa.array(decisions, type=_filter_type())
+        return added
 
     def _score(self, prompts: list[str], responses: list[str], good: list[int], errors: list) -> tuple[Scores, list]:
         try:
@@ -231,13 +239,12 @@ class ScoreBatches:
                 errors[i] = str(exc)
         return Scores.concatenate(parts, self.scorer.num_heads), kept
 
-    def _name(self, table, i: int) -> str:
+    def _name(self, row: dict, i: int, n: int) -> str:
         """How an error names a row: its key, or else a short rendering of its fields."""
-        row = table.slice(i, 1).to_pylist()[0]
         if self.key_column is not None and self.key_column in row:
             return f"row {self.key_column}={row[self.key_column]!r}"
         shown = ", ".join(f"{name}={_short(value)}" for name, value in list(row.items())[:6])
-        return f"row {i} of a batch of {table.num_rows} ({shown})"
+        return f"row {i} of a batch of {n} ({shown})"
 
 
 def _short(value, limit: int = 40) -> str:
@@ -435,16 +442,17 @@ def _count_rows(directory: Path, fmt: str) -> tuple[int, int]:
     return sum(sum(1 for line in p.open("rb") if line.strip()) for p in files), len(files)
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The ensrm error inside Ray's wrappers (RayTaskError / UserCodeException), if any."""
-    seen = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, EnsrmError):
-            return current
-        seen.add(id(current))
-        current = getattr(current, "cause", None) or current.__cause__
-    return exc
+def _ensrm_error_inside(exc: BaseException) -> EnsrmError | None:
+    """The ensrm error a worker raised, from Ray's wrapper (RayTaskError(UserCodeException)).
+
+    Ray Data re-raises a UDF's exception wrapped, with the original only in the wrapper's
+    text (its ``__cause__`` does not survive the trip from the worker), so it is read there.
+    """
+    found = re.findall(r"^ensrm\.[\w.]+\.(\w+Error): (.+)$", str(exc), flags=re.MULTILINE)
+    if not found:
+        return None
+    name, message = found[-1]
+    return (BadRowError if name == BadRowError.__name__ else InputError)(message)
 
 
 def score_files(bundle: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike, *,
@@ -482,16 +490,17 @@ def score_files(bundle: str | os.PathLike, input_path: str | os.PathLike, output
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.execution_options.preserve_order
     start = time.perf_counter()
     try:
-        ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = not best_of_n
-        # Reads, writes and the reshaping reserve no CPU, so that the scoring actors may take
-        # every CPU of a node without starving them (a fixed actor pool holding all CPUs
-        # would otherwise wait forever for a read task).
+        # A fixed pool of actors may hold every CPU, and a read or write task waiting for a CPU
+        # would then wait forever: the input is read before the actors start (into Ray's object
+        # store, which spills to disk), and the reshaping and writes reserve no CPU.
         io = {"num_cpus": 0}
         reader = ray.data.read_json if in_format == "json" else ray.data.read_parquet
-        ds = reader(str(input_path), ray_remote_args=io)
+        ds = reader(str(input_path)).materialize()
         scored = score_dataset(ds, bundle, concurrency=concurrency, model_batch_size=batch_size, precision=precision,
                                objective=objective, threads=threads, on_bad_row="mark" if skip_bad else "fail",
                                response_filter=response_filter, best_of_n=best_of_n, providers=providers)
@@ -503,12 +512,13 @@ def score_files(bundle: str | os.PathLike, input_path: str | os.PathLike, output
             records.write_parquet(str(tmp), ray_remote_args=io)
         rows, files = _count_rows(tmp, out_format)
         os.replace(tmp, output)
-    except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's error; show the ensrm error inside it
-        cause = _cause(exc)
-        if cause is exc:
+    except _ray().exceptions.RayError as exc:
+        inner = _ensrm_error_inside(exc)
+        if inner is None:
             raise
-        raise cause from None
+        raise inner from None
     finally:
+        ctx.execution_options.preserve_order = saved
         if tmp.exists():
             shutil.rmtree(tmp)
         if started:

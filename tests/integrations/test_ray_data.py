@@ -231,4 +231,6 @@ def test_cli_parquet_round_trip_in_order_with_bad_rows(bundle, scorer, tmp_path,
     good = [r for r in got if r["ensrm"]["error"] is None]
     assert_scores([dict(r, **{f"ens_{k}": r["ensrm"][k] for k in ("heads", "mean", "std", "min", "uwo", "score")})
                    for r in good], scorer)
-    assert run(bundle, src, "-o", tmp_path / "out.parquet", "--ray").exit_code == 1  # never overwritten
+    files = sorted((tmp_path / "out.parquet").iterdir())
+    assert run(bundle, src, "-o", tmp_path / "out.parquet", "--ray", "--skip-bad").exit_code != 0  # never overwritten
+    assert sorted((tmp_path / "out.parquet").iterdir()) == files
