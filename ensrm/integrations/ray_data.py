@@ -118,8 +118,9 @@ class ScoreBatches:
     """A callable class for ``Dataset.map_batches``: loads the bundle once per actor, scores each batch.
 
     Takes and returns ``pyarrow.Table`` batches (``batch_format="pyarrow"``; a pandas
-    DataFrame also works, may hold texts of any Python type, and comes back as one). ``batch_size`` is pairs per model call:
-    within each Ray batch pairs are grouped by token length before batching
+    DataFrame also works, may hold texts of any Python type, and comes back as one).
+    ``batch_size`` is pairs per model call: within each Ray batch pairs are grouped by
+    token length before batching
     (:meth:`Scorer.score_texts`), so larger Ray batches pad less. ``threads=None`` takes the
     CPUs Ray assigned the actor. ``response_filter`` is the path of a saved
     :class:`~ensrm.runtime.filter.ResponseFilter`; ``key_column`` names rows in errors.

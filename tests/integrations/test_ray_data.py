@@ -13,8 +13,14 @@ from click.testing import CliRunner
 
 import ensrm
 from ensrm.cli import main
-from ensrm.integrations.ray_data import ERROR_COLUMN, SCORE_COLUMNS, BadRowError, ScoreBatches, _mark_group, \
-    score_dataset
+from ensrm.integrations.ray_data import (
+    ERROR_COLUMN,
+    SCORE_COLUMNS,
+    BadRowError,
+    ScoreBatches,
+    _mark_group,
+    score_dataset,
+)
 from ensrm.runtime.best_of_n import choose
 from ensrm.runtime.filter import ResponseFilter
 
