@@ -297,7 +297,8 @@ class _RateLine:
                    "OUTPUT a new directory of files; see README 'Scoring on a cluster'.")
 @click.option("--ray-address", help="[--ray] Cluster to join: auto, ray://HOST:10001 (default: a local Ray).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-              help="[--ray] Scoring actors (each loads the bundle once; threads = its CPUs, see --threads).")
+              help="[--ray] Scoring actors: 1 CPU and 1 intra-op thread each (unless --threads); "
+                   "each loads the bundle once.")
 @_one_line_errors
 def score_command(bundle, input_file, output, objective, batch_size, best_of_n, filter_file, skip_bad, rejects,
                   precision, providers, threads, chunk_size, quiet, use_ray, ray_address, concurrency):
