@@ -513,7 +513,7 @@ def score_files(bundle: str | os.PathLike, input_path: str | os.PathLike, output
             records.write_parquet(str(tmp), ray_remote_args=io)
         rows, files = _count_rows(tmp, out_format)
         os.replace(tmp, output)
-    except _ray().exceptions.RayError as exc:
+    except ray.exceptions.RayError as exc:
         inner = _ensrm_error_inside(exc)
         if inner is None:
             raise
