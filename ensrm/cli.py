@@ -279,9 +279,9 @@ class _RateLine:
 
 @click.command("score")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-@click.argument("input_file", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.argument("input_file", metavar="INPUT.jsonl", type=click.Path(exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="JSONL file to write (appears only when the whole input is scored).")
+              help="JSONL file to write (appears only when the whole input is scored); a directory with --ray.")
 @click.option("--objective", default="uwo", show_default=True,
               help="Score to report and rank by: mean, wco (min), uwo or head:K.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per model call.")
@@ -300,9 +300,16 @@ class _RateLine:
 @click.option("--chunk-size", type=int, default=1024, show_default=True,
               help="Records read and scored at a time; bounds memory.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Score on Ray Data (needs ensrm[ray]): INPUT is .jsonl/.parquet (or a directory of them), "
+                   "OUTPUT a new directory of files; see README 'Scoring on a cluster'.")
+@click.option("--ray-address", help="[--ray] Cluster to join: auto, ray://HOST:10001 (default: a local Ray).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="[--ray] Scoring actors: 1 CPU and 1 intra-op thread each (unless --threads); "
+                   "each loads the bundle once.")
 @_one_line_errors
 def score_command(bundle, input_file, output, objective, batch_size, best_of_n, filter_file, skip_bad, rejects,
-                  precision, providers, threads, chunk_size, quiet):
+                  precision, providers, threads, chunk_size, quiet, use_ray, ray_address, concurrency):
     """Score a JSONL file of {"prompt", "response"} records into OUTPUT.jsonl.
 
     Every input field is kept; an "ensrm" field is added with the per-head scores, the
@@ -320,6 +327,12 @@ def score_command(bundle, input_file, output, objective, batch_size, best_of_n, 
 
     with _usage():
         check_rejects_option(skip_bad, rejects)
+    if use_ray:
+        _score_on_ray(bundle, input_file, output, objective, batch_size, best_of_n, filter_file, skip_bad, rejects,
+                      precision, providers, threads, ray_address, concurrency)
+        return
+    if ray_address is not None or concurrency != 1:
+        raise click.UsageError("--ray-address and --concurrency go with --ray")
     scorer = Scorer(bundle, providers=list(providers) or None, threads=threads, precision=precision)
     response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
     progress = _RateLine(enabled=not quiet)
@@ -329,6 +342,20 @@ def score_command(bundle, input_file, output, objective, batch_size, best_of_n, 
                              rejects_path=rejects, chunk_size=chunk_size, progress=progress)
     finally:
         progress.close()
+    click.echo(summary.describe())
+
+
+def _score_on_ray(bundle, input_file, output, objective, batch_size, best_of_n, filter_file, skip_bad, rejects,
+                  precision, providers, threads, ray_address, concurrency):
+    from ensrm.integrations.ray_data import score_files
+
+    if rejects is not None:
+        raise click.UsageError("--rejects does not go with --ray: with --skip-bad, bad rows stay in OUTPUT "
+                               "with ensrm.error set")
+    summary = score_files(bundle, input_file, output, address=ray_address, concurrency=concurrency,
+                          objective=objective, batch_size=batch_size, best_of_n=best_of_n,
+                          response_filter=filter_file, skip_bad=skip_bad, precision=precision, threads=threads,
+                          providers=list(providers) or None)
     click.echo(summary.describe())
 
 

@@ -1,0 +1,534 @@
+"""Distributed batch scoring on Ray Data: one :class:`~ensrm.Scorer` per actor, fed by ``map_batches``.
+
+Needs ``pip install 'ensrm[ray]'``. The same code runs on a laptop (``ray.init()``) and on a
+cluster (``ray.init(address="auto")`` or ``"ray://head:10001"``): Ray Data schedules the actors,
+ensrm only scores the batches it is handed.
+
+>>> import ray
+>>> from ensrm.integrations.ray_data import score_dataset
+>>> ds = ray.data.read_parquet("candidates/")                                   # doctest: +SKIP
+>>> scored = score_dataset(ds, "/shared/bundles/rm", concurrency=4, objective="wco")  # doctest: +SKIP
+>>> scored.write_parquet("scored/")                                             # doctest: +SKIP
+
+Columns added to every row (the input's columns are all kept, unchanged):
+
+- ``ens_heads`` (list of K float32), ``ens_mean``, ``ens_std``, ``ens_min``, ``ens_uwo`` and
+  ``ens_score`` (the ``objective``'s value), float32; null for a row marked bad.
+- ``ens_error`` (string, null when the row scored) with ``on_bad_row="mark"``.
+- ``ens_filter`` (a struct: the :class:`~ensrm.runtime.filter.Decision` fields) with a saved
+  :class:`~ensrm.runtime.filter.ResponseFilter`; see :func:`accepted_rows`.
+- ``ens_chosen``, ``ens_group_size``, ``ens_group`` after :func:`mark_best_of_n`.
+
+**Bad rows** (a text column missing or null, not a string, bytes that are not UTF-8, a
+string with lone surrogates, a pair the tokenizer cannot encode): by default the job fails
+with :class:`BadRowError` naming the row (by ``key_column`` when given, else by its fields)
+and the problem; with ``on_bad_row="mark"`` the row comes back with ``ens_error`` set and
+null scores, so every input row is in the output exactly once.
+
+**Row order**: scoring is one row out per row in, with every column, so a score never
+loses its row. Ray Data may hand blocks on out of order unless
+``ray.data.DataContext.get_current().execution_options.preserve_order = True``, which
+keeps the input's order (``ensrm score --ray`` sets it; tested). Best-of-n regroups rows
+by prompt, so its output comes in groups, not in input order.
+
+**The bundle on the workers**: ``bundle`` is a path that every worker opens itself —
+either on storage every node mounts at the same path, or relative to the job's
+``runtime_env={"working_dir": ...}``, which Ray ships to every worker (both tested).
+Each actor loads the bundle once and sets onnxruntime's intra-op threads to the CPUs Ray
+assigned it (``num_cpus``), so actors never oversubscribe a node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ensrm._optional import require
+from ensrm.errors import BundleError, EnsrmError, InputError
+from ensrm.runtime.best_of_n import choose
+from ensrm.runtime.scores import Scores, parse_objective
+
+AGGREGATES = ("mean", "std", "min", "uwo")
+SCORE_COLUMNS = ("ens_heads", "ens_mean", "ens_std", "ens_min", "ens_uwo", "ens_score")
+ERROR_COLUMN = "ens_error"
+FILTER_COLUMN = "ens_filter"
+BEST_OF_N_COLUMNS = ("ens_chosen", "ens_group_size", "ens_group")
+BAD_ROW_MODES = ("fail", "mark")
+OUTPUT_FIELD = "ensrm"  # the nested field of `ensrm score` records
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+class BadRowError(InputError):
+    """A row of the dataset cannot be scored; the message names the row and what is wrong with it."""
+
+
+def _pa():
+    return require("pyarrow", "ray")
+
+
+def _ray():
+    return require("ray", "ray")
+
+
+def _as_text(value) -> tuple[str | None, str | None]:
+    """``(text, None)`` for a usable text value, ``(None, problem)`` otherwise."""
+    if value is None:
+        return None, "is null"
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, f"is not UTF-8 ({exc.reason} at byte {exc.start})"
+    if not isinstance(value, str):
+        return None, f"must be a string, found {type(value).__name__}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return None, f"is not valid Unicode (lone surrogate {value[exc.start]!r} at position {exc.start})"
+    return value, None
+
+
+def _assigned_threads() -> int | None:
+    """Intra-op threads for this process: the CPUs Ray assigned this actor (at least 1);
+    ``None`` outside a Ray actor, where onnxruntime's default (one per core) applies."""
+    ray = _ray()
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return None
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+def _filter_type():
+    pa = _pa()
+    return pa.struct([("accept", pa.bool_()), ("reason", pa.string()), ("score", pa.float64()),
+                      ("std", pa.float64()), ("objective", pa.string()), ("min_score", pa.float64()),
+                      ("max_std", pa.float64())])
+
+
+class ScoreBatches:
+    """A callable class for ``Dataset.map_batches``: loads the bundle once per actor, scores each batch.
+
+    Takes and returns ``pyarrow.Table`` batches (``batch_format="pyarrow"``; a pandas
+    DataFrame also works, may hold texts of any Python type, and comes back as one).
+    ``batch_size`` is pairs per model call: within each Ray batch pairs are grouped by
+    token length before batching
+    (:meth:`Scorer.score_texts`), so larger Ray batches pad less. ``threads=None`` takes the
+    CPUs Ray assigned the actor. ``response_filter`` is the path of a saved
+    :class:`~ensrm.runtime.filter.ResponseFilter`; ``key_column`` names rows in errors.
+
+    >>> scored = ds.map_batches(ScoreBatches, fn_constructor_kwargs={"bundle": "/shared/rm"},
+    ...                         batch_format="pyarrow", batch_size=1024, num_cpus=2,
+    ...                         compute=ray.data.ActorPoolStrategy(size=4))      # doctest: +SKIP
+    """
+
+    def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", objective: str = "uwo",
+                 threads: int | None = None, text_columns: Sequence[str] = ("prompt", "response"),
+                 batch_size: int = 32, on_bad_row: str = "fail", key_column: str | None = None,
+                 response_filter: str | os.PathLike | None = None, providers=None, verify: str = "sha256"):
+        from ensrm.runtime.filter import ResponseFilter
+        from ensrm.runtime.scorer import Scorer
+
+        _check_options(text_columns, on_bad_row, batch_size)
+        if not Path(bundle).is_dir():
+            raise BundleError(f"bundle {bundle} is not a directory on this worker (host {socket.gethostname()}, "
+                              f"cwd {os.getcwd()}); put it on storage every node mounts at the same path, or ship "
+                              "it with ray.init(runtime_env={'working_dir': ...}) and give its relative path")
+        self.threads = _assigned_threads() if threads is None else threads
+        # spinning=False: several actors share a node, and idle spinning threads would steal their CPUs
+        self.scorer = Scorer(bundle, providers=providers, threads=self.threads, precision=precision, verify=verify,
+                             spinning=False)
+        self.objective = parse_objective(objective, self.scorer.num_heads)
+        self.filter = ResponseFilter.load(response_filter, self.scorer) if response_filter is not None else None
+        self.text_columns = tuple(text_columns)
+        self.batch_size = batch_size
+        self.mark = on_bad_row == "mark"
+        self.key_column = key_column
+        self.added = SCORE_COLUMNS + ((ERROR_COLUMN,) if self.mark else ()) + \
+            ((FILTER_COLUMN,) if self.filter is not None else ())
+
+    def __call__(self, batch):
+        pa = _pa()
+        if isinstance(batch, pa.Table):
+            return self.score_table(batch)
+        # pandas: read the texts from the frame itself, which may hold objects Arrow cannot
+        out = batch.copy()
+        for name, column in self._added(list(batch.columns), len(batch), [
+                batch[c].tolist() if c in batch.columns else None for c in self.text_columns],
+                lambda i: batch.iloc[i].to_dict()).items():
+            out[name] = column.to_pandas().values
+        return out
+
+    def score_table(self, table):
+        """Score a ``pyarrow.Table``; the same table with the score columns appended."""
+        columns = [table.column(c).to_pylist() if c in table.column_names else None for c in self.text_columns]
+        for name, column in self._added(table.column_names, table.num_rows, columns,
+                                        lambda i: table.slice(i, 1).to_pylist()[0]).items():
+            table = table.append_column(name, column)
+        return table
+
+    def _added(self, names: list[str], n: int, columns: list, row) -> dict:
+        """The columns to add (name -> Arrow array) for a batch of ``n`` rows whose text columns are ``columns``
+        (lists, or None when absent); ``row(i)`` gives row i as a dict, to name it in errors."""
+        pa = _pa()
+        clash = [c for c in self.added if c in names]
+        if clash:
+            raise InputError(f"the dataset already has the column(s) {', '.join(clash)}, which scoring adds; "
+                             "drop or rename them first")
+        errors: list[str | None] = [None] * n
+        good, texts = [], ([], [])
+        for i in range(n):
+            problems, pair = [], []
+            for name, values in zip(self.text_columns, columns):
+                text, problem = (None, "is missing") if values is None else _as_text(values[i])
+                if problem is not None:
+                    problems.append(f"field {name!r} {problem}")
+                pair.append(text)
+            if problems:
+                errors[i] = "; ".join(problems)
+            else:
+                good.append(i)
+                texts[0].append(pair[0])
+                texts[1].append(pair[1])
+        scores, good = self._score(texts[0], texts[1], good, errors)
+        bad = [i for i, e in enumerate(errors) if e is not None]
+        if bad and not self.mark:
+            raise BadRowError(f"{self._name(row(bad[0]), bad[0], n)}: {errors[bad[0]]}"
+                              + (f" (and {len(bad) - 1} more bad rows in this batch)" if len(bad) > 1 else "")
+                              + "; fix the data, or pass on_bad_row='mark' to score the rest and mark these")
+        missing = np.ones(n, dtype=bool)  # [n]
+        missing[good] = False
+        k = self.scorer.num_heads
+        heads = np.zeros((n, k), dtype=np.float32)  # [n, K]
+        heads[good] = scores.heads
+        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+        added = {"ens_heads": pa.ListArray.from_arrays(offsets, pa.array(heads.reshape(-1)), mask=pa.array(missing))}
+        values = [getattr(scores, name) for name in AGGREGATES] + [scores.objective(self.objective)]
+        for name, column in zip(SCORE_COLUMNS[1:], values):
+            full = np.zeros(n, dtype=np.float32)  # [n]
+            full[good] = column
+            added[name] = pa.array(full, mask=missing)
+        if self.mark:
+            added[ERROR_COLUMN] = pa.array(errors, type=pa.string())
+        if self.filter is not None:
+            decisions: list[dict | None] = [None] * n
+            for i, decision in zip(good, self.filter.decide_scores(scores)):
+                decisions[i] = decision.to_dict()
+            added[FILTER_COLUMN] = pa.array(decisions, type=_filter_type())
+        return added
+
+    def _score(self, prompts: list[str], responses: list[str], good: list[int], errors: list) -> tuple[Scores, list]:
+        try:
+            return self.scorer.score_texts(prompts, responses, batch_size=self.batch_size), good
+        except InputError:
+            pass
+        # Some pair cannot be encoded; score one by one to name it (rare, so the slow path is fine).
+        kept, parts = [], []
+        for i, prompt, response in zip(good, prompts, responses):
+            try:
+                parts.append(self.scorer.score_texts([prompt], [response]))
+                kept.append(i)
+            except InputError as exc:
+                errors[i] = str(exc)
+        return Scores.concatenate(parts, self.scorer.num_heads), kept
+
+    def _name(self, row: dict, i: int, n: int) -> str:
+        """How an error names a row: its key, or else a short rendering of its fields."""
+        if self.key_column is not None and self.key_column in row:
+            return f"row {self.key_column}={row[self.key_column]!r}"
+        shown = ", ".join(f"{name}={_short(value)}" for name, value in list(row.items())[:6])
+        return f"row {i} of a batch of {n} ({shown})"
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _check_options(text_columns, on_bad_row: str, batch_size: int) -> None:
+    if isinstance(text_columns, str) or len(text_columns) != 2:
+        raise ValueError(f"text_columns must name two columns (prompt, response), got {text_columns!r}")
+    if on_bad_row not in BAD_ROW_MODES:
+        raise ValueError(f"on_bad_row must be one of {', '.join(BAD_ROW_MODES)}, got {on_bad_row!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _check_bundle_here(bundle, objective: str, precision: str) -> None:
+    """Fail on the driver, before any actor starts, when the bundle is visible here and the options are wrong.
+
+    A bundle that is only on the workers (a working_dir-relative path) is checked by each actor instead.
+    """
+    if not Path(bundle).is_dir():
+        return
+    from ensrm.bundle import load_spec
+
+    spec = load_spec(bundle, verify="none")
+    parse_objective(objective, spec.num_heads)
+    if precision not in spec.variants or not spec.variants[precision].get("accepted", False):
+        raise BundleError(f"bundle {bundle} has no accepted {precision} variant")
+
+
+def score_dataset(ds, bundle: str | os.PathLike, *, concurrency: int = 1, num_cpus: float = 1,
+                  batch_size: int = 1024, model_batch_size: int = 32, precision: str = "fp32",
+                  objective: str = "uwo", threads: int | None = None,
+                  text_columns: Sequence[str] = ("prompt", "response"), on_bad_row: str = "fail",
+                  key_column: str | None = None, response_filter: str | os.PathLike | None = None,
+                  best_of_n: bool = False, order_column: str | None = None, providers=None,
+                  verify: str = "sha256", num_gpus: float | None = None):
+    """Score every row of a Ray ``Dataset`` with ``concurrency`` actors of ``num_cpus`` CPUs each.
+
+    ``batch_size`` is rows per Ray batch (per actor call), ``model_batch_size`` pairs per
+    model call. With ``best_of_n`` the rows are then grouped by the prompt column and
+    marked (:func:`mark_best_of_n`). Lazy, like every Ray Data transform: nothing runs until
+    the result is consumed or written. See the module docstring for the columns added.
+
+    >>> ray.init()                                                                # doctest: +SKIP
+    >>> ds = ray.data.from_items([{"prompt": "Name a prime.", "response": "7"}])  # doctest: +SKIP
+    >>> score_dataset(ds, "bundles/default").take(1)[0]["ens_score"]               # doctest: +SKIP
+    0.61
+    """
+    ray = _ray()
+    _check_options(text_columns, on_bad_row, model_batch_size)
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    _check_bundle_here(bundle, objective, precision)
+    kwargs = {"bundle": str(bundle), "precision": precision, "objective": objective, "threads": threads,
+              "text_columns": tuple(text_columns), "batch_size": model_batch_size, "on_bad_row": on_bad_row,
+              "key_column": key_column, "response_filter": None if response_filter is None else str(response_filter),
+              "providers": providers, "verify": verify}
+    scored = ds.map_batches(ScoreBatches, fn_constructor_kwargs=kwargs, batch_format="pyarrow",
+                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                            num_cpus=num_cpus, num_gpus=num_gpus, udf_modifying_row_count=False)
+    if best_of_n:
+        scored = mark_best_of_n(scored, objective=objective, group_column=text_columns[0], order_column=order_column)
+    return scored
+
+
+def group_id(key) -> int:
+    """A stable number for a best-of-n group (48 bits of a hash of its key: the same on every
+    run and machine, and exact in JSON).
+
+    >>> group_id("Name a prime.") == group_id("Name a prime.")
+    True
+    """
+    digest = hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=6).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _mark_group(group, objective: str, order_column: str | None, group_column: str):
+    pa = _pa()
+    if order_column is not None:
+        group = group.sort_by([(order_column, "ascending")])  # Arrow's sort is stable
+    n = group.num_rows
+    valid = np.asarray(group.column("ens_mean").is_valid(), dtype=bool)  # [n]; bad rows have null scores
+    rows = np.flatnonzero(valid)
+    chosen = np.zeros(n, dtype=bool)  # [n]
+    if len(rows):
+        heads = np.asarray(group.column("ens_heads").take(pa.array(rows)).to_pylist(), dtype=np.float32)  # [m, K]
+        aggregates = {name: np.asarray(group.column(f"ens_{name}").take(pa.array(rows)).to_numpy(), dtype=np.float32)
+                      for name in AGGREGATES}
+        try:
+            chosen[rows[choose(Scores(heads=heads, **aggregates), objective).index]] = True
+        except InputError:
+            pass  # every candidate scores NaN: none is chosen, as `ensrm score --best-of-n` does
+    key = group.column(group_column)[0].as_py() if n else None
+    for name, column in zip(BEST_OF_N_COLUMNS, (pa.array(chosen), pa.array(np.full(n, n, dtype=np.int64)),
+                                                pa.array(np.full(n, group_id(key), dtype=np.int64)))):
+        group = group.append_column(name, column)
+    return group
+
+
+def mark_best_of_n(scored, objective: str = "uwo", group_column: str = "prompt", order_column: str | None = None):
+    """Group a scored dataset by ``group_column`` and mark each group's best row.
+
+    Adds ``ens_chosen`` (bool: exactly one row per group, none when every candidate is
+    bad or NaN), ``ens_group_size`` and ``ens_group`` (:func:`group_id`). The choice is
+    :func:`ensrm.runtime.best_of_n.choose` over the group's rows, so the tie rule is
+    ``ensrm.best_of_n``'s: the lowest index among exact ties — in ``order_column`` order
+    when given (e.g. the sample index of each candidate); without it, in the order Ray
+    delivers the group, which is not fixed, so exact ties may then go either way.
+
+    >>> marked = mark_best_of_n(score_dataset(ds, bundle), objective="wco", order_column="sample")  # doctest: +SKIP
+    >>> best = marked.filter(lambda row: row["ens_chosen"])                                         # doctest: +SKIP
+    """
+    return scored.groupby(group_column).map_groups(
+        _mark_group, batch_format="pyarrow",
+        fn_kwargs={"objective": objective, "order_column": order_column, "group_column": group_column})
+
+
+def _keep_accepted(table):
+    pc = require("pyarrow.compute", "ray")
+    return table.filter(pc.fill_null(pc.struct_field(table.column(FILTER_COLUMN), "accept"), False))
+
+
+def accepted_rows(scored):
+    """The rows a :class:`~ensrm.runtime.filter.ResponseFilter` accepted (``score_dataset(..., response_filter=PATH)``);
+    rows marked bad are not accepted.
+
+    >>> kept = accepted_rows(score_dataset(ds, bundle, response_filter="bundles/rm-filter.json"))  # doctest: +SKIP
+    """
+    return scored.map_batches(_keep_accepted, batch_format="pyarrow")
+
+
+# -- ensrm score --ray ---------------------------------------------------------------------
+
+
+def _array(column):
+    return column.combine_chunks() if isinstance(column, _pa().ChunkedArray) else column
+
+
+def _nest(table, objective: str):
+    """``ens_*`` columns -> the one ``ensrm`` struct field of ``ensrm score`` records."""
+    pa = _pa()
+    if OUTPUT_FIELD in table.column_names:
+        raise InputError(f"the input already has a field {OUTPUT_FIELD!r}, which the output adds")
+    fields = {"heads": table.column("ens_heads"), **{name: table.column(f"ens_{name}") for name in AGGREGATES},
+              "objective": pa.array([objective] * table.num_rows, type=pa.string()),
+              "score": table.column("ens_score")}
+    if "ens_chosen" in table.column_names:
+        fields["best_of_n"] = pa.StructArray.from_arrays(
+            [_array(table.column(c)) for c in ("ens_chosen", "ens_group", "ens_group_size")],
+            names=["chosen", "group", "group_size"])
+    for column, name in ((FILTER_COLUMN, "filter"), (ERROR_COLUMN, "error")):
+        if column in table.column_names:
+            fields[name] = table.column(column)
+    nested = pa.StructArray.from_arrays([_array(c) for c in fields.values()], names=list(fields))
+    drop = [c for c in table.column_names if c.startswith("ens_")]
+    return table.drop_columns(drop).append_column(OUTPUT_FIELD, nested)
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """``json`` or ``parquet`` from a path's suffix (for a directory, from the files in it)."""
+    path = Path(path)
+    if path.is_dir():
+        found = {FORMATS[p.suffix] for p in path.iterdir() if p.suffix in FORMATS}
+        if len(found) != 1:
+            raise ValueError(f"cannot tell the format of directory {path}: it holds "
+                             + ("no .jsonl or .parquet files" if not found else "both JSONL and Parquet files"))
+        return found.pop()
+    if path.suffix not in FORMATS:
+        raise ValueError(f"cannot tell the format of {path}: name it .jsonl or .parquet")
+    return FORMATS[path.suffix]
+
+
+@dataclass(frozen=True)
+class RaySummary:
+    """What a :func:`score_files` run wrote."""
+
+    records: int
+    files: int
+    seconds: float
+    output: Path
+    format: str
+    actors: int
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else float("inf")
+
+    def describe(self) -> str:
+        """One line: records, actors, speed and the output directory."""
+        return (f"{self.records:,} records scored on Ray ({self.actors} actors) in {self.seconds:.1f} s "
+                f"({self.records_per_second:,.0f} records/s) -> {self.output}/ ({self.files} {self.format} files)")
+
+
+def _count_rows(directory: Path, fmt: str) -> tuple[int, int]:
+    files = sorted(p for p in directory.iterdir() if p.is_file())
+    if fmt == "parquet":
+        pq = require("pyarrow.parquet", "ray")
+        return sum(pq.read_metadata(p).num_rows for p in files), len(files)
+    return sum(sum(1 for line in p.open("rb") if line.strip()) for p in files), len(files)
+
+
+def _ensrm_error_inside(exc: BaseException) -> EnsrmError | None:
+    """The ensrm error a worker raised, from Ray's wrapper (RayTaskError(UserCodeException)).
+
+    Ray Data re-raises a UDF's exception wrapped, with the original only in the wrapper's
+    text (its ``__cause__`` does not survive the trip from the worker), so it is read there.
+    """
+    found = re.findall(r"^ensrm\.[\w.]+\.(\w+Error): (.+)$", str(exc), flags=re.MULTILINE)
+    if not found:
+        return None
+    name, message = found[-1]
+    return (BadRowError if name == BadRowError.__name__ else InputError)(message)
+
+
+def score_files(bundle: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike, *,
+                address: str | None = None, concurrency: int = 1, objective: str = "uwo", batch_size: int = 32,
+                best_of_n: bool = False, response_filter: str | os.PathLike | None = None, skip_bad: bool = False,
+                precision: str = "fp32", threads: int | None = None, providers=None,
+                output_format: str | None = None) -> RaySummary:
+    """``ensrm score --ray``: read JSONL or Parquet with Ray Data, score on ``concurrency`` actors, write a directory.
+
+    ``output`` is a **directory** (Ray writes one file per block); it must not exist yet, and
+    appears only when every row is written (written under a temporary name beside it, then
+    renamed). Its format is ``output_format``, else its suffix (``scored.parquet/``), else the
+    input's. Rows keep the input's order (``preserve_order``), except with ``best_of_n``,
+    which groups by prompt. Each record gets the ``ensrm`` field of ``ensrm score``; with
+    ``skip_bad`` a bad row is kept with ``ensrm.error`` set and null scores.
+    ``address`` is passed to ``ray.init`` (``"auto"``, ``"ray://head:10001"``); without it
+    a Ray already initialised in this process is used, or a local one started.
+
+    >>> score_files("bundles/default", "candidates.jsonl", "scored.parquet", concurrency=2)  # doctest: +SKIP
+    RaySummary(records=1000, files=2, ...)
+    """
+    ray = _ray()
+    input_path, output = Path(input_path), Path(output)
+    if not input_path.exists():
+        raise FileNotFoundError(f"no such input: {input_path}")
+    in_format = file_format(input_path)
+    out_format = output_format or FORMATS.get(output.suffix, in_format)
+    if out_format not in ("json", "parquet"):
+        raise ValueError(f"output format must be json or parquet, got {out_format!r}")
+    if output.exists():
+        raise ValueError(f"{output} exists; Ray writes a directory of files there, so give a new path")
+    objective = parse_objective(objective, 10**9)  # names only here; head:K is checked against the bundle
+    _check_bundle_here(bundle, objective, precision)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.execution_options.preserve_order
+    start = time.perf_counter()
+    try:
+        ctx.execution_options.preserve_order = not best_of_n
+        # A fixed pool of actors may hold every CPU, and a read or write task waiting for a CPU
+        # would then wait forever: the input is read before the actors start (into Ray's object
+        # store, which spills to disk), and the reshaping and writes reserve no CPU.
+        io = {"num_cpus": 0}
+        reader = ray.data.read_json if in_format == "json" else ray.data.read_parquet
+        ds = reader(str(input_path)).materialize()
+        scored = score_dataset(ds, bundle, concurrency=concurrency, model_batch_size=batch_size, precision=precision,
+                               objective=objective, threads=threads, on_bad_row="mark" if skip_bad else "fail",
+                               response_filter=response_filter, best_of_n=best_of_n, providers=providers)
+        records = scored.map_batches(_nest, fn_kwargs={"objective": objective}, batch_format="pyarrow", **io)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        if out_format == "json":
+            records.write_json(str(tmp), ray_remote_args=io, force_ascii=False, double_precision=15)
+        else:
+            records.write_parquet(str(tmp), ray_remote_args=io)
+        rows, files = _count_rows(tmp, out_format)
+        os.replace(tmp, output)
+    except ray.exceptions.RayError as exc:
+        inner = _ensrm_error_inside(exc)
+        if inner is None:
+            raise
+        raise inner from None
+    finally:
+        ctx.execution_options.preserve_order = saved
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if started:
+            ray.shutdown()
+    return RaySummary(records=rows, files=files, seconds=time.perf_counter() - start, output=output,
+                      format=out_format, actors=concurrency)
