@@ -273,7 +273,7 @@ def _check_bundle_here(bundle, objective: str, precision: str) -> None:
 
     spec = load_spec(bundle, verify="none")
     parse_objective(objective, spec.num_heads)
-    if precision not in spec.variants or not spec.variants[precision].get("accepted", False):
+    if precision not in spec.usable_precisions:
         raise BundleError(f"bundle {bundle} has no accepted {precision} variant")
 
 
