@@ -48,7 +48,31 @@ def _grid(call, job: dict, input_names, vocab_size: int) -> dict:
         feeds = random_feeds(input_names, 1, latency["length"], vocab_size)
         times = time_calls(lambda: call(feeds), 3, latency.get("repeats", 50), latency.get("min_time", 0.0))
         out["latency"] = {"length": latency["length"], "times": times, **summarize(times)}
+    if job.get("latency_calls"):
+        out["latency_calls"] = [_time_cycle(call, group, input_names, job["latency_calls"]["repeats"])
+                                for group in job["latency_calls"]["calls"]]
     return out
+
+
+def _time_cycle(call, group: dict, input_names, repeats: int) -> dict:
+    """Wall and CPU seconds per call, cycling through a batch size's distinct batches.
+
+    CPU time (``process_time``, all threads of the process) is recorded beside wall time:
+    on a shared machine it is disturbed far less by the neighbours.
+    """
+    feeds = [{name: np.asarray(f[name], dtype=np.int64) for name in input_names if name in f}
+             for f in group["feeds"]]
+    for f in feeds:  # every shape once: first calls of a shape allocate
+        call(f)
+    times, cpu = [], []
+    for i in range(max(repeats, len(feeds))):
+        f = feeds[i % len(feeds)]
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        call(f)
+        times.append(time.perf_counter() - wall0)
+        cpu.append(time.process_time() - cpu0)
+    lengths = [f["input_ids"].shape[1] for f in feeds]
+    return {"batch": group["batch"], "mean_padded_length": float(np.mean(lengths)), "times": times, "cpu_times": cpu}
 
 
 def ort_job(job: dict) -> dict:
