@@ -61,7 +61,8 @@ def evaluate_targets(report: dict) -> list[dict]:
         value = _ratio(seqs(f"bundle/{precision}"), eager)
         targets.append(_target(f"{precision} bundle (K={k}) vs PyTorch eager: throughput", f">= {need:g}x", value,
                                value is not None and value >= need, "x",
-                               "" if value is not None else f"no accepted {precision} variant in the bundle"))
+                               "" if value is not None or not cmp or precision in model.get("precisions", ())
+                               else f"no accepted {precision} variant in the bundle"))
     ceiling = _get(res, "ceiling", "fp32", "gflops")
     flops = _get(model, "matrix_flops_per_seq", "total")
     implied = None if not ceiling or not flops else ceiling * 1e9 / flops
