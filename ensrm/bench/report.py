@@ -174,6 +174,8 @@ def latency_markdown(latency: dict | None) -> list[str]:
     """The latency suite as one table per thread setting: p50/p99 ms per call, and eager's p50 over ours."""
     if not latency:
         return []
+    if "error" in latency:
+        return ["", f"Latency: error: {latency['error']}"]
     pairs = latency["pairs"]
     lines = ["", f"Latency per call (ms, p50 / p99; x = PyTorch eager's p50 over this p50): batches of "
              f"{pairs['count']} generated pairs of {pairs['length_min']}-{pairs['length_max']} tokens (mean "

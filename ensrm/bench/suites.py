@@ -266,7 +266,11 @@ class Bench:
         reported as absent.
         """
         c = self.config
-        calls, pairs = latency_calls(self.bundle, self.spec, c)
+        try:
+            calls, pairs = latency_calls(self.bundle, self.spec, c)
+        except EnsrmError as exc:  # the suites before this one keep their results
+            self.results["latency"] = {"error": str(exc)}
+            return
         settings = sorted({1, c.threads or os.cpu_count() or 1})
         latency = {"calls": calls, "repeats": c.latency_repeats}
         jobs, absent = {}, {}

@@ -142,3 +142,14 @@ def test_latency_calls_are_real_pairs_padded_to_their_own_longest(checkpoints, b
             assert len(feed["input_ids"]) == call["batch"] and set(feed) == set(spec.inputs)
             longest = max(sum(row) for row in feed["attention_mask"])
             assert len(feed["input_ids"][0]) == longest
+
+
+def test_latency_suite_without_a_tokenizer_reports_why_instead_of_failing_the_run(checkpoints, bundles, tmp_path):
+    from ensrm.bench.report import latency_markdown
+    from ensrm.bench.suites import Bench
+
+    bench = Bench(bundles("bert", 2), checkpoints("bert", 2, 0), tmp_path / "cache", BenchConfig(**TINY))
+    bench.spec = bench.spec.replace(tokenizer_file=None)
+    latency = bench.run(("latency",))["latency"]
+    assert "needs the bundle's tokenizer" in latency["error"]
+    assert "Latency: error: the latency suite scores generated text pairs" in "\n".join(latency_markdown(latency))
