@@ -3,7 +3,7 @@
 Suites (``--suite``): ``compare`` (every configuration at the target shape, interleaved over
 rounds: precisions, PyTorch eager, the plain export, the K sweep, full ensembles), ``grid``
 (throughput over batch sizes and lengths and batch-1 latency for each precision and eager),
-``ceiling`` (onnxruntime's own MatMul rate), ``runtime`` (Scorer overhead, ``score_texts``,
+``ceiling`` (onnxruntime's own MatMul rate, and torch.mm's), ``runtime`` (Scorer overhead, ``score_texts``,
 length grouping, import-and-load time), ``latency`` (per-call p50/p99 at batch 1-8 of realistic
 pairs, each precision against eager, at one thread and at all cores).
 """
@@ -230,16 +230,20 @@ class Bench:
     def suite_ceiling(self) -> None:
         """onnxruntime's fp32 and int8 MatMul rate on encoder-shaped products (``tokens x in x out``)."""
         c = self.config
-        self.say("ceiling: MatMul / MatMulInteger rate")
-        result = run_job({"kind": "matmul", "threads": c.threads, "shapes": [list(s) for s in c.matmul_shapes],
-                          "warmup": 2, "repeats": max(5, c.repeats), "min_time": c.matmul_min_time})
+        self.say("ceiling: MatMul / MatMulInteger rate, and torch.mm's (what eager runs on)")
+        job = {"kind": "matmul", "threads": c.threads, "shapes": [list(s) for s in c.matmul_shapes],
+               "warmup": 2, "repeats": max(5, c.repeats), "min_time": c.matmul_min_time}
+        result = run_job(job)
         if "error" in result:
             self.results["ceiling"] = {"error": result["error"]}
             return
+        eager = run_job({**job, "kind": "torch_matmul"})
+        if "error" not in eager:
+            result["torch_fp32"] = eager["torch_fp32"]
         self.results["ceiling"] = {
             p: {"shapes": [{k: r[k] for k in ("m", "k", "n", "median_s", "gflops")} for r in result[p]],
                 "gflops": max(r["gflops"] for r in result[p])}
-            for p in ("fp32", "int8")}
+            for p in ("fp32", "int8", "torch_fp32") if p in result}
 
     def suite_runtime(self) -> None:
         """Scorer overhead at the target shape, score_texts vs pre-tokenised, grouping, startup."""

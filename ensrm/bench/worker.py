@@ -3,9 +3,9 @@
 Job kinds: ``ort`` (a bundle through :class:`~ensrm.Scorer`, K single-head bundles as K
 sessions, or a plain graph with numpy aggregation), ``paired`` (several bundles in one
 process, calls alternated, for differences of a few percent), ``torch`` (PyTorch eager),
-``matmul`` (onnxruntime's own MatMul rate), ``overhead`` (``Scorer.score`` minus
+``matmul`` (onnxruntime's own MatMul rate), ``torch_matmul`` (``torch.mm``'s), ``overhead`` (``Scorer.score`` minus
 ``session.run``), ``texts`` (``score_texts`` vs pre-tokenised, length grouping vs arrival
-order). Only the ``torch`` job imports torch.
+order). Only the ``torch`` and ``torch_matmul`` jobs import torch.
 """
 
 from __future__ import annotations
@@ -217,6 +217,30 @@ def matmul_job(job: dict) -> dict:
     return out
 
 
+def torch_matmul_job(job: dict) -> dict:
+    """``torch.mm`` at the same shapes and threads as :func:`matmul_job`: the GEMM eager runs on.
+
+    On the development box (AVX-512 Xeon, 1 thread) MKL's sgemm ran 1.4-1.65x onnxruntime's
+    MatMul at the encoder's shapes, which bounds what any fp32 graph can gain over eager.
+    """
+    import torch
+
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    rng = np.random.default_rng(1)
+    rows = []
+    for m, k, n in job["shapes"]:
+        a = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
+        b = torch.from_numpy(rng.standard_normal((k, n)).astype(np.float32))
+        with torch.inference_mode():
+            times = time_calls(lambda: torch.mm(a, b), job.get("warmup", 2), job.get("repeats", 10),
+                               job.get("min_time", 0.0))
+        stats = summarize(times)
+        rows.append({"m": m, "k": k, "n": n, "times": times, **stats,
+                     "gflops": 2.0 * m * k * n / stats["median_s"] / 1e9})
+    return {"torch_fp32": rows, "rss_peak_mb": peak_rss_mb()}
+
+
 class _TimedSession:
     """Wraps an ``InferenceSession`` and accumulates the time spent inside ``run``."""
 
@@ -323,8 +347,8 @@ def texts_job(job: dict) -> dict:
     return out
 
 
-JOBS = {"ort": ort_job, "paired": paired_job, "torch": torch_job, "matmul": matmul_job, "overhead": overhead_job,
-        "texts": texts_job}
+JOBS = {"ort": ort_job, "paired": paired_job, "torch": torch_job, "matmul": matmul_job,
+        "torch_matmul": torch_matmul_job, "overhead": overhead_job, "texts": texts_job}
 
 
 def main(argv: list[str]) -> int:

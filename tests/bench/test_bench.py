@@ -64,7 +64,8 @@ def test_bench_runs_end_to_end_on_a_tiny_model(checkpoints, bundles, tmp_path):
     assert "K sweep in one process" in paths["markdown"].read_text()
     assert {(r["batch"], r["length"]) for r in results["grid"]["bundle/fp32"]["shapes"]} == \
         {(1, 8), (2, 8), (1, 16), (2, 16)}
-    assert results["ceiling"]["fp32"]["gflops"] > 0 and results["ceiling"]["int8"]["gflops"] > 0
+    assert all(results["ceiling"][p]["gflops"] > 0 for p in ("fp32", "int8", "torch_fp32"))
+    assert "torch_fp32 32x16x32" in paths["markdown"].read_text()
     assert set(results["texts"]["cases"]) == {"score_texts", "pretokenised_grouped", "pretokenised_arrival"}
     targets = {t["target"] for t in report["targets"]}
     assert any("vs PyTorch eager" in t for t in targets) and any("ceiling" in t for t in targets)
