@@ -54,13 +54,14 @@ class BenchConfig:
     latency_tokens: tuple[int, int] = (20, 200)  # pairs outside this range (after truncation) are left out
     latency_calls: int = 16  # distinct batches per batch size, cycled through the timed calls
     latency_rounds: int = 2
+    latency_max_s: float = 10.0  # timed seconds per batch size and process at most (fewer calls, then)
     threads: int | None = field(default_factory=os.cpu_count)
 
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(batches=(1, 32), lengths=(32, 128), heads_sweep=(1, 4, 64), full_ensemble_sizes=(1, 4),
                    rounds=2, repeats=3, paired_rounds=6, grid_repeats=2, latency_repeats=20, text_pairs=128,
-                   startup_runs=2, latency_calls=8, latency_rounds=1)
+                   startup_runs=2, latency_calls=8, latency_rounds=1, latency_max_s=4.0)
 
 
 def machine_info() -> dict:
@@ -276,7 +277,7 @@ class Bench:
             self.results["latency"] = {"error": str(exc)}
             return
         settings = sorted({1, c.threads or os.cpu_count() or 1})
-        latency = {"calls": calls, "repeats": c.latency_repeats}
+        latency = {"calls": calls, "repeats": c.latency_repeats, "max_s": c.latency_max_s}
         jobs, absent = {}, {}
         for precision in MODEL_FILES:
             variant = self.spec.variants.get(precision)

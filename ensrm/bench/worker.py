@@ -49,16 +49,19 @@ def _grid(call, job: dict, input_names, vocab_size: int) -> dict:
         times = time_calls(lambda: call(feeds), 3, latency.get("repeats", 50), latency.get("min_time", 0.0))
         out["latency"] = {"length": latency["length"], "times": times, **summarize(times)}
     if job.get("latency_calls"):
-        out["latency_calls"] = [_time_cycle(call, group, input_names, job["latency_calls"]["repeats"])
-                                for group in job["latency_calls"]["calls"]]
+        spec = job["latency_calls"]
+        out["latency_calls"] = [_time_cycle(call, group, input_names, spec["repeats"], spec.get("max_s"))
+                                for group in spec["calls"]]
     return out
 
 
-def _time_cycle(call, group: dict, input_names, repeats: int) -> dict:
+def _time_cycle(call, group: dict, input_names, repeats: int, max_s: float | None = None) -> dict:
     """Wall and CPU seconds per call, cycling through a batch size's distinct batches.
 
     CPU time (``process_time``, all threads of the process) is recorded beside wall time:
-    on a shared machine it is disturbed far less by the neighbours.
+    on a shared machine it is disturbed far less by the neighbours. After ``max_s`` seconds
+    of timed calls (and one pass over the batches) it stops short of ``repeats``: on a
+    loaded 2-core box eager at 2 threads took ~1 s for a single pair.
     """
     feeds = [{name: np.asarray(f[name], dtype=np.int64) for name in input_names if name in f}
              for f in group["feeds"]]
@@ -66,6 +69,8 @@ def _time_cycle(call, group: dict, input_names, repeats: int) -> dict:
         call(f)
     times, cpu = [], []
     for i in range(max(repeats, len(feeds))):
+        if max_s is not None and i >= len(feeds) and sum(times) >= max_s:
+            break
         f = feeds[i % len(feeds)]
         wall0, cpu0 = time.perf_counter(), time.process_time()
         call(f)

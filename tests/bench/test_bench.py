@@ -154,3 +154,21 @@ def test_latency_suite_without_a_tokenizer_reports_why_instead_of_failing_the_ru
     latency = bench.run(("latency",))["latency"]
     assert "needs the bundle's tokenizer" in latency["error"]
     assert "Latency: error: the latency suite scores generated text pairs" in "\n".join(latency_markdown(latency))
+
+
+def test_latency_calls_stop_after_their_time_budget_but_cover_every_batch():
+    import time
+
+    from ensrm.bench.worker import _time_cycle
+
+    seen = []
+    group = {"batch": 1, "feeds": [{"input_ids": [[5, 6, 7]], "attention_mask": [[1, 1, 1]]},
+                                   {"input_ids": [[5, 6]], "attention_mask": [[1, 1]]}]}
+
+    def call(feeds):
+        seen.append(feeds["input_ids"].shape[1])
+        time.sleep(0.02)
+
+    out = _time_cycle(call, group, ("input_ids", "attention_mask"), repeats=10_000, max_s=0.1)
+    assert 2 <= len(out["times"]) < 100 and len(out["cpu_times"]) == len(out["times"])
+    assert set(seen) == {2, 3} and out["mean_padded_length"] == 2.5
