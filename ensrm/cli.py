@@ -225,8 +225,10 @@ def build_engine_command(bundle, precision, batch_sizes, timing_cache):
               help="Classifier checkpoint for PyTorch eager and the comparison models (default: the embedded "
                    "default model).")
 @click.option("--quick", is_flag=True, help="A smaller grid and fewer rounds (a first look, a few minutes).")
-@click.option("--suite", "suites", multiple=True, type=click.Choice(["compare", "grid", "ceiling", "runtime"]),
-              help="Run only these suites (repeatable; default: all).")
+@click.option("--suite", "suites", multiple=True,
+              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency"]),
+              help="Run only these suites (repeatable; default: all). latency: batch 1-8 of real-length pairs, "
+                   "p50/p99 per call, 1 thread and all cores.")
 @click.option("--threads", type=int, help="Intra-op threads for onnxruntime and torch (default: all cores).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Where the comparison models are built and kept (default: ~/.cache/ensrm/bench).")

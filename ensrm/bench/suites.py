@@ -3,8 +3,9 @@
 Suites (``--suite``): ``compare`` (every configuration at the target shape, interleaved over
 rounds: precisions, PyTorch eager, the plain export, the K sweep, full ensembles), ``grid``
 (throughput over batch sizes and lengths and batch-1 latency for each precision and eager),
-``ceiling`` (onnxruntime's own MatMul rate), ``runtime`` (Scorer overhead, ``score_texts``,
-length grouping, import-and-load time).
+``ceiling`` (onnxruntime's own MatMul rate, and torch.mm's), ``runtime`` (Scorer overhead, ``score_texts``,
+length grouping, import-and-load time), ``latency`` (per-call p50/p99 at batch 1-8 of realistic
+pairs, each precision against eager, at one thread and at all cores).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import numpy as np
 from ensrm.bench.harness import _child_env, interleave, load_average, run_job, summarize
 from ensrm.bundle import load_spec
 from ensrm.errors import EnsrmError
+from ensrm.spec import MODEL_FILES
 
-SUITES = ("compare", "grid", "ceiling", "runtime")
+SUITES = ("compare", "grid", "ceiling", "runtime", "latency")
 
 
 @dataclass
@@ -48,13 +50,18 @@ class BenchConfig:
     matmul_shapes: tuple[tuple[int, int, int], ...] = ((4096, 384, 1536), (4096, 384, 384), (4096, 1536, 384))
     matmul_min_time: float = 1.0  # seconds of timed MatMul calls per shape
     startup_runs: int = 3
+    latency_batches: tuple[int, ...] = (1, 2, 4, 8)
+    latency_tokens: tuple[int, int] = (20, 200)  # pairs outside this range (after truncation) are left out
+    latency_calls: int = 16  # distinct batches per batch size, cycled through the timed calls
+    latency_rounds: int = 2
+    latency_max_s: float = 10.0  # timed seconds per batch size and process at most (fewer calls, then)
     threads: int | None = field(default_factory=os.cpu_count)
 
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(batches=(1, 32), lengths=(32, 128), heads_sweep=(1, 4, 64), full_ensemble_sizes=(1, 4),
                    rounds=2, repeats=3, paired_rounds=6, grid_repeats=2, latency_repeats=20, text_pairs=128,
-                   startup_runs=2)
+                   startup_runs=2, latency_calls=8, latency_rounds=1, latency_max_s=4.0)
 
 
 def machine_info() -> dict:
@@ -224,16 +231,20 @@ class Bench:
     def suite_ceiling(self) -> None:
         """onnxruntime's fp32 and int8 MatMul rate on encoder-shaped products (``tokens x in x out``)."""
         c = self.config
-        self.say("ceiling: MatMul / MatMulInteger rate")
-        result = run_job({"kind": "matmul", "threads": c.threads, "shapes": [list(s) for s in c.matmul_shapes],
-                          "warmup": 2, "repeats": max(5, c.repeats), "min_time": c.matmul_min_time})
+        self.say("ceiling: MatMul / MatMulInteger rate, and torch.mm's (what eager runs on)")
+        job = {"kind": "matmul", "threads": c.threads, "shapes": [list(s) for s in c.matmul_shapes],
+               "warmup": 2, "repeats": max(5, c.repeats), "min_time": c.matmul_min_time}
+        result = run_job(job)
         if "error" in result:
             self.results["ceiling"] = {"error": result["error"]}
             return
+        eager = run_job({**job, "kind": "torch_matmul"})
+        if "error" not in eager:
+            result["torch_fp32"] = eager["torch_fp32"]
         self.results["ceiling"] = {
             p: {"shapes": [{k: r[k] for k in ("m", "k", "n", "median_s", "gflops")} for r in result[p]],
                 "gflops": max(r["gflops"] for r in result[p])}
-            for p in ("fp32", "int8")}
+            for p in ("fp32", "int8", "torch_fp32") if p in result}
 
     def suite_runtime(self) -> None:
         """Scorer overhead at the target shape, score_texts vs pre-tokenised, grouping, startup."""
@@ -249,6 +260,52 @@ class Bench:
                                                   repeats=max(3, c.repeats)))
         self.say("runtime: import ensrm + Scorer(bundle) in a fresh process")
         self.results["startup"] = startup_time(self.bundle, c.startup_runs)
+
+    def suite_latency(self) -> None:
+        """Per-call latency of small batches of realistic pairs, each precision against eager.
+
+        Every configuration scores the same calls: batches of 1, 2, ... generated
+        (prompt, response) pairs of 20-200 tokens, each padded only to its own longest pair,
+        as a filter service receives them. Run at one thread (one scorer per core) and at
+        ``threads`` (one scorer using every core); precisions the bundle lacks or rejected are
+        reported as absent.
+        """
+        c = self.config
+        try:
+            calls, pairs = latency_calls(self.bundle, self.spec, c)
+        except EnsrmError as exc:  # the suites before this one keep their results
+            self.results["latency"] = {"error": str(exc)}
+            return
+        settings = sorted({1, c.threads or os.cpu_count() or 1})
+        latency = {"calls": calls, "repeats": c.latency_repeats, "max_s": c.latency_max_s}
+        jobs, absent = {}, {}
+        for precision in MODEL_FILES:
+            variant = self.spec.variants.get(precision)
+            if variant is None or not variant.usable:
+                absent[f"bundle/{precision}"] = (f"no {precision} variant in the bundle" if variant is None
+                                                 else f"the {precision} variant was rejected by its accuracy gate")
+                continue
+            for t in settings:
+                jobs[f"t{t}/bundle/{precision}"] = self._job("ort", mode="scorer", bundle=str(self.bundle),
+                                                             precision=precision, threads=t, latency_calls=latency)
+        for t in settings:
+            jobs[f"t{t}/torch/eager"] = self._job("torch", checkpoint=str(self.checkpoint), threads=t,
+                                                  latency_calls=latency)
+        self.say(f"latency: {len(jobs)} configurations x {c.latency_rounds} rounds, batches "
+                 f"{', '.join(map(str, c.latency_batches))}")
+        raw = interleave(jobs, c.latency_rounds, progress=self.say)
+        by_threads = []
+        for t in settings:
+            names = [f"bundle/{p}" for p in MODEL_FILES] + ["torch/eager"]
+            runs = {name: {"absent": absent[name]} if name in absent else _pooled_latency(raw[f"t{t}/{name}"])
+                    for name in names}
+            eager = {r["batch"]: r["p50_s"] for r in runs["torch/eager"].get("rows", [])}
+            for name in names[:-1]:
+                for row in runs[name].get("rows", []):
+                    row["eager_p50_ratio"] = eager[row["batch"]] / row["p50_s"] if row["batch"] in eager else None
+            by_threads.append({"threads": t, "runs": runs})
+        self.results["latency"] = {"batches": list(c.latency_batches), "pairs": pairs, "rounds": c.latency_rounds,
+                                   "by_threads": by_threads}
 
     # -- facts about the model -----------------------------------------------------------------
 
@@ -300,6 +357,61 @@ def startup_time(bundle: Path, runs: int = 3) -> dict:
         sample["process_s"] = time.perf_counter() - start
         samples.append(sample)
     return {key: float(np.median([s[key] for s in samples])) for key in samples[0]} | {"runs": samples}
+
+
+def latency_calls(bundle: Path, spec, config: BenchConfig) -> tuple[list[dict], dict]:
+    """Token-id batches for the latency suite from generated pairs, and facts about their lengths.
+
+    ``config.latency_calls`` batches per batch size, each of consecutive pairs of
+    ``latency_tokens`` tokens (as many as the bundle's ``max_length`` allows), padded as
+    ``score_texts`` pads them: to the batch's longest pair only.
+    """
+    from ensrm.data.synthetic import generate_candidates
+    from ensrm.runtime.texts import TextEncoder
+
+    if not spec.tokenizer_file:
+        raise EnsrmError("the latency suite scores generated text pairs and needs the bundle's tokenizer; "
+                         "this bundle has none")
+    low, high = config.latency_tokens
+    high = min(high, spec.max_length)
+    low = min(low, high)
+    needed = config.latency_calls * max(config.latency_batches)
+    encoder = TextEncoder(bundle, spec)
+    encodings = []
+    for seed in range(20):  # a few draws are enough: most generated pairs fall in the range
+        records = generate_candidates(max(needed // 4, 1), 4, seed=seed)
+        encodings += [e for e in encoder.encode([r["prompt"] for r in records], [r["response"] for r in records])
+                      if low <= len(e.ids) <= high]
+        if len(encodings) >= needed:
+            break
+    if len(encodings) < needed:
+        raise EnsrmError(f"only {len(encodings)} generated pairs have {low}-{high} tokens; the latency suite "
+                         f"needs {needed}")
+    calls = []
+    for batch in config.latency_batches:
+        feeds = []
+        for i in range(config.latency_calls):
+            chunk = encodings[i * batch:(i + 1) * batch]
+            (_, feed), = encoder.batches(chunk, batch)
+            feeds.append({name: value.tolist() for name, value in feed.items()})
+        calls.append({"batch": batch, "feeds": feeds})
+    lengths = np.array([len(e.ids) for e in encodings[:needed]])
+    return calls, {"count": int(lengths.size), "length_min": int(lengths.min()), "length_max": int(lengths.max()),
+                   "length_mean": float(lengths.mean()), "source": "ensrm.data.synthetic.generate_candidates"}
+
+
+def _pooled_latency(results: list[dict]) -> dict:
+    """Pool the per-call times of every round of one latency job, per batch size."""
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return {"error": results[0].get("error", "no result") if results else "no result"}
+    rows = []
+    for i, first in enumerate(ok[0]["latency_calls"]):
+        stats = summarize([t for r in ok for t in r["latency_calls"][i]["times"]])
+        cpu = [t for r in ok for t in r["latency_calls"][i]["cpu_times"]]
+        rows.append({"batch": first["batch"], "mean_padded_length": first["mean_padded_length"],
+                     **{k: stats[k] for k in ("p50_s", "p99_s", "samples")}, "cpu_p50_s": float(np.median(cpu))})
+    return {"rows": rows, "rounds": len(ok), "rss_peak_mb": _median(ok, lambda r: r["rss_peak_mb"])}
 
 
 def config_dict(config: BenchConfig) -> dict:

@@ -3,9 +3,9 @@
 Job kinds: ``ort`` (a bundle through :class:`~ensrm.Scorer`, K single-head bundles as K
 sessions, or a plain graph with numpy aggregation), ``paired`` (several bundles in one
 process, calls alternated, for differences of a few percent), ``torch`` (PyTorch eager),
-``matmul`` (onnxruntime's own MatMul rate), ``overhead`` (``Scorer.score`` minus
+``matmul`` (onnxruntime's own MatMul rate), ``torch_matmul`` (``torch.mm``'s), ``overhead`` (``Scorer.score`` minus
 ``session.run``), ``texts`` (``score_texts`` vs pre-tokenised, length grouping vs arrival
-order). Only the ``torch`` job imports torch.
+order). Only the ``torch`` and ``torch_matmul`` jobs import torch.
 """
 
 from __future__ import annotations
@@ -48,7 +48,36 @@ def _grid(call, job: dict, input_names, vocab_size: int) -> dict:
         feeds = random_feeds(input_names, 1, latency["length"], vocab_size)
         times = time_calls(lambda: call(feeds), 3, latency.get("repeats", 50), latency.get("min_time", 0.0))
         out["latency"] = {"length": latency["length"], "times": times, **summarize(times)}
+    if job.get("latency_calls"):
+        spec = job["latency_calls"]
+        out["latency_calls"] = [_time_cycle(call, group, input_names, spec["repeats"], spec.get("max_s"))
+                                for group in spec["calls"]]
     return out
+
+
+def _time_cycle(call, group: dict, input_names, repeats: int, max_s: float | None = None) -> dict:
+    """Wall and CPU seconds per call, cycling through a batch size's distinct batches.
+
+    CPU time (``process_time``, all threads of the process) is recorded beside wall time:
+    on a shared machine it is disturbed far less by the neighbours. After ``max_s`` seconds
+    of timed calls (and one pass over the batches) it stops short of ``repeats``: on a
+    loaded 2-core box eager at 2 threads took ~1 s for a single pair.
+    """
+    feeds = [{name: np.asarray(f[name], dtype=np.int64) for name in input_names if name in f}
+             for f in group["feeds"]]
+    for f in feeds:  # every shape once: first calls of a shape allocate
+        call(f)
+    times, cpu = [], []
+    for i in range(max(repeats, len(feeds))):
+        if max_s is not None and i >= len(feeds) and sum(times) >= max_s:
+            break
+        f = feeds[i % len(feeds)]
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        call(f)
+        times.append(time.perf_counter() - wall0)
+        cpu.append(time.process_time() - cpu0)
+    lengths = [f["input_ids"].shape[1] for f in feeds]
+    return {"batch": group["batch"], "mean_padded_length": float(np.mean(lengths)), "times": times, "cpu_times": cpu}
 
 
 def ort_job(job: dict) -> dict:
@@ -193,6 +222,30 @@ def matmul_job(job: dict) -> dict:
     return out
 
 
+def torch_matmul_job(job: dict) -> dict:
+    """``torch.mm`` at the same shapes and threads as :func:`matmul_job`: the GEMM eager runs on.
+
+    On the development box (AVX-512 Xeon, 1 thread) MKL's sgemm ran 1.4-1.65x onnxruntime's
+    MatMul at the encoder's shapes, which bounds what any fp32 graph can gain over eager.
+    """
+    import torch
+
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    rng = np.random.default_rng(1)
+    rows = []
+    for m, k, n in job["shapes"]:
+        a = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
+        b = torch.from_numpy(rng.standard_normal((k, n)).astype(np.float32))
+        with torch.inference_mode():
+            times = time_calls(lambda: torch.mm(a, b), job.get("warmup", 2), job.get("repeats", 10),
+                               job.get("min_time", 0.0))
+        stats = summarize(times)
+        rows.append({"m": m, "k": k, "n": n, "times": times, **stats,
+                     "gflops": 2.0 * m * k * n / stats["median_s"] / 1e9})
+    return {"torch_fp32": rows, "rss_peak_mb": peak_rss_mb()}
+
+
 class _TimedSession:
     """Wraps an ``InferenceSession`` and accumulates the time spent inside ``run``."""
 
@@ -299,8 +352,8 @@ def texts_job(job: dict) -> dict:
     return out
 
 
-JOBS = {"ort": ort_job, "paired": paired_job, "torch": torch_job, "matmul": matmul_job, "overhead": overhead_job,
-        "texts": texts_job}
+JOBS = {"ort": ort_job, "paired": paired_job, "torch": torch_job, "matmul": matmul_job,
+        "torch_matmul": torch_matmul_job, "overhead": overhead_job, "texts": texts_job}
 
 
 def main(argv: list[str]) -> int:

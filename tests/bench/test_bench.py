@@ -64,7 +64,8 @@ def test_bench_runs_end_to_end_on_a_tiny_model(checkpoints, bundles, tmp_path):
     assert "K sweep in one process" in paths["markdown"].read_text()
     assert {(r["batch"], r["length"]) for r in results["grid"]["bundle/fp32"]["shapes"]} == \
         {(1, 8), (2, 8), (1, 16), (2, 16)}
-    assert results["ceiling"]["fp32"]["gflops"] > 0 and results["ceiling"]["int8"]["gflops"] > 0
+    assert all(results["ceiling"][p]["gflops"] > 0 for p in ("fp32", "int8", "torch_fp32"))
+    assert "torch_fp32 32x16x32" in paths["markdown"].read_text()
     assert set(results["texts"]["cases"]) == {"score_texts", "pretokenised_grouped", "pretokenised_arrival"}
     targets = {t["target"] for t in report["targets"]}
     assert any("vs PyTorch eager" in t for t in targets) and any("ceiling" in t for t in targets)
@@ -81,3 +82,93 @@ def test_bench_command_rejects_a_checkpoint_without_config(tmp_path):
                                        "--cache", str(tmp_path / "c")])
     assert result.exit_code == 1
     assert "has no config.json" in result.output
+
+
+def _with_fp16_and_rejected_int8(bundle, target):
+    """A copy of ``bundle`` with an accepted fp16 variant and an int8 variant its gate rejected."""
+    import shutil
+
+    from ensrm.bundle import read_spec, write_manifest
+    from ensrm.calibration.fp16 import convert_fp16
+    from ensrm.spec import Variant
+
+    shutil.copytree(bundle, target)
+    method = convert_fp16(target / "model.onnx", target / "model.fp16.onnx")
+    spec = read_spec(target).with_variants(Variant("fp16", "model.fp16.onnx", accepted=True, method=method),
+                                           Variant("int8", None, accepted=False))
+    write_manifest(target, spec)
+    return target
+
+
+def test_latency_suite_reports_every_precision_and_eager_per_thread_setting(checkpoints, bundles, tmp_path):
+    bundle = _with_fp16_and_rejected_int8(bundles("bert", 2), tmp_path / "bundle")
+    config = BenchConfig(**{**TINY, "threads": 2, "latency_batches": (1, 2), "latency_calls": 2,
+                            "latency_tokens": (6, 200), "latency_rounds": 1})
+    paths = run_benchmarks(tmp_path / "out", bundle=bundle, checkpoint=checkpoints("bert", 2, 0),
+                           cache_dir=tmp_path / "cache", suites=["latency"], config=config, progress=None)
+    report = json.loads(paths["json"].read_text())
+    latency = report["results"]["latency"]
+    assert set(report["results"]) >= {"latency"} and "compare" not in report["results"]
+    pairs = latency["pairs"]
+    assert pairs["count"] == 4 and 6 <= pairs["length_min"] <= pairs["length_max"] <= report["model"]["max_length"]
+    assert [s["threads"] for s in latency["by_threads"]] == [1, 2]
+    for setting in latency["by_threads"]:
+        runs = setting["runs"]
+        assert list(runs) == ["bundle/fp32", "bundle/fp16", "bundle/int8", "torch/eager"]
+        assert runs["bundle/int8"] == {"absent": "the int8 variant was rejected by its accuracy gate"}
+        for name in ("bundle/fp32", "bundle/fp16", "torch/eager"):
+            assert "error" not in runs[name], runs[name]
+            rows = runs[name]["rows"]
+            assert [r["batch"] for r in rows] == [1, 2]
+            for row in rows:
+                assert 0 < row["p50_s"] <= row["p99_s"] and row["samples"] == TINY["latency_repeats"]
+                assert row["mean_padded_length"] <= pairs["length_max"] and row["cpu_p50_s"] >= 0
+        assert all(r["eager_p50_ratio"] > 0 for r in runs["bundle/fp16"]["rows"])
+    table = paths["markdown"].read_text()
+    assert "Latency per call" in table and "| batch | bundle/fp32 | bundle/fp16 | bundle/int8 | torch/eager |" in table
+    assert "rejected by its accuracy gate" in table
+
+
+def test_latency_calls_are_real_pairs_padded_to_their_own_longest(checkpoints, bundles, tmp_path):
+    from ensrm.bench.suites import latency_calls
+    from ensrm.bundle import load_spec
+
+    spec = load_spec(bundles("bert", 2))
+    calls, pairs = latency_calls(bundles("bert", 2), spec, BenchConfig(latency_batches=(1, 4), latency_calls=3,
+                                                                        latency_tokens=(20, 200)))
+    # every call has its batch size and is padded to its own longest pair, not to max_length
+    assert [c["batch"] for c in calls] == [1, 4] and all(len(c["feeds"]) == 3 for c in calls)
+    for call in calls:
+        for feed in call["feeds"]:
+            assert len(feed["input_ids"]) == call["batch"] and set(feed) == set(spec.inputs)
+            longest = max(sum(row) for row in feed["attention_mask"])
+            assert len(feed["input_ids"][0]) == longest
+
+
+def test_latency_suite_without_a_tokenizer_reports_why_instead_of_failing_the_run(checkpoints, bundles, tmp_path):
+    from ensrm.bench.report import latency_markdown
+    from ensrm.bench.suites import Bench
+
+    bench = Bench(bundles("bert", 2), checkpoints("bert", 2, 0), tmp_path / "cache", BenchConfig(**TINY))
+    bench.spec = bench.spec.replace(tokenizer_file=None)
+    latency = bench.run(("latency",))["latency"]
+    assert "needs the bundle's tokenizer" in latency["error"]
+    assert "Latency: error: the latency suite scores generated text pairs" in "\n".join(latency_markdown(latency))
+
+
+def test_latency_calls_stop_after_their_time_budget_but_cover_every_batch():
+    import time
+
+    from ensrm.bench.worker import _time_cycle
+
+    seen = []
+    group = {"batch": 1, "feeds": [{"input_ids": [[5, 6, 7]], "attention_mask": [[1, 1, 1]]},
+                                   {"input_ids": [[5, 6]], "attention_mask": [[1, 1]]}]}
+
+    def call(feeds):
+        seen.append(feeds["input_ids"].shape[1])
+        time.sleep(0.02)
+
+    out = _time_cycle(call, group, ("input_ids", "attention_mask"), repeats=10_000, max_s=0.1)
+    assert 2 <= len(out["times"]) < 100 and len(out["cpu_times"]) == len(out["times"])
+    assert set(seen) == {2, 3} and out["mean_padded_length"] == 2.5
