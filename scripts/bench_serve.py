@@ -230,7 +230,8 @@ def paired_rounds(local: InProcess, server: Server, pairs, reference, rounds: in
 def markdown(report: dict) -> str:
     m = report["machine"]
     d, b1, t = report["paired"], report["paired_max_batch_1"], report["targets"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; load average at the start {m['load_before']}. Bundle {report['bundle']}, {report['pool_pairs']} distinct pairs, server "
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; load average at the start {m['load_before']}. "
+             f"Bundle {report['bundle']}, {report['pool_pairs']} distinct pairs, server "
              f"--max-batch {report['settings']['max_batch']} --max-wait-ms {report['settings']['max_wait_ms']}.", "",
              "| clients | pairs/request | pairs/s | p50 ms | p95 ms | p99 ms | mean gathered batch | errors |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
