@@ -55,6 +55,7 @@ import numpy as np
 
 from ensrm._optional import require
 from ensrm.errors import BundleError, EnsrmError, InputError
+from ensrm.runtime.batch import score_isolating
 from ensrm.runtime.best_of_n import choose
 from ensrm.runtime.scores import Scores, parse_objective
 
@@ -226,19 +227,10 @@ class ScoreBatches:
         return added
 
     def _score(self, prompts: list[str], responses: list[str], good: list[int], errors: list) -> tuple[Scores, list]:
-        try:
-            return self.scorer.score_texts(prompts, responses, batch_size=self.batch_size), good
-        except InputError:
-            pass
-        # Some pair cannot be encoded; score one by one to name it (rare, so the slow path is fine).
-        kept, parts = [], []
-        for i, prompt, response in zip(good, prompts, responses):
-            try:
-                parts.append(self.scorer.score_texts([prompt], [response]))
-                kept.append(i)
-            except InputError as exc:
-                errors[i] = str(exc)
-        return Scores.concatenate(parts, self.scorer.num_heads), kept
+        scores, kept, failed = score_isolating(self.scorer, prompts, responses, self.batch_size)
+        for j, message in failed.items():
+            errors[good[j]] = message
+        return scores, [good[j] for j in kept]
 
     def _name(self, row: dict, i: int, n: int) -> str:
         """How an error names a row: its key, or else a short rendering of its fields."""

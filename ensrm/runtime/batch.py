@@ -158,21 +158,11 @@ class _Run:
         self.rejected += 1
 
     def _score(self, chunk: list[tuple[int, str, dict]]) -> tuple[list[tuple[int, str, dict]], Scores]:
-        prompts = [r["prompt"] for _, _, r in chunk]
-        responses = [r["response"] for _, _, r in chunk]
-        try:
-            return chunk, self.scorer.score_texts(prompts, responses, batch_size=self.batch_size)
-        except InputError:
-            pass
-        # Some pair cannot be encoded; score one by one to name it (rare, so the slow path is fine).
-        good, parts = [], []
-        for item, prompt, response in zip(chunk, prompts, responses):
-            try:
-                parts.append(self.scorer.score_texts([prompt], [response]))
-                good.append(item)
-            except InputError as exc:
-                self.bad(item[0], item[1], str(exc))
-        return good, Scores.concatenate(parts, self.scorer.num_heads)
+        scores, kept, failed = score_isolating(self.scorer, [r["prompt"] for _, _, r in chunk],
+                                               [r["response"] for _, _, r in chunk], self.batch_size)
+        for i, message in failed.items():
+            self.bad(chunk[i][0], chunk[i][1], message)
+        return [chunk[i] for i in kept], scores
 
     def flush(self, chunk: list[tuple[int, str, dict]]) -> None:
         # Score a few batches at a time so that progress shows even on a slow machine; pairs
@@ -216,6 +206,31 @@ class _Run:
         self.written += len(self.group)
         self.groups += 1
         self.group = []
+
+
+def score_isolating(scorer, prompts: list[str], responses: list[str],
+                    batch_size: int) -> tuple[Scores, list[int], dict[int, str]]:
+    """``score_texts`` on all pairs; if a pair cannot be encoded, score them one by one so that
+    only the bad pairs fail. Returns the scores of the pairs that scored, their indices, and the
+    error message of each pair that did not.
+
+    >>> scores, kept, failed = score_isolating(scorer, ["Hi"], ["Hello!"], 32)   # doctest: +SKIP
+    >>> kept, failed
+    ([0], {})
+    """
+    try:
+        return scorer.score_texts(prompts, responses, batch_size=batch_size), list(range(len(prompts))), {}
+    except InputError:
+        pass
+    # Some pair cannot be encoded; score one by one to name it (rare, so the slow path is fine).
+    kept, parts, failed = [], [], {}
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        try:
+            parts.append(scorer.score_texts([prompt], [response]))
+            kept.append(i)
+        except InputError as exc:
+            failed[i] = str(exc)
+    return Scores.concatenate(parts, scorer.num_heads), kept, failed
 
 
 def score_file(scorer, input_path: str | os.PathLike, output_path: str | os.PathLike, *,
