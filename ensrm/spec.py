@@ -164,6 +164,8 @@ class EnsembleSpec:
     head_names: tuple[str, ...] = ()
     source_kind: str = "sequence-classifier"
     members: int = 1
+    #: a partial trunk's transformer layers owned by each member (0: all shared, or not a trunk)
+    member_layers: int = 0
     normalization: Normalization | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
     #: per precision (``fp32``, ``fp16``, ``int8``): the model file and its verdict

@@ -37,6 +37,16 @@ def pool(hidden, attention_mask, pooling: str):
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
+def base_kwargs(decoder: bool, uses_token_type_ids: bool, attention_mask, token_type_ids) -> dict:
+    """The base model's keywords besides ids and mask: mask-derived positions for decoders, segments for BERT."""
+    extra = {}
+    if decoder:
+        extra["position_ids"] = positions_from_mask(attention_mask)
+    if uses_token_type_ids:
+        extra["token_type_ids"] = token_type_ids
+    return extra
+
+
 class EncoderClassifier(nn.Module):
     """A BERT-family ``*ForSequenceClassification``: its own first-token pooling and classifier."""
 
@@ -83,11 +93,7 @@ class EncoderWithHeads(nn.Module):
             self.heads.bias.copy_(bias)  # [K]
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        extra = {}
-        if self.decoder:
-            extra["position_ids"] = positions_from_mask(attention_mask)
-        if self.uses_token_type_ids:
-            extra["token_type_ids"] = token_type_ids
+        extra = base_kwargs(self.decoder, self.uses_token_type_ids, attention_mask, token_type_ids)
         hidden = self.base(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         return self.heads(pool(hidden, attention_mask, self.pooling))  # [batch, K]
 

@@ -4,7 +4,9 @@ Three kinds of local source, all ending in a module ``(ids, mask[, types]) -> [b
 
 - a Hugging Face ``*ForSequenceClassification`` checkpoint with ``num_labels = K``;
 - a base checkpoint plus ``heads.safetensors`` (``weight [K, hidden]``, ``bias [K]``) and a pooling;
-- several single- or multi-head classifiers (a full ensemble) sharing one tokenizer.
+- several single- or multi-head classifiers (a full ensemble) sharing one tokenizer;
+- a partially shared trunk (:mod:`ensrm.trunk`): K members sharing their first layers, as one
+  source, or several of them as the members of a full ensemble.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ensrm._optional import require
 from ensrm.errors import ExportError
 from ensrm.export import modules
 from ensrm.export.checks import check_loaded_weights, require_tokenizer_files, tokenizer_files
+from ensrm.trunk import is_trunk_checkpoint, load_trunk
 
 torch = require("torch", "export")
 transformers = require("transformers", "export")
@@ -35,7 +38,7 @@ class LoadedSource:
     """A traceable module and the facts about it that go into the spec."""
 
     module: object  # torch.nn.Module, eval mode
-    kind: str  # "sequence-classifier" | "encoder+heads" | "full-ensemble"
+    kind: str  # "sequence-classifier" | "encoder+heads" | "full-ensemble" | "partial-trunk"
     architecture: str  # "encoder" | "decoder"
     model_type: str
     pooling: str
@@ -48,6 +51,7 @@ class LoadedSource:
     tokenizer: object  # a transformers fast tokenizer, saved into the bundle
     tokenizer_dir: Path  # where the tokenizer was loaded from
     fingerprint: str
+    member_layers: int = 0  # a partial trunk's layers per member (0: every layer shared)
 
 
 def is_decoder(config) -> bool:
@@ -126,7 +130,12 @@ def _from_pretrained(auto_class, path: Path, attn: str, trust_remote_code: bool)
 
 
 def _classifier(path: Path, attn: str, trust_remote_code: bool):
+    """``(module, config, architecture, uses_token_type_ids, heads)`` of a classifier or partial-trunk member."""
     _check_dir(path)
+    if is_trunk_checkpoint(path):
+        trunk = _trunk(path, attn, trust_remote_code)
+        return trunk, trunk.base.config, "decoder" if trunk.decoder else "encoder", trunk.uses_token_type_ids, \
+            trunk.num_members
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     archs = getattr(config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
@@ -135,10 +144,18 @@ def _classifier(path: Path, attn: str, trust_remote_code: bool):
             "for a base model pass `heads=heads.safetensors` and `pooling=cls|mean|last`"
         )
     model = _from_pretrained(transformers.AutoModelForSequenceClassification, path, attn, trust_remote_code)
+    heads = int(config.num_labels)
     if is_decoder(config):
-        return modules.DecoderClassifier(model).eval(), config, "decoder", False
+        return modules.DecoderClassifier(model).eval(), config, "decoder", False, heads
     uses_types = _uses_token_type_ids(model)
-    return modules.EncoderClassifier(model, uses_types).eval(), config, "encoder", uses_types
+    return modules.EncoderClassifier(model, uses_types).eval(), config, "encoder", uses_types, heads
+
+
+def _trunk(path: Path, attn: str, trust_remote_code: bool):
+    try:
+        return load_trunk(path, attn, trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ExportError(f"cannot load the partial trunk in {path}: {exc}") from None
 
 
 def _head_names(config, k: int, prefix: str = "head") -> tuple[str, ...]:
@@ -195,6 +212,8 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
         if heads is not None:
             source = load_base_with_heads(paths[0], Path(heads), pooling, attn_implementation, trust_remote_code,
                                           tokenizer=given)
+        elif len(paths) == 1 and is_trunk_checkpoint(paths[0]):
+            source = load_partial_trunk(paths[0], attn_implementation, trust_remote_code, tokenizer=given)
         elif len(paths) == 1:
             source = load_sequence_classifier(paths[0], attn_implementation, trust_remote_code, tokenizer=given)
         else:
@@ -210,7 +229,7 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
 def load_sequence_classifier(path: Path, attn_implementation: str = "eager", trust_remote_code: bool = False,
                              tokenizer: Path | None = None) -> LoadedSource:
     """A ``*ForSequenceClassification`` checkpoint with ``num_labels = K``: K heads, its own pooling."""
-    module, config, architecture, uses_types = _classifier(path, attn_implementation, trust_remote_code)
+    module, config, architecture, uses_types, _ = _classifier(path, attn_implementation, trust_remote_code)
     loaded, tokenizer_dir = _tokenizer_of(path, tokenizer, trust_remote_code)
     return LoadedSource(
         module=module, kind="sequence-classifier", architecture=architecture, model_type=config.model_type,
@@ -249,25 +268,47 @@ def load_full_ensemble(paths: list[Path], attn_implementation: str = "eager", tr
     With ``tokenizer`` every member is fed that tokenizer and the members' own files are not compared.
     """
     loaded = [_classifier(p, attn_implementation, trust_remote_code) for p in paths]
-    configs = [config for _, config, _, _ in loaded]
-    archs = {architecture for _, _, architecture, _ in loaded}
+    configs = [config for _, config, _, _, _ in loaded]
+    counts = [heads for *_, heads in loaded]
+    poolings = {getattr(module, "pooling", None) for module, *_ in loaded}
+    archs = {architecture for _, _, architecture, _, _ in loaded}
     if len(archs) > 1 or len({c.model_type for c in configs}) > 1:
         raise ExportError("full-ensemble members must share one architecture; found "
                           + ", ".join(f"{p}: {c.model_type}" for p, c in zip(paths, configs)))
+    if len(poolings) > 1:
+        raise ExportError("full-ensemble members must pool alike; found "
+                          + ", ".join(f"{p}: {getattr(m, 'pooling', 'own classifier')}" for p, (m, *_) in
+                                      zip(paths, loaded)))
     architecture = archs.pop()
+    pooling = poolings.pop() or ("last" if architecture == "decoder" else "cls")
     if tokenizer is None:
         shared, tokenizer_dir = _shared_tokenizer(paths, trust_remote_code), paths[0]
     else:
         shared, tokenizer_dir = _tokenizer_of(paths[0], tokenizer, trust_remote_code)
     return LoadedSource(
-        module=modules.FullEnsemble([module for module, _, _, _ in loaded]).eval(), kind="full-ensemble",
-        architecture=architecture, model_type=configs[0].model_type,
-        pooling="last" if architecture == "decoder" else "cls", uses_token_type_ids=loaded[0][3],
-        num_heads=sum(c.num_labels for c in configs),
-        head_names=tuple(f"member_{i}" if c.num_labels == 1 else f"member_{i}_head_{j}"
-                         for i, c in enumerate(configs) for j in range(c.num_labels)),
+        module=modules.FullEnsemble([module for module, *_ in loaded]).eval(), kind="full-ensemble",
+        architecture=architecture, model_type=configs[0].model_type, pooling=pooling,
+        uses_token_type_ids=loaded[0][3], num_heads=sum(counts),
+        head_names=tuple(f"member_{i}" if k == 1 else f"member_{i}_head_{j}"
+                         for i, k in enumerate(counts) for j in range(k)),
         members=len(paths), max_length=_limit(configs, shared), vocab_size=int(configs[0].vocab_size),
         tokenizer=shared, tokenizer_dir=tokenizer_dir, fingerprint=fingerprint([*paths, *_given_files(tokenizer)]),
+    )
+
+
+def load_partial_trunk(path: Path, attn_implementation: str = "eager", trust_remote_code: bool = False,
+                       tokenizer: Path | None = None) -> LoadedSource:
+    """A partially shared trunk (:mod:`ensrm.trunk`): K members, one graph computing the shared layers once."""
+    trunk = _trunk(path, attn_implementation, trust_remote_code)
+    config = trunk.base.config
+    loaded, tokenizer_dir = _tokenizer_of(path, tokenizer, trust_remote_code)
+    return LoadedSource(
+        module=trunk, kind="partial-trunk", architecture="decoder" if trunk.decoder else "encoder",
+        model_type=config.model_type, pooling=trunk.pooling, uses_token_type_ids=trunk.uses_token_type_ids,
+        num_heads=trunk.num_members, head_names=trunk.head_names, members=trunk.num_members,
+        max_length=_limit([config], loaded), vocab_size=int(config.vocab_size), tokenizer=loaded,
+        tokenizer_dir=tokenizer_dir, fingerprint=fingerprint([path, *_given_files(tokenizer)]),
+        member_layers=trunk.member_layers,
     )
 
 

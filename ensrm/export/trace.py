@@ -56,7 +56,7 @@ def spec_for(source: LoadedSource, *, uwo_lambda: float, padding_side: str) -> E
         pad_token_id=int(pad_id if pad_id is not None else 0), padding_side=padding_side,
         truncation_side="left" if source.architecture == "decoder" else "right",
         uwo_lambda=float(uwo_lambda), head_names=source.head_names, source_kind=source.kind,
-        members=source.members, source_fingerprint=source.fingerprint,
+        members=source.members, member_layers=source.member_layers, source_fingerprint=source.fingerprint,
         producer={"ensrm": ensrm.__version__, "torch": torch.__version__,
                   "transformers": transformers.__version__, "exporter": "torch.onnx dynamo"},
     )
