@@ -385,24 +385,32 @@ def _score_on_ray(bundle, input_file, output, objective, batch_size, best_of_n, 
 @click.option("--lr", type=float, help="[joint] Encoder learning rate (default 2e-5).")
 @click.option("--head-lr", type=float, help="[joint] Head learning rate (default 1e-3).")
 @click.option("--resume", is_flag=True, help="[joint] Continue from the state saved in OUTPUT/.train_state/.")
+@click.option("--member-layers", type=click.IntRange(min=0),
+              help="[joint] Train a partially shared trunk: K members share the embeddings and first L-m layers "
+                   "and each owns a copy of the last m layers and one head (0: K heads on one encoder).")
+@click.option("--trunk-lr", type=click.FloatRange(min=0.0),
+              help="[joint, --member-layers] Learning rate of the shared layers (default --lr; 0 keeps them fixed).")
 @click.option("--l2", type=float, help="[frozen] L2 penalty on standardised features (default 1e-3).")
 @click.option("--max-iter", type=click.IntRange(min=1), help="[frozen] L-BFGS iterations (default 200).")
 @click.option("--feature-cache", type=click.Path(file_okay=False),
               help="[frozen] Directory keeping encoder features between runs on the same texts.")
 @click.option("--pooling", type=click.Choice(["cls", "mean", "last"]),
               help="[frozen] Fit the heads on this pooling of the base model's hidden states (writes the base "
-                   "checkpoint + heads.safetensors) instead of the classifier's own pooled feature.")
+                   "checkpoint + heads.safetensors) instead of the classifier's own pooled feature. "
+                   "[joint, --member-layers] The members' pooling (default mean; last for decoders).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no report on stderr.")
 @_one_line_errors
 def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label_noise, eval_fraction, max_length,
-                  batch_size, uwo_lambda, epochs, lr, head_lr, resume, l2, max_iter, feature_cache, pooling, quiet):
+                  batch_size, uwo_lambda, epochs, lr, head_lr, resume, member_layers, trunk_lr, l2, max_iter,
+                  feature_cache, pooling, quiet):
     """Train K Bradley-Terry reward heads on BASE_MODEL from PREFS (JSONL) into a checkpoint.
 
     BASE_MODEL is a local Hugging Face checkpoint (a bare encoder/decoder or a sequence
     classifier). PREFS has one JSON object per line with string fields "prompt", "chosen"
     (the preferred response) and "rejected"; other fields are ignored. The checkpoint is an
     ordinary *ForSequenceClassification with K labels that ens-export takes as it is (with
-    --pooling: the base checkpoint plus heads.safetensors, for ens-export --heads); held-out
+    --pooling: the base checkpoint plus heads.safetensors, for ens-export --heads; with
+    --member-layers: a partial-trunk checkpoint that ens-export takes as it is); held-out
     accuracy per head and per objective is printed and saved in OUTPUT/ensrm_training.json.
 
     \b
@@ -410,6 +418,7 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
       ensrm train minilm/ prefs.jsonl -o checkpoints/rm --heads 8 --bootstrap
       ensrm train minilm/ prefs.jsonl -o checkpoints/rm --heads 8 --mode joint --epochs 2
       ens-export checkpoints/rm -o bundles/rm
+      ensrm train minilm/ prefs.jsonl -o checkpoints/trunk --heads 4 --mode joint --member-layers 2 --bootstrap
       ensrm train minilm/ prefs.jsonl -o checkpoints/mean-rm --pooling mean --l2 0.1
       ens-export checkpoints/mean-rm --heads checkpoints/mean-rm/heads.safetensors --pooling mean -o bundles/mean-rm
     """
@@ -420,7 +429,8 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
             heads=heads, mode=mode, seed=seed, bootstrap=bootstrap, label_noise=label_noise,
             eval_fraction=eval_fraction, max_length=max_length, batch_size=batch_size, uwo_lambda=uwo_lambda,
             epochs=epochs, lr=lr, head_lr=head_lr, resume=resume, l2=l2, max_iter=max_iter,
-            feature_cache=feature_cache, pooling=pooling, progress=not quiet)
+            feature_cache=feature_cache, pooling=pooling, member_layers=member_layers, trunk_lr=trunk_lr,
+            progress=not quiet)
     click.echo(train_with_settings(base_model, prefs, output, settings).headline())
 
 

@@ -75,19 +75,35 @@ def _load_state(state_dir: Path, model, optimizer, run: dict) -> dict:
     return info
 
 
-def train_joint(model, head_name: str, tokenizer, train_pairs: list[dict], counts: np.ndarray, *, epochs: int,
-                lr: float, head_lr: float, batch_size: int, max_length: int, seed: int, state_dir: Path,
-                resume: bool, run: dict, progress: bool) -> JointOutcome:
+def parameter_groups(model, head_name: str, lr: float, head_lr: float, trunk_lr: float | None = None) -> list[dict]:
+    """AdamW groups: the heads at ``head_lr``, the rest at ``lr``; in a partial trunk the shared layers
+    at ``trunk_lr`` (default ``lr``). A group at learning rate 0 is frozen (no gradients at all)."""
+    if hasattr(model, "parameter_groups"):  # ensrm.trunk.PartialTrunk
+        parts = model.parameter_groups()
+        rates = {"trunk": lr if trunk_lr is None else trunk_lr, "members": lr, "heads": head_lr}
+        groups = [{"params": parts[name], "lr": rates[name]} for name in ("trunk", "members", "heads")]
+    else:
+        head_params = list(model.get_submodule(head_name).parameters())
+        head_ids = {id(p) for p in head_params}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": lr},
+                  {"params": head_params, "lr": head_lr}]
+    for group in groups:
+        if group["lr"] == 0:
+            for param in group["params"]:
+                param.requires_grad_(False)  # exactly fixed, and backward skips what only it needs
+    return [g for g in groups if g["lr"] != 0 and g["params"]]
+
+
+def train_joint(model, groups: list[dict], tokenizer, train_pairs: list[dict], counts: np.ndarray, *, epochs: int,
+                batch_size: int, max_length: int, seed: int, state_dir: Path, resume: bool, run: dict,
+                progress: bool) -> JointOutcome:
     """Fine-tune ``model`` (already carrying seeded heads) on ``train_pairs`` for ``epochs`` epochs.
 
-    ``counts`` ``[pairs, K]`` are per-head sample weights; ``run`` describes the run (data
-    fingerprint, settings) and must match the saved state when ``resume`` is true.
+    ``groups`` are AdamW parameter groups (:func:`parameter_groups`); ``counts`` ``[pairs, K]``
+    are per-head sample weights; ``run`` describes the run (data fingerprint, settings) and must
+    match the saved state when ``resume`` is true.
     """
-    head_params = list(model.get_submodule(head_name).parameters())
-    head_ids = {id(p) for p in head_params}
-    body_params = [p for p in model.parameters() if id(p) not in head_ids]
-    optimizer = torch.optim.AdamW([{"params": body_params, "lr": lr}, {"params": head_params, "lr": head_lr}],
-                                  weight_decay=0.0)
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     n = len(train_pairs)
     steps_per_epoch = math.ceil(n / batch_size)
     start_epoch, epoch_losses, head_means = 0, [], [0.0] * counts.shape[1]
@@ -108,7 +124,8 @@ def train_joint(model, head_name: str, tokenizer, train_pairs: list[dict], count
             batch = encode_pairs(tokenizer, prompts + prompts,
                                  [train_pairs[i]["chosen"] for i in idx] + [train_pairs[i]["rejected"] for i in idx],
                                  max_length, token_types)
-            logits = model(**batch).logits  # [2b, K]: one encoder pass for both sides and all heads
+            logits = model(**batch)
+            logits = getattr(logits, "logits", logits)  # [2b, K]: one encoder pass for both sides and all heads
             r_chosen, r_rejected = logits[:len(idx)], logits[len(idx):]  # [b, K] each
             loss = bradley_terry_loss(r_chosen, r_rejected, weights[idx])
             optimizer.zero_grad(set_to_none=True)

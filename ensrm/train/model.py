@@ -93,6 +93,24 @@ def load_pooled_heads(base_model: str | Path, heads: int, pooling: str):
                             uses_token_type_ids(base) and not decoder).eval()
 
 
+def load_trunk_model(base_model: str | Path, members: int, member_layers: int, pooling: str | None):
+    """A partially shared trunk (:class:`ensrm.trunk.PartialTrunk`) of ``members`` members on ``base_model``,
+    each member's last ``member_layers`` layers starting as copies of the base's; pooling defaults to
+    mean for encoders (what sentence encoders are trained for) and last for decoders."""
+    from ensrm.errors import ExportError
+    from ensrm.export.sources import is_decoder
+    from ensrm.trunk import PartialTrunk
+
+    path = check_checkpoint(base_model)
+    with quiet_transformers():
+        base = transformers.AutoModel.from_pretrained(str(path), dtype=torch.float32)
+    pooling = pooling or ("last" if is_decoder(base.config) else "mean")
+    try:
+        return PartialTrunk.from_base(base, members=members, member_layers=member_layers, pooling=pooling).eval()
+    except ExportError as exc:
+        raise TrainingError(str(exc)) from None
+
+
 def final_linear(model, heads: int):
     """``(name, Linear)`` of the classifier's last layer, the one with ``heads`` outputs."""
     for name in HEAD_NAMES:
@@ -180,8 +198,14 @@ def pooled_features(model, head, tokenizer, prompts, responses, *, max_length, b
 
 def save_checkpoint(model, tokenizer, out_dir: Path) -> None:
     """Write an ordinary sequence-classification checkpoint (safetensors, config, tokenizer files);
-    a pooled-heads module is written as its base checkpoint plus :data:`HEADS_FILE`."""
+    a pooled-heads module is written as its base checkpoint plus :data:`HEADS_FILE`, a partial trunk
+    as :func:`ensrm.trunk.save_trunk` describes."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "member_layers"):
+        from ensrm.trunk import save_trunk
+
+        save_trunk(model, tokenizer, out_dir)
+        return
     if hasattr(model, "pooling"):
         safetensors_torch = require("safetensors.torch", "export")
         model.base.save_pretrained(str(out_dir), safe_serialization=True)

@@ -19,10 +19,11 @@ from ensrm.spec import POOLINGS
 from ensrm.train import model as M
 from ensrm.train.feature_cache import FeatureCache, model_fingerprint
 from ensrm.train.frozen import fit_heads
-from ensrm.train.joint import STATE_DIR, train_joint
+from ensrm.train.joint import STATE_DIR, parameter_groups, train_joint
 from ensrm.train.metrics import format_metrics, pairwise_metrics
 from ensrm.train.pairs import add_label_noise, bootstrap_counts, fingerprint, load_preferences, split_pairs
 from ensrm.train.progress import Progress
+from ensrm.trunk import TRUNK_FILE
 
 torch = require("torch", "export")
 
@@ -95,16 +96,36 @@ class FrozenSettings:
 
 @dataclass(frozen=True)
 class JointSettings:
-    """``mode="joint"``: encoder and heads are fine-tuned together with AdamW."""
+    """``mode="joint"``: encoder and heads are fine-tuned together with AdamW.
+
+    ``member_layers`` (m, 0 included) trains a partially shared trunk (:mod:`ensrm.trunk`)
+    instead of the classifier: K members share the embeddings and the first L − m layers, each
+    owns a copy of the last m layers and one head on ``pooling`` (default mean for encoders, last
+    for decoders) of its last hidden states. ``trunk_lr`` (default ``lr``) is the shared layers'
+    learning rate; 0 keeps them fixed.
+    """
 
     epochs: int = 1
     lr: float = 2e-5
     head_lr: float = 1e-3
     resume: bool = False
+    member_layers: int | None = None
+    trunk_lr: float | None = None
+    pooling: str | None = None
 
     def __post_init__(self):
         if not self.epochs >= 1:
             raise TrainingError(f"`epochs` must be >= 1, got {self.epochs}")
+        if self.member_layers is None and (self.trunk_lr is not None or self.pooling is not None):
+            given = "`trunk_lr`" if self.trunk_lr is not None else "`pooling`"
+            raise TrainingError(f"{given} in joint mode applies to a partially shared trunk: give `member_layers` "
+                                "(0 for K heads on one shared encoder)")
+        if self.member_layers is not None and self.member_layers < 0:
+            raise TrainingError(f"`member_layers` must be >= 0, got {self.member_layers}")
+        if self.trunk_lr is not None and self.trunk_lr < 0:
+            raise TrainingError(f"`trunk_lr` must be >= 0, got {self.trunk_lr}")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise TrainingError(f"`pooling` must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
 
 
 _MODE_SETTINGS = {"frozen": FrozenSettings, "joint": JointSettings}
@@ -117,7 +138,7 @@ class TrainSettings:
     """Everything a training run is told; ``method`` holds the settings of its mode.
 
     >>> TrainSettings.create(heads=4, mode="joint", epochs=2).method
-    JointSettings(epochs=2, lr=2e-05, head_lr=0.001, resume=False)
+    JointSettings(epochs=2, lr=2e-05, head_lr=0.001, resume=False, member_layers=None, trunk_lr=None, pooling=None)
     """
 
     heads: int = 8
@@ -153,7 +174,7 @@ class TrainSettings:
             raise TrainingError(f"`mode` must be one of {', '.join(MODES)}, got {mode!r}")
         other = MODES[1 - MODES.index(mode)]
         own_names = {f.name for f in fields(_MODE_SETTINGS[mode])}
-        other_names = {f.name for f in fields(_MODE_SETTINGS[other])}
+        other_names = {f.name for f in fields(_MODE_SETTINGS[other])} - own_names
         wrong = {k: v for k, v in options.items() if k in other_names and v is not None and v is not False}
         if wrong:
             given = ", ".join(f"`{k}={v!r}`" if isinstance(v, str) else f"`{k}={v}`" for k, v in wrong.items())
@@ -177,7 +198,8 @@ def _score_pairs(model, tokenizer, pairs, max_length, batch_size):
             prompts = [p["prompt"] for p in part]
             batch = M.encode_pairs(tokenizer, prompts + prompts,
                                    [p["chosen"] for p in part] + [p["rejected"] for p in part], max_length, token_types)
-            logits = model(**batch).logits.float()  # [2b, K]
+            logits = model(**batch)
+            logits = getattr(logits, "logits", logits).float()  # [2b, K]
             chosen.append(logits[:len(part)])
             rejected.append(logits[len(part):])
     return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
@@ -246,10 +268,12 @@ def _train_joint(run: _Run, settings: TrainSettings, base_model, out_dir: Path) 
     identity = {"data": fingerprint(run.train), "base_model": str(Path(base_model).resolve()),
                 "heads": settings.heads, "seed": settings.seed, "bootstrap": settings.bootstrap,
                 "label_noise": settings.label_noise, "lr": method.lr, "head_lr": method.head_lr,
-                "batch_size": batch_size, "max_length": run.max_length, "epochs": method.epochs}
-    outcome = train_joint(run.model, run.head_name, run.tokenizer, run.train, run.counts, epochs=method.epochs,
-                          lr=method.lr, head_lr=method.head_lr, batch_size=batch_size, max_length=run.max_length,
-                          seed=settings.seed, state_dir=out_dir / STATE_DIR, resume=method.resume, run=identity,
+                "batch_size": batch_size, "max_length": run.max_length, "epochs": method.epochs,
+                "member_layers": method.member_layers, "trunk_lr": method.trunk_lr, "pooling": method.pooling}
+    groups = parameter_groups(run.model, run.head_name, method.lr, method.head_lr, method.trunk_lr)
+    outcome = train_joint(run.model, groups, run.tokenizer, run.train, run.counts, epochs=method.epochs,
+                          batch_size=batch_size, max_length=run.max_length, seed=settings.seed,
+                          state_dir=out_dir / STATE_DIR, resume=method.resume, run=identity,
                           progress=settings.progress)
     if head.bias is not None:  # decoder score layers have no bias to centre with
         with torch.no_grad():
@@ -274,13 +298,15 @@ def _prepare(base_model, prefs, settings: TrainSettings) -> _Run:
     max_length = settings.max_length
     if tokenizer.model_max_length < 1_000_000:  # unset limits are reported as a huge sentinel
         max_length = min(max_length, tokenizer.model_max_length)
-    pooling = getattr(settings.method, "pooling", None)
-    if pooling is None:
+    pooling, member_layers = settings.method.pooling, getattr(settings.method, "member_layers", None)
+    if member_layers is not None:
+        model = M.load_trunk_model(base_model, settings.heads, member_layers, pooling)
+    elif pooling is None:
         model = M.load_classifier(base_model, settings.heads, tokenizer, settings.seed)
     else:
         model = M.load_pooled_heads(base_model, settings.heads, pooling)
     head_name, head = M.final_linear(model, settings.heads)
-    config = model.base.config if pooling else model.config
+    config = model.base.config if hasattr(model, "pooling") else model.config
     M.init_heads(head, settings.seed, float(getattr(config, "initializer_range", 0.02) or 0.02))
     return _Run(model, head_name, head, tokenizer, train, split.eval, counts, max_length)
 
@@ -290,21 +316,23 @@ def _report(base_model, settings: TrainSettings, run: _Run, fit: _Fit, metrics: 
     """The contents of ``ensrm_training.json``; every mode's settings (the other mode's at their defaults)."""
     frozen = settings.method if isinstance(settings.method, FrozenSettings) else FrozenSettings()
     joint = settings.method if isinstance(settings.method, JointSettings) else JointSettings()
-    pooling = frozen.pooling
+    pooling, trunk = frozen.pooling, joint.member_layers is not None
     return {
         "format_version": 1,
         "base_model": str(base_model),
-        "architecture": type(run.model.base if pooling else run.model).__name__,
+        "architecture": type(run.model.base if hasattr(run.model, "pooling") else run.model).__name__,
         "head_layer": run.head_name,
-        "pooling": pooling,
+        "pooling": run.model.pooling if trunk else pooling,
         "heads_file": M.HEADS_FILE if pooling else None,
+        "member_layers": joint.member_layers,
+        "trunk_file": TRUNK_FILE if trunk else None,
         "text_encoding": "tokenizer(prompt, response)",
         "mode": settings.mode,
         "heads": settings.heads,
         "seed": settings.seed,
         "bootstrap": settings.bootstrap,
         "label_noise": settings.label_noise,
-        "settings": {"epochs": joint.epochs, "lr": joint.lr, "head_lr": joint.head_lr,
+        "settings": {"epochs": joint.epochs, "lr": joint.lr, "head_lr": joint.head_lr, "trunk_lr": joint.trunk_lr,
                      "batch_size": settings.batch_size, "l2": frozen.l2, "max_iter": frozen.max_iter,
                      "eval_fraction": settings.eval_fraction, "max_length": run.max_length,
                      "feature_cache": None if frozen.feature_cache is None else str(frozen.feature_cache)},
@@ -338,7 +366,7 @@ def train_with_settings(base_model: str | os.PathLike, prefs: str | os.PathLike 
                          n_eval=len(run.evals), train_loss=fit.train_loss, metrics=metrics, eval_pairs=run.evals,
                          eval_rewards_chosen=fit.eval_chosen, eval_rewards_rejected=fit.eval_rejected,
                          steps=fit.steps, start_epoch=fit.start_epoch, seconds=seconds,
-                         pooling=getattr(settings.method, "pooling", None))
+                         pooling=settings.method.pooling if settings.mode == "frozen" else None)
     if settings.progress:
         print(result.summary(), file=sys.stderr)
     return result
@@ -367,6 +395,8 @@ def train_reward_model(
     resume: bool = False,
     feature_cache: str | os.PathLike | None = None,
     pooling: str | None = None,
+    member_layers: int | None = None,
+    trunk_lr: float | None = None,
 ) -> TrainResult:
     """Train ``heads`` Bradley–Terry reward heads on one encoder and save a sequence classifier.
 
@@ -384,6 +414,10 @@ def train_reward_model(
     - ``mode="joint"``: encoder and heads train together with AdamW (``lr`` for the encoder,
       default 2e-5; ``head_lr`` for the heads, default 1e-3) for ``epochs`` (default 1); state is
       saved in ``out_dir/.train_state/`` after every epoch and ``resume=True`` continues from it.
+      ``member_layers=m`` (joint) trains a partially shared trunk instead: K members sharing the
+      embeddings and first L − m layers, one pass through the shared layers per batch, each member
+      with its own last m layers and one head (``pooling``, ``trunk_lr``: :class:`JointSettings`);
+      ``out_dir`` then holds the checkpoint of :mod:`ensrm.trunk`, which ``ens-export`` takes as it is.
 
     A keyword of the other mode is refused (it would do nothing). ``pooling`` (frozen) fits the heads
     on a pooling of the base model's states, written as ``heads.safetensors`` (:class:`FrozenSettings`).
@@ -402,5 +436,5 @@ def train_reward_model(
         heads=heads, mode=mode, seed=seed, bootstrap=bootstrap, label_noise=label_noise, epochs=epochs, lr=lr,
         head_lr=head_lr, batch_size=batch_size, l2=l2, max_iter=max_iter, eval_fraction=eval_fraction,
         max_length=max_length, uwo_lambda=uwo_lambda, progress=progress, resume=resume,
-        feature_cache=feature_cache, pooling=pooling)
+        feature_cache=feature_cache, pooling=pooling, member_layers=member_layers, trunk_lr=trunk_lr)
     return train_with_settings(base_model, prefs, out_dir, settings)

@@ -115,10 +115,10 @@ def test_pooled_heads_bundle_reproduces_the_trainers_eval_rewards(tiny_bert_dir,
                                atol=1e-3 * float(np.abs(run.eval_rewards_chosen).max()))
 
 
-def test_pooling_is_refused_in_joint_mode_and_when_unknown(tiny_bert_dir, easy_prefs, tmp_path):
+def test_pooling_is_refused_in_joint_mode_without_a_trunk_and_when_unknown(tiny_bert_dir, easy_prefs, tmp_path):
     from ensrm.train import train_reward_model
 
-    with pytest.raises(TrainingError, match="`pooling` only applies to `mode='frozen'`"):
+    with pytest.raises(TrainingError, match="`pooling` in joint mode applies to a partially shared trunk"):
         train_reward_model(tiny_bert_dir, easy_prefs[:10], tmp_path / "rm", mode="joint", pooling="mean",
                            progress=False)
     with pytest.raises(TrainingError, match="`pooling` must be one of cls, mean, last"):
