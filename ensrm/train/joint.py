@@ -91,7 +91,10 @@ def parameter_groups(model, head_name: str, lr: float, head_lr: float, trunk_lr:
         if group["lr"] == 0:
             for param in group["params"]:
                 param.requires_grad_(False)  # exactly fixed, and backward skips what only it needs
-    return [g for g in groups if g["lr"] != 0 and g["params"]]
+    groups = [g for g in groups if g["lr"] != 0 and g["params"]]
+    if not groups:
+        raise TrainingError("every learning rate is 0 (`lr`, `head_lr`, `trunk_lr`): nothing would train")
+    return groups
 
 
 def train_joint(model, groups: list[dict], tokenizer, train_pairs: list[dict], counts: np.ndarray, *, epochs: int,
