@@ -100,7 +100,8 @@ def _narrow(graph, select, constants) -> int:
     params = [numpy_helper.from_array(np.array([v], dtype=np.int64), f"{select.name}/row_{what}")
               for what, v in (("start", 0), ("end", 1), ("axis", 1))]
     graph.initializer.extend(params)
-    sliced = {name: f"{name}/pooled_row" for name in entering}
+    # named per selection: a partial trunk's members all read the shared layers' output
+    sliced = {name: f"{name}/{select.name}/pooled_row" for name in entering}
     inserts: dict[str, list] = defaultdict(list)  # node name -> Slices placed before it
     placed: set[str] = set()
     for node in graph.node:

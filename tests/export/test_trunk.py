@@ -43,6 +43,20 @@ def torch_heads(module, tokenizer, spec) -> np.ndarray:
         return module(*args).numpy()
 
 
+def test_first_token_pooling_narrows_every_members_last_layer(checkpoints, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    checkpoint = checkpoints("bert", 1)
+    trunk = make_trunk(checkpoint, 3, 1, "cls")  # every member's last layer reads the one shared hidden state
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    save_trunk(trunk, tokenizer, tmp_path / "ckpt")
+    spec = export_bundle([tmp_path / "ckpt"], tmp_path / "bundle", progress=None)
+    graph = onnx.load(str(tmp_path / "bundle" / "model.onnx"), load_external_data=False).graph
+    selects = {n.name.split("/")[-2] for n in graph.node if n.op_type == "Slice" and n.name.endswith("/pooled_row")}
+    assert len(selects) == 3
+    scores = ensrm.Scorer(tmp_path / "bundle").score_texts(PROMPTS, RESPONSES).heads
+    np.testing.assert_allclose(scores, torch_heads(trunk, tokenizer, spec), atol=1e-4, rtol=0)
+
+
 @pytest.fixture(scope="module", params=["bert", "llama"])
 def family(request, checkpoints):
     kind = request.param
