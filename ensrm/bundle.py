@@ -78,7 +78,7 @@ def verify_files(bundle_dir: str | os.PathLike, spec: EnsembleSpec, mode: str = 
         return
     # Every file the runtime will open must be one the manifest vouches for.
     # (a variant rejected by its accuracy gate has no file: "file": null)
-    used = [v.file for v in spec.variants.values() if v.file] + \
+    used = [v.file for v in spec.variants.values() if v.file] + [g.file for g in spec.fused.values()] + \
         ([spec.tokenizer_file] if spec.tokenizer_file else [])
     for name in used:
         if name not in spec.files:

@@ -22,6 +22,9 @@ OUTPUT_NAMES = ("heads", "ens_mean", "ens_std", "ens_min", "ens_uwo")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 #: The ONNX file of each precision (Contract).
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+#: Optional provider-specific forms of the fp32 graph, by the onnxruntime execution provider that
+#: has their kernels (:class:`FusedGraph`); ``model.onnx`` stays the source of truth.
+FUSED_FILES = {"CPUExecutionProvider": "model.cpu.onnx"}
 
 ARCHITECTURES = ("encoder", "decoder")
 POOLINGS = ("cls", "mean", "last")
@@ -141,6 +144,33 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class FusedGraph:
+    """A faster form of ``model.onnx`` for one execution provider, verified against it at export.
+
+    ``provider`` is the onnxruntime execution provider whose (contrib) kernels the graph needs;
+    ``checks`` compares it with the portable graph on the export's verification inputs
+    (``max_abs_diff_heads``, ``max_abs_diff_aggregates``, ``tolerance``, ``passed``); ``method``
+    says how it was made (tool, options, the fusions that fired). In the manifest it is
+    ``"fused": {provider: {"provider", "file", "base", "checks", "method"}}``; bundles written
+    before it existed have no ``fused`` key and load as before.
+
+    >>> FusedGraph("CPUExecutionProvider", "model.cpu.onnx").base
+    'fp32'
+    """
+
+    provider: str
+    file: str
+    base: str = "fp32"
+    checks: dict[str, Any] = field(default_factory=dict)
+    method: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, provider: str, data: dict[str, Any]) -> FusedGraph:
+        return cls(provider=provider, file=str(data["file"]), base=str(data.get("base", "fp32")),
+                   checks=dict(data.get("checks") or {}), method=dict(data.get("method") or {}))
+
+
+@dataclass(frozen=True)
 class EnsembleSpec:
     """Everything the runtime and tools need to know about an exported ensemble.
 
@@ -170,6 +200,8 @@ class EnsembleSpec:
     files: dict[str, FileEntry] = field(default_factory=dict)
     #: per precision (``fp32``, ``fp16``, ``int8``): the model file and its verdict
     variants: dict[str, Variant] = field(default_factory=dict)
+    #: per execution provider: a verified faster form of the fp32 graph (``model.cpu.onnx``)
+    fused: dict[str, FusedGraph] = field(default_factory=dict)
     source_fingerprint: str = ""
     tokenizer_file: str | None = "tokenizer.json"
     truncation_side: str = "right"
@@ -231,6 +263,8 @@ class EnsembleSpec:
         ]
         data["inputs"] = [{"name": name, "dtype": "int64", "shape": ["batch", "seq"]} for name in self.inputs]
         data["variants"] = {precision: variant.to_dict() for precision, variant in self.variants.items()}
+        if not self.fused:  # a bundle without one writes the manifest it always did
+            del data["fused"]
         return data
 
     def to_json(self) -> str:
@@ -269,6 +303,8 @@ class EnsembleSpec:
             )
         kwargs["variants"] = {precision: Variant.from_dict(precision, v)
                               for precision, v in kwargs.get("variants", {}).items()}
+        kwargs["fused"] = {provider: FusedGraph.from_dict(provider, g)
+                           for provider, g in (kwargs.get("fused") or {}).items()}
         kwargs["files"] = {name: FileEntry(size=int(e["size"]), sha256=str(e["sha256"]))
                            for name, e in kwargs.get("files", {}).items()}
         try:
