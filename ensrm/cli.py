@@ -95,10 +95,13 @@ def _usage():
 @click.option("--tensorrt", "tensorrt_batches", default=None,
               help="Also build TensorRT engines for the written variants, for these batch sizes "
                    "(e.g. 1,8,32); needs a GPU and the tensorrt package.")
+@click.option("--cpu-graph/--no-cpu-graph", default=True, show_default=True,
+              help="Also write model.cpu.onnx, onnxruntime's fused CPU form of the graph (verified against "
+                   "model.onnx; the Scorer runs it on the CPU provider).")
 @_one_line_errors
 def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_length, padding_side, tolerance,
                    overwrite, trust_remote_code, normalize_on, precisions, calibration, eval_on, int8_mode,
-                   min_spearman, min_top1, tensorrt_batches):
+                   min_spearman, min_top1, tensorrt_batches, cpu_graph):
     """Export a reward model into a bundle: one ONNX graph with the ensemble aggregates.
 
     SOURCE is a local Hugging Face *ForSequenceClassification checkpoint with K labels
@@ -125,7 +128,7 @@ def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_l
                          precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
                          gates=gates_with(min_spearman, min_top1),
                          tensorrt_batches=_parse_batches(tensorrt_batches) if tensorrt_batches else None,
-                         progress=_echo_err)
+                         cpu_graph=cpu_graph, progress=_echo_err)
     click.echo(f"bundle {output}: {spec.describe()}")
 
 

@@ -70,9 +70,8 @@ def normalize_staged(build: BundleBuilder, references: str | os.PathLike) -> Non
     norm = measure_normalization(backend, encoder_for(build.staging, spec), records, spec.normalization,
                                  sha256_file(references))
     del backend
-    for variant in spec.variants.values():
-        if variant.file:
-            rewrite_constants(build.path(variant.file), norm)
+    for name in [v.file for v in spec.variants.values() if v.file] + [g.file for g in spec.fused.values()]:
+        rewrite_constants(build.path(name), norm)
     build.spec, build.references = spec.replace(normalization=norm), records
     build.step(f"normalised {spec.num_heads} heads on {len(records)} reference records: "
                + ", ".join(f"{m:+.3g}/{s:.3g}" for m, s in zip(norm.mu, norm.sigma)))
@@ -82,7 +81,7 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, references: str | os.PathLik
                      threads: int | None = None, progress: Progress | None = None) -> EnsembleSpec:
     """Normalise the heads of an existing bundle on reference records, atomically.
 
-    Every graph (fp32 and each accepted variant) gets the new constants; each variant's
+    Every graph (fp32, the fused CPU graph and each accepted variant) gets the new constants; each variant's
     accuracy gate is run again on the reference records, because normalisation changes
     what ``min`` and ``uwo`` rank by. Engines built from the old graphs are dropped.
 
@@ -94,5 +93,9 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, references: str | os.PathLik
 
     with BundleBuilder.update(bundle_dir, threads=threads, progress=progress) as build:
         normalize_staged(build, references)
+        if build.spec.fused:  # same constants in the fused graphs; check them against model.onnx again
+            from ensrm.export.fused import refresh_fused
+
+            refresh_fused(build)
         regate_variants(build, build.references)
     return build.spec

@@ -45,6 +45,7 @@ def export_bundle(
     int8_mode: str = "static",
     gates: dict | None = None,
     tensorrt_batches: Sequence[int] | None = None,
+    cpu_graph: bool = True,
     progress: Progress | None = _stderr,
 ) -> EnsembleSpec:
     """Export a reward model (or a full ensemble) into a verified bundle directory.
@@ -56,26 +57,21 @@ def export_bundle(
     ``precisions`` (``"fp16,int8"``) adds variants, each kept only if it passes its accuracy gate
     on held-out records (``eval_on``, else a quarter of ``calibration``). ``tensorrt_batches``
     (``(1, 8, 32)``) then builds a TensorRT engine of each accepted fp16/int8 variant (needs a GPU
-    and ``ensrm[tensorrt]``; checked before the export starts).
+    and ``ensrm[tensorrt]``; checked before the export starts). ``cpu_graph`` (default) adds
+    ``model.cpu.onnx``, onnxruntime's fused CPU form of the graph, verified against ``model.onnx``
+    (:mod:`ensrm.export.fused`); ``False`` skips the step.
 
     >>> export_bundle(["checkpoints/rm"], "bundles/rm").num_heads     # doctest: +SKIP
     8
     """
     precisions = _check_options(output, overwrite, uwo_lambda, precisions, tensorrt_batches)
-    steps = 4 + (normalize_on is not None) + bool(precisions)
+    steps = 4 + (normalize_on is not None) + bool(precisions) + bool(cpu_graph)
     with BundleBuilder.new(output, overwrite=overwrite, threads=threads, progress=progress, steps=steps) as build:
         _export_steps(build, sources, heads=heads, tokenizer=tokenizer, pooling=pooling, max_length=max_length,
                       attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
                       uwo_lambda=uwo_lambda, padding_side=padding_side, tolerance=tolerance)
-        if normalize_on is not None:
-            from ensrm.calibration.normalize import normalize_staged
-
-            normalize_staged(build, normalize_on)
-        if precisions:
-            from ensrm.calibration.variants import build_variants
-
-            build_variants(build, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
-                           gates=gates)
+        _graph_steps(build, normalize_on=normalize_on, cpu_graph=cpu_graph, tolerance=tolerance,
+                     precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode, gates=gates)
         build.step(f"wrote bundle {Path(output)}")
     _warn_uncalibrated(build.spec, progress)
     if tensorrt_batches:
@@ -105,6 +101,23 @@ def _warn_uncalibrated(spec: EnsembleSpec, progress: Progress | None) -> None:
     if spec.num_heads > 1 and not spec.normalization.calibrated and progress:
         progress(f"warning: {spec.num_heads} heads without calibrated normalisation: ens_min and ens_uwo "
                  "compare raw head offsets; calibrate with `normalize_on=REFS.jsonl`")
+
+
+def _graph_steps(build: BundleBuilder, *, normalize_on, cpu_graph: bool, tolerance: float, precisions, calibration,
+                 eval_on, int8_mode: str, gates) -> None:
+    """Normalise, add the fused CPU graph (after: it takes the constants), add the precision variants."""
+    if normalize_on is not None:
+        from ensrm.calibration.normalize import normalize_staged
+
+        normalize_staged(build, normalize_on)
+    if cpu_graph:
+        from ensrm.export.fused import fuse_cpu_graph
+
+        fuse_cpu_graph(build, tolerance=tolerance)
+    if precisions:
+        from ensrm.calibration.variants import build_variants
+
+        build_variants(build, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode, gates=gates)
 
 
 def _export_steps(build: BundleBuilder, sources, *, heads, tokenizer, pooling, max_length, attn_implementation,
