@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ensrm.bundle import bundle_file, load_spec
+from ensrm.bundle import bundle_file, read_spec, verify_files
 from ensrm.errors import BundleError, EnsrmError, InputError
 from ensrm.runtime.inputs import check_inputs
 from ensrm.runtime.scores import Scores
 from ensrm.runtime.texts import TextEncoder, check_texts
-from ensrm.spec import MODEL_FILES
+from ensrm.spec import MODEL_FILES, FusedGraph
+
+
+class FusedGraphWarning(RuntimeWarning):
+    """The bundle's fused CPU graph is there but cannot be used here; the portable graph runs instead."""
 
 
 class Scorer:
@@ -24,6 +29,11 @@ class Scorer:
     ``precision`` picks ``fp32`` (``model.onnx``) or an accepted ``fp16``/``int8`` variant.
     ``verify`` checks the bundle's files against the manifest: ``"sha256"`` (default),
     ``"size"`` (fast) or ``"none"``. Batches larger than ``max_batch_size`` are split.
+
+    On the CPU provider an fp32 scorer runs the bundle's fused CPU graph (``model.cpu.onnx``,
+    verified against ``model.onnx`` at export) when the bundle has one and ``fused`` is true;
+    with another provider, or when that file is damaged or does not load, it runs ``model.onnx``
+    and warns once (:class:`FusedGraphWarning`). ``model_path`` is the graph that was loaded.
 
     ``backend="tensorrt"`` runs the bundle's TensorRT engine for ``precision`` (built with
     ``ensrm build-engine`` on this GPU and TensorRT version) instead of onnxruntime. With
@@ -39,11 +49,14 @@ class Scorer:
 
     def __init__(self, bundle_dir: str | os.PathLike, providers=None, threads: int | None = None,
                  precision: str = "fp32", verify: str = "sha256", max_batch_size: int = 256,
-                 spinning: bool | None = None, backend: str = "onnxruntime"):
-        from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend, with_tensorrt_cache
+                 spinning: bool | None = None, backend: str = "onnxruntime", fused: bool = True):
+        from ensrm.runtime.onnxruntime_backend import with_tensorrt_cache
 
         self.bundle_dir = Path(bundle_dir)
-        self.spec = load_spec(self.bundle_dir, verify=verify)
+        self.spec = read_spec(self.bundle_dir)
+        # A damaged fused graph only costs its speed: checked (and skipped) when it would be used.
+        extra = {name for g in self.spec.fused.values() for name in (g.file, g.file + ".data")}
+        verify_files(self.bundle_dir, self.spec, verify, only=set(self.spec.files) - extra)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
@@ -55,16 +68,11 @@ class Scorer:
             self.backend = TensorRTBackend(engine_path(self.bundle_dir, precision))
         elif backend == "onnxruntime":
             providers = with_tensorrt_cache(providers, self.bundle_dir / "engines" / f"ort-{precision}")
-            try:
-                self.backend = OnnxRuntimeBackend(model_path, providers, threads, spinning)
-            except EnsrmError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
-                raise BundleError(f"onnxruntime cannot load {model_path.name} of {self.bundle_dir}: "
-                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                                  file=model_path.name) from None
+            fused_graph = self._fused_graph(precision, providers, verify) if fused else None
+            self.backend, model_path = self._load(fused_graph, model_path, providers, threads, spinning)
         else:
             raise ValueError(f"backend must be onnxruntime or tensorrt, got {backend!r}")
+        self.model_path = model_path
         self._encoder: TextEncoder | None = None
         self._encoder_lock = threading.Lock()
 
@@ -79,6 +87,45 @@ class Scorer:
             raise BundleError(f"the {precision} variant of {self.bundle_dir} failed its accuracy gate at "
                               "export and is marked rejected")
         return bundle_file(self.bundle_dir, variant.file)
+
+    def _load(self, fused_graph: Path | None, model_path: Path, providers, threads, spinning):
+        """An onnxruntime backend on ``fused_graph`` if it loads (else with a warning), or on ``model_path``."""
+        from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        if fused_graph is not None:
+            try:
+                return OnnxRuntimeBackend(fused_graph, providers, threads, spinning), fused_graph
+            except Exception as exc:  # noqa: BLE001 - any failure to load it leaves the portable graph
+                _warn(f"onnxruntime cannot load {fused_graph.name} of {self.bundle_dir} ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); running {model_path.name}")
+        try:
+            return OnnxRuntimeBackend(model_path, providers, threads, spinning), model_path
+        except EnsrmError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
+            raise BundleError(f"onnxruntime cannot load {model_path.name} of {self.bundle_dir}: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                              file=model_path.name) from None
+
+    def _fused_graph(self, precision: str, providers, verify: str) -> Path | None:
+        """The fused graph to run instead of ``precision``'s file, if the bundle has one that fits."""
+        from ensrm.runtime.onnxruntime_backend import resolve_providers
+
+        graph: FusedGraph | None = self.spec.fused.get("CPUExecutionProvider")
+        if graph is None or graph.base != precision:
+            return None
+        first = resolve_providers(providers)[0]
+        first = first[0] if isinstance(first, tuple) else first
+        if first != graph.provider:
+            _warn(f"{graph.file} of {self.bundle_dir} needs the {graph.provider}'s kernels; running "
+                  f"{MODEL_FILES[precision]} on {first}")
+            return None
+        try:
+            verify_files(self.bundle_dir, self.spec, verify, only={graph.file, graph.file + ".data"})
+            return bundle_file(self.bundle_dir, graph.file)
+        except BundleError as exc:
+            _warn(f"{exc}; running {MODEL_FILES[precision]}")
+            return None
 
     @property
     def num_heads(self) -> int:
@@ -164,3 +211,7 @@ class Scorer:
         from ensrm.runtime.rewards import TokenRewardFunction
 
         return TokenRewardFunction(self, objective)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, FusedGraphWarning, stacklevel=4)  # at the caller of Scorer(...)

@@ -98,7 +98,7 @@ def test_unloadable_graph_is_a_bundle_error_even_unverified(bundle):
 
     (bundle / "model.onnx").write_bytes(b"not a protobuf" * 10)
     with pytest.raises(BundleError, match="onnxruntime cannot load model.onnx") as info:
-        Scorer(bundle, verify="none")
+        Scorer(bundle, verify="none", fused=False)  # the portable graph; the fused one: test_fused_scorer.py
     assert info.value.file == "model.onnx"
 
 
@@ -116,7 +116,7 @@ def test_external_data_escaping_the_bundle_is_refused_by_onnxruntime(bundle, tmp
                 entry.value = "../outside.data"
     onnx.save(model, str(bundle / "model.onnx"))
     with pytest.raises(BundleError, match="onnxruntime cannot load model.onnx"):
-        Scorer(bundle, verify="none")
+        Scorer(bundle, verify="none", fused=False)
 
 
 # -- the manifest ---------------------------------------------------------------------------------
