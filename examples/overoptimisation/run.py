@@ -65,7 +65,7 @@ from ensrm.train.bon import best_of_n_kl, expected_best_of_n  # noqa: E402
 from ensrm.train.metrics import aggregates, pairwise_metrics  # noqa: E402
 from ensrm.train.pairs import add_label_noise  # noqa: E402
 
-DEFAULTS = dict(prompts=64, pool=256, pairs=480, epochs=1, heads=4, member_layers="1,2", noise_seeds=3,
+DEFAULTS = dict(prompts=64, pool=256, pairs=320, epochs=1, heads=4, member_layers="1,2", noise_seeds=3,
                 label_noise=0.25, references=200, test_pairs=100, cost_slice=64, max_length=128, uwo_lambda=0.5,
                 seed=0, lr=5e-5, head_lr=3e-3, batch_size=16, export_tolerance=1e-4, table_ns="16,64,256")
 QUICK = dict(prompts=8, pool=64, pairs=64, noise_seeds=1, references=50, test_pairs=32, cost_slice=16,
