@@ -499,7 +499,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0].set_ylabel("gold score of the selected response")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Best-of-n against proxies (K = {cfg['heads']}, {int(100 * cfg['label_noise'])}% label noise, "
-                 f"{cfg['noise_seeds']} noise seeds × {cfg['prompts']} prompts × {cfg['pool']} candidates, "
+                 f"{cfg['noise_seeds']} noise seed(s) × {cfg['prompts']} prompts × {cfg['pool']} candidates, "
                  "exact estimator; top axis: n)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
