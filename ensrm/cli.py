@@ -229,9 +229,11 @@ def build_engine_command(bundle, precision, batch_sizes, timing_cache):
                    "default model).")
 @click.option("--quick", is_flag=True, help="A smaller grid and fewer rounds (a first look, a few minutes).")
 @click.option("--suite", "suites", multiple=True,
-              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency"]),
-              help="Run only these suites (repeatable; default: all). latency: batch 1-8 of real-length pairs, "
-                   "p50/p99 per call, 1 thread and all cores.")
+              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency", "trunk"]),
+              help="Run only these suites (repeatable; default: all but trunk). latency: batch 1-8 of real-length "
+                   "pairs, p50/p99 per call, 1 thread and all cores. trunk: the partially shared trunk's time and "
+                   "memory against member layers m = 0, 1, 2, L/2, L (K = 4, linear fit, trunk.png; alone it needs "
+                   "no bundle and its checkpoint defaults to MiniLM-L6).")
 @click.option("--threads", type=int, help="Intra-op threads for onnxruntime and torch (default: all cores).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Where the comparison models are built and kept (default: ~/.cache/ensrm/bench).")
@@ -246,6 +248,7 @@ def bench_command(output, bundle, checkpoint, quick, suites, threads, cache_dir)
     Examples:
       ensrm bench --quick
       ensrm bench --bundle bundles/default -o artifacts/bench
+      ensrm bench --suite trunk -o benchmarks/results/trunk
     """
     from ensrm.bench import run_benchmarks
 
@@ -256,7 +259,7 @@ def bench_command(output, bundle, checkpoint, quick, suites, threads, cache_dir)
     paths = run_benchmarks(output, bundle=bundle, checkpoint=checkpoint, quick=quick, suites=suites or None,
                            threads=threads, cache_dir=cache_dir, command=command)
     click.echo(paths["markdown"].read_text(encoding="utf-8"))
-    click.echo(f"wrote {paths['json']}, {paths['png']}, {paths['markdown']}")
+    click.echo("wrote " + ", ".join(str(paths[k]) for k in ("json", "png", "trunk_png", "markdown") if k in paths))
 
 
 # -- ensrm score -------------------------------------------------------------------------------

