@@ -27,6 +27,8 @@ CPU = "CPUExecutionProvider"
 #: in (the session applies its own at load), heads and width found from the graph.
 OPTIMIZER = {"tool": "onnxruntime.transformers.optimizer", "model_type": "bert", "opt_level": 0,
              "num_heads": 0, "hidden_size": 0}
+#: Above this size (graph and weights) the step is not attempted.
+MAX_BYTES = 2 ** 31
 
 
 def optimize_graph(portable: Path, target: Path) -> dict[str, int]:
@@ -109,6 +111,10 @@ def fuse_cpu_graph(build: BundleBuilder, *, tolerance: float = 1e-4) -> None:
     name = FUSED_FILES[CPU]
     portable, target = build.path(MODEL_FILES["fp32"]), build.path(name)
     _remove(build, name)
+    weights = sum(p.stat().st_size for p in (portable, portable.with_name(portable.name + ".data")) if p.exists())
+    if weights > MAX_BYTES:
+        return _drop(build, f"no fused CPU graph: not attempted for a graph of {weights / 2 ** 30:.1f} GiB "
+                            "(the optimizer holds the whole model in memory; tried up to MiniLM's 90 MB)")
     try:
         fusions = optimize_graph(portable, target)
     except Exception as exc:  # noqa: BLE001 - the optimizer raises anything; the portable graph suffices

@@ -110,3 +110,10 @@ def test_adding_a_fused_graph_to_an_existing_bundle(bundles, tmp_path):
     shutil.copytree(bundles("bert", cpu_graph=False), bundle)
     spec = fused_module.add_cpu_graph(bundle)
     assert spec.fused[CPU].checks["passed"] and load_spec(bundle).fused == spec.fused
+
+
+def test_a_graph_above_the_size_limit_is_not_attempted(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setattr(fused_module, "MAX_BYTES", 1000)
+    notes = []
+    spec = _export(checkpoints, tmp_path, notes)
+    assert spec.fused == {} and any("no fused CPU graph: not attempted for a graph of" in n for n in notes)
