@@ -257,6 +257,8 @@ class EnsembleSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        if not self.member_layers:
+            del data["member_layers"]  # only partial trunks carry it: older manifests write back unchanged
         data["outputs"] = [
             {"name": name, "dtype": "float32", "shape": ["batch", self.num_heads] if name == "heads" else ["batch"]}
             for name in OUTPUT_NAMES

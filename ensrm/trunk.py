@@ -45,6 +45,19 @@ VERSION = 1
 _FINAL_NORMS = ("ln_f", "norm", "final_layer_norm", "final_layernorm", "decoder.final_layer_norm")
 
 
+def is_decoder(config) -> bool:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_encoder_decoder", False):
+        raise ExportError(f"encoder-decoder models ({config.model_type}) are not supported; "
+                          "export an encoder-only or decoder-only reward model")
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
+        config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def is_trunk_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is a partially-shared-trunk checkpoint (it holds :data:`TRUNK_FILE`)."""
     return (Path(path) / TRUNK_FILE).is_file()
@@ -118,9 +131,6 @@ class PartialTrunk(nn.Module):
     def from_base(cls, base, *, members: int, member_layers: int, pooling: str, weight=None, bias=None,
                   head_names: tuple[str, ...] | None = None):
         """K members from one base model: each member's layers start as copies of the base's own."""
-        from ensrm.export.sources import is_decoder
-        from ensrm.train.model import uses_token_type_ids
-
         _, layers = layer_stack(base)
         if not 0 <= member_layers <= len(layers):
             raise ExportError(f"`member_layers` must be between 0 and the model's {len(layers)} layers, "
@@ -135,7 +145,8 @@ class PartialTrunk(nn.Module):
         decoder = is_decoder(base.config)
         return cls(base, towers, torch.zeros(members, hidden) if weight is None else weight,
                    torch.zeros(members) if bias is None else bias, member_layers=member_layers, pooling=pooling,
-                   decoder=decoder, uses_token_type_ids=uses_token_type_ids(base) and not decoder,
+                   decoder=decoder, uses_token_type_ids=not decoder and any(
+                       n.endswith("token_type_embeddings") for n, _ in base.named_modules()),
                    head_names=head_names)
 
     @property

@@ -23,7 +23,7 @@ from ensrm._optional import require
 from ensrm.errors import ExportError
 from ensrm.export import modules
 from ensrm.export.checks import check_loaded_weights, require_tokenizer_files, tokenizer_files
-from ensrm.trunk import is_trunk_checkpoint, load_trunk
+from ensrm.trunk import is_decoder, is_trunk_checkpoint, load_trunk  # noqa: F401 - is_decoder re-exported
 
 torch = require("torch", "export")
 transformers = require("transformers", "export")
@@ -52,19 +52,6 @@ class LoadedSource:
     tokenizer_dir: Path  # where the tokenizer was loaded from
     fingerprint: str
     member_layers: int = 0  # a partial trunk's layers per member (0: every layer shared)
-
-
-def is_decoder(config) -> bool:
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    if getattr(config, "is_encoder_decoder", False):
-        raise ExportError(f"encoder-decoder models ({config.model_type}) are not supported; "
-                          "export an encoder-only or decoder-only reward model")
-    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
-        config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def _uses_token_type_ids(model) -> bool:

@@ -393,11 +393,8 @@ def train_reward_model(
     uwo_lambda: float = 0.5,
     progress: bool = True,
     resume: bool = False,
-    feature_cache: str | os.PathLike | None = None,
-    pooling: str | None = None,
-    member_layers: int | None = None,
-    trunk_lr: float | None = None,
-) -> TrainResult:
+    feature_cache: str | os.PathLike | None = None, pooling: str | None = None,
+    member_layers: int | None = None, trunk_lr: float | None = None) -> TrainResult:
     """Train ``heads`` Bradley–Terry reward heads on one encoder and save a sequence classifier.
 
     ``base_model`` is a local checkpoint directory: a bare encoder/decoder or an existing
@@ -414,10 +411,7 @@ def train_reward_model(
     - ``mode="joint"``: encoder and heads train together with AdamW (``lr`` for the encoder,
       default 2e-5; ``head_lr`` for the heads, default 1e-3) for ``epochs`` (default 1); state is
       saved in ``out_dir/.train_state/`` after every epoch and ``resume=True`` continues from it.
-      ``member_layers=m`` (joint) trains a partially shared trunk instead: K members sharing the
-      embeddings and first L − m layers, one pass through the shared layers per batch, each member
-      with its own last m layers and one head (``pooling``, ``trunk_lr``: :class:`JointSettings`);
-      ``out_dir`` then holds the checkpoint of :mod:`ensrm.trunk`, which ``ens-export`` takes as it is.
+      ``member_layers``/``trunk_lr``: a partially shared trunk (:class:`JointSettings`).
 
     A keyword of the other mode is refused (it would do nothing). ``pooling`` (frozen) fits the heads
     on a pooling of the base model's states, written as ``heads.safetensors`` (:class:`FrozenSettings`).
