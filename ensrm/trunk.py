@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ensrm._optional import require
 from ensrm.errors import ExportError
+from ensrm.export.modules import EncoderWithHeads, base_kwargs, pool
 
 torch = require("torch", "export")
 nn = torch.nn
@@ -100,7 +101,7 @@ class _Tower(nn.Module):
         return hidden if self.norm is None else self.norm(hidden)
 
 
-class PartialTrunk(nn.Module):
+class PartialTrunk(EncoderWithHeads):
     """K members sharing embeddings and the first L − m layers; ``forward`` gives rewards ``[batch, K]``.
 
     >>> trunk = PartialTrunk.from_base(base, members=4, member_layers=2, pooling="mean")  # doctest: +SKIP
@@ -110,17 +111,9 @@ class PartialTrunk(nn.Module):
 
     def __init__(self, base, towers, weight, bias, *, member_layers: int, pooling: str, decoder: bool,
                  uses_token_type_ids: bool, head_names: tuple[str, ...] | None = None):
-        super().__init__()
-        self.base = base
+        super().__init__(base, weight, bias, pooling, decoder, uses_token_type_ids)
         self.towers = nn.ModuleList(towers)
         self.member_layers = member_layers
-        self.pooling = pooling
-        self.decoder = decoder
-        self.uses_token_type_ids = uses_token_type_ids
-        self.heads = nn.Linear(weight.shape[1], weight.shape[0])
-        with torch.no_grad():
-            self.heads.weight.copy_(weight)  # [K, hidden]
-            self.heads.bias.copy_(bias)  # [K]
         self.head_names = tuple(head_names or (f"head_{k}" for k in range(weight.shape[0])))
         self._layers_path, layers = layer_stack(base)
         self._final_norm = final_norm(base)
@@ -154,14 +147,11 @@ class PartialTrunk(nn.Module):
         return self.heads.out_features
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        from ensrm.export.modules import base_kwargs, pool
-
+        if not self.towers:  # m = 0 (or one member): the multi-head model
+            return super().forward(input_ids, attention_mask, token_type_ids)  # [batch, K]
         extra = base_kwargs(self.decoder, self.uses_token_type_ids, attention_mask, token_type_ids)
         if self._use_cache:
             extra["use_cache"] = False  # members re-run layers: a cache would take their keys too
-        if not self.towers:
-            hidden = self.base(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-            return self.heads(pool(hidden, attention_mask, self.pooling))  # [batch, K]
         recorded = {}
 
         def record(module, args, kwargs):

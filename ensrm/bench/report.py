@@ -325,6 +325,11 @@ def plot_trunk(report: dict, path: Path) -> None:
     fig.suptitle(f"partial trunk: {trunk['model_type']} {trunk['layers']} layers, K = {trunk['members']}, random "
                  f"heads; {report['machine']['cpu']} ({report['machine']['cores']} cores), batch "
                  f"{cfg.get('target_batch')} x {trunk['length']} tokens", fontsize=10)
+    _save(fig, path, plt)
+
+
+def _save(fig, path: Path, plt) -> None:
+    """Write the figure beside ``path`` and rename it into place: a reader never sees half a PNG."""
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, dpi=110)
@@ -366,11 +371,7 @@ def plot(report: dict, path: Path) -> None:
     cfg = report.get("config", {})
     fig.suptitle(f"{report['machine']['cpu']} ({report['machine']['cores']} cores), batch "
                  f"{cfg.get('target_batch')} x {cfg.get('target_length')} tokens", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path, plt)
 
 
 def write_outputs(report: dict, output: str | Path) -> dict[str, Path]:
