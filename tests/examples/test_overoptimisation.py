@@ -11,16 +11,17 @@ pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "overoptimisation" / "run.py"
+REPORT = SCRIPT.with_name("report.py")
 TINY = dict(prompts=3, pool=16, pairs=24, heads=2, member_layers="1", noise_seeds=2, references=12, test_pairs=6,
             cost_slice=4, max_length=48, batch_size=8, table_ns="4,16",
             export_tolerance=5e-2)  # frozen heads on a random encoder are huge: see test_train_cli
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("overopt_run", SCRIPT)
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
-    return run
+def load_script(path=SCRIPT):
+    spec = importlib.util.spec_from_file_location(f"overopt_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow  # nine tiny exports and five probe processes: about a minute on a quiet 2-core machine
@@ -69,6 +70,16 @@ def test_pipeline_writes_consistent_results_and_reuses_its_work(checkpoints, tmp
     assert np.allclose(saved["kl"][:2], [0.0, np.log(2) - 0.5])
     assert saved["seconds"]["total"] > 0
     assert results["reused_checkpoints"] == {"seed0": [], "seed1": []}
+
+    # the README's tables, rendered from the file: one row per objective, the numbers of the table
+    tables = load_script(REPORT).markdown(saved)
+    for label in ("single proxy", "frozen multi-head WCO", "multi-head (m = 0) UWO", "partial trunk (m = 1) MEAN",
+                  "full ensemble WCO", "best-of-n by gold itself"):
+        assert f"| {label} |" in tables
+    single16, trunk16 = saved["table"]["single"]["16"], saved["table"]["trunk1_wco"]["16"]
+    assert f"{single16['gold']:.3f} ± {single16['gold_stderr']:.3f}" in tables
+    assert f"{trunk16['diff']:+.3f} ± {trunk16['diff_stderr']:.3f}" in tables
+    assert f"| full ensemble | 2 | 2 | {saved['costs']['full']['training_seconds']:.0f} (" in tables
 
     # a rerun reuses everything (checkpoints, bundles, scores) and gives the same results
     again = run.run(tmp_path / "out", tmp_path / "work", str(base), cpu_graph=False, **{**TINY, "cost_slice": 0})
