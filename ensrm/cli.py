@@ -14,6 +14,7 @@ import sys
 import click
 
 from ensrm.errors import EnsrmError
+from ensrm.spec import INT8_MODES
 
 # Library messages name parameters in backticks (`uwo_lambda`, `padding_side='right'`); a command
 # shows them as its own options. Library names that differ from the command's parameter names:
@@ -87,8 +88,10 @@ def _usage():
               help="JSONL records to calibrate INT8 on (a quarter is held out for the gate unless --eval-on).")
 @click.option("--eval-on", type=click.Path(exists=True, dir_okay=False),
               help="JSONL records the precision gates compare on.")
-@click.option("--int8-mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+@click.option("--int8-mode", type=click.Choice(INT8_MODES), default="static", show_default=True,
               help="static: explicit Q/DQ, symmetric, calibrated (TensorRT can build it); "
+                   "per-token: one activation scale per token computed in the graph, FFN-out and the last "
+                   "layer in float, calibrated (onnxruntime CPU only; passes the gate where static does not); "
                    "dynamic: per-batch activation scales, onnxruntime CPU only.")
 @click.option("--min-spearman", type=float, help="Override the gates' Spearman threshold (fp16 0.999, int8 0.99).")
 @click.option("--min-top1", type=float, help="Override the INT8 gate's best-of-n top-1 agreement threshold (0.95).")
@@ -176,7 +179,8 @@ def calibrate_command(bundle, references, threads):
 @click.option("--precision", "precisions", required=True, help="fp16, int8 or both (comma-separated).")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False), help="JSONL records for INT8.")
 @click.option("--eval-on", type=click.Path(exists=True, dir_okay=False), help="JSONL records for the gates.")
-@click.option("--int8-mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True)
+@click.option("--int8-mode", type=click.Choice(INT8_MODES), default="static", show_default=True,
+              help="static (TensorRT can build it), per-token or dynamic (onnxruntime CPU); see ens-export --help.")
 @click.option("--min-spearman", type=float, help="Override the gates' Spearman threshold.")
 @click.option("--min-top1", type=float, help="Override the INT8 gate's top-1 agreement threshold.")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads.")

@@ -25,6 +25,9 @@ MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.i
 #: Optional provider-specific forms of the fp32 graph, by the onnxruntime execution provider that
 #: has their kernels (:class:`FusedGraph`); ``model.onnx`` stays the source of truth.
 FUSED_FILES = {"CPUExecutionProvider": "model.cpu.onnx"}
+#: How an INT8 variant is made: static Q/DQ (TensorRT), per-token scales in the graph or
+#: onnxruntime's per-batch dynamic quantizer (both onnxruntime CPU only).
+INT8_MODES = ("static", "per-token", "dynamic")
 
 ARCHITECTURES = ("encoder", "decoder")
 POOLINGS = ("cls", "mean", "last")

@@ -2,7 +2,7 @@
 
 Exports a reward model (default: the embedded MiniLM + 8 trained heads) with normalisation
 on synthetic reference records, fp16 and static INT8 variants calibrated on synthetic
-records, gated on held-out candidate pools; adds a dynamic-INT8 copy; then times batch 32 x
+records, gated on held-out candidate pools; adds dynamic- and per-token-INT8 copies; then times batch 32 x
 128 tokens on onnxruntime CPU, rounds interleaved so a busy machine slows all alike.
 
     python scripts/bench_precision.py --out /tmp/bench-prec            # ~5-10 min on 2 cores
@@ -55,21 +55,20 @@ def _time(backends: dict, feeds: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _rejected_copy(bundle: Path, mode: str, calib: Path, target: Path, smoothing: float | None = None,
+def _rejected_copy(bundle: Path, mode: str, calib: Path, target: Path, smoothing: float | None | str = "default",
                    rounding: str | None = None) -> Path:
     """Quantize again outside the bundle, so a rejected variant's speed can still be reported."""
     from ensrm.bundle import load_spec
     from ensrm.calibration.data import encoder_for, feed_batches, load_records, split_holdout
-    from ensrm.calibration.int8 import DEFAULT_ROUNDING, DEFAULT_SMOOTHING, quantize_int8
+    from ensrm.calibration.int8 import DEFAULT_ROUNDING, quantize_int8
 
     spec = load_spec(bundle)
     batches = None
-    if mode == "static":
+    if mode in ("static", "per-token"):
         records = split_holdout(load_records(calib, "calibration"))[0][:512]
         batches = [f for _, f in feed_batches(encoder_for(bundle, spec), records, 32)]
-    quantize_int8(bundle / "model.onnx", target, mode, batches,
-                  smoothing=DEFAULT_SMOOTHING if smoothing is None else smoothing,
-                  rounding=rounding or DEFAULT_ROUNDING)
+    options = {} if smoothing == "default" else {"smoothing": smoothing}  # None: no smoothing
+    quantize_int8(bundle / "model.onnx", target, mode, batches, rounding=rounding or DEFAULT_ROUNDING, **options)
     return target
 
 
@@ -127,11 +126,14 @@ def main(argv=None) -> int:
                   precisions="fp16,int8", calibration=files["calib"], eval_on=files["eval"], threads=args.threads,
                   **heads)
     export_s = time.perf_counter() - start
-    dynamic = out / "bundle-dynamic"
-    if dynamic.exists():
-        shutil.rmtree(dynamic)
-    shutil.copytree(bundle, dynamic)
-    add_variants(dynamic, "int8", int8_mode="dynamic", eval_on=files["eval"], threads=args.threads)
+    copies = {}
+    for mode in ("dynamic", "per-token"):
+        copies[mode] = out / f"bundle-{mode}"
+        if copies[mode].exists():
+            shutil.rmtree(copies[mode])
+        shutil.copytree(bundle, copies[mode])
+        add_variants(copies[mode], "int8", int8_mode=mode, eval_on=files["eval"], threads=args.threads,
+                     calibration=files["calib"] if mode == "per-token" else None)
 
     from ensrm.bundle import load_spec
     from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -140,12 +142,13 @@ def main(argv=None) -> int:
                "batch": args.batch, "seq": args.seq, "export_seconds": export_s, "gates": {}, "accepted": {},
                "seconds_per_batch": {}}
     backends = {"fp32": Scorer(bundle, threads=args.threads, spinning=False).backend}
-    for name, path in (("int8-static", bundle), ("int8-dynamic", dynamic)):
+    for name, path in (("int8-static", bundle), ("int8-dynamic", copies["dynamic"]),
+                       ("int8-per-token", copies["per-token"])):
         variant = load_spec(path).variants["int8"]
         results["gates"][name], results["accepted"][name] = variant.to_dict()["checks"], variant.accepted
         print(format_report(name, variant.checks))
         model = path / "model.int8.onnx" if variant.accepted else \
-            _rejected_copy(bundle, name.split("-")[1], files["calib"], out / f"{name}.rejected.onnx")
+            _rejected_copy(bundle, name.split("-", 1)[1], files["calib"], out / f"{name}.rejected.onnx")
         backends[name] = OnnxRuntimeBackend(model, threads=args.threads, spinning=False)
     if args.rounding:
         name = f"int8-{args.rounding}"

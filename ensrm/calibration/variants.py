@@ -44,9 +44,9 @@ def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_r
     if precision == "fp16":
         return convert_fp16(source, target)
     batches = None
-    if int8_mode == "static":
+    if int8_mode != "dynamic":
         if not calib_records:
-            raise ExportError("static INT8 needs calibration records: pass `calibration=CALIB.jsonl` "
+            raise ExportError(f"{int8_mode} INT8 needs calibration records: pass `calibration=CALIB.jsonl` "
                               "(or `int8_mode='dynamic'` for a CPU-only variant without calibration)")
         batches = [feeds for _, feeds in feed_batches(encoder_for(build.staging, build.spec),
                                                       calib_records[:MAX_CALIBRATION_RECORDS], batch_size)]

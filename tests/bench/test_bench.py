@@ -236,3 +236,18 @@ def test_trunk_fit_and_member_layer_values():
 
     with pytest.raises(EnsrmError, match="outside 0..2"):
         trunk_member_layers(2, (0, 3))
+
+
+def test_default_bundle_is_measured_as_a_cached_copy_with_gated_variants(bundles, tmp_path):
+    from ensrm.bench.models import bundle_with_variants
+    from ensrm.bundle import load_spec
+
+    source = bundles("bert", 2)
+    before = (source / "ensemble.json").read_bytes()
+    copy = bundle_with_variants(source, tmp_path / "cache")
+    variants = load_spec(copy).variants
+    assert variants["int8"].method["method"] == "per-token" and "fp16" in variants
+    # the gate judged them (a random tiny model may fail the default thresholds), the source is untouched
+    assert variants["int8"].checks["records"] == 768 and (source / "ensemble.json").read_bytes() == before
+    assert bundle_with_variants(source, tmp_path / "cache") == copy  # reused, not rebuilt
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [copy.name]
