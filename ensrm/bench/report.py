@@ -64,12 +64,16 @@ def evaluate_targets(report: dict) -> list[dict]:
                                value is not None and value >= need, "x",
                                "" if value is not None or not cmp or precision in model.get("precisions", ())
                                else f"no accepted {precision} variant in the bundle"))
+    int8 = _ratio(seqs("bundle/int8"), seqs("bundle/fp32"))
+    targets.append(_target(f"int8 bundle (K={k}) vs fp32 bundle: throughput", ">= 2.5x", int8,
+                           int8 is not None and int8 >= 2.5, "x",
+                           "" if int8 is not None or not cmp else "no accepted int8 variant in the bundle"))
     ceiling = _get(res, "ceiling", "fp32", "gflops")
     flops = _get(model, "matrix_flops_per_seq", "total")
     implied = None if not ceiling or not flops else ceiling * 1e9 / flops
     fraction = _ratio(seqs("bundle/fp32"), implied)
-    targets.append(_target("fp32 bundle vs ceiling-implied rate", ">= 85%", fraction,
-                           fraction is not None and fraction >= 0.85, "%",
+    targets.append(_target("fp32 bundle vs ceiling-implied rate", ">= 90%", fraction,
+                           fraction is not None and fraction >= 0.90, "%",
                            "" if implied is None else f"ceiling {ceiling:.0f} GFLOP/s / {flops / 1e9:.2f} GFLOP "
                                                       f"per sequence = {implied:.0f} seq/s"))
     overhead = _get(res, "overhead", "overhead_fraction")

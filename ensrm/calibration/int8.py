@@ -111,6 +111,12 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, mode: st
         return _quantize_dynamic(source, target)
     if not calibration:
         raise ValueError(f"{mode} INT8 quantization needs calibration batches")
+    return _quantize_calibrated(source, target, mode, calibration, smoothing, rounding, float_products)
+
+
+def _quantize_calibrated(source, target, mode: str, calibration, smoothing: float | None, rounding: str,
+                         float_products: tuple[str, ...]) -> dict:
+    """The ``static`` and ``per-token`` writers: smooth, round and rewire each group of products."""
     model = onnx.load(str(source))
     groups = linear_layer_inputs(model.graph)
     if not groups:
