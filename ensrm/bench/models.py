@@ -171,6 +171,7 @@ def bundle_with_variants(bundle: str | Path, root: str | Path, progress: Callabl
     (the records of ``scripts/bench_precision.py``); a rejected variant is recorded as such.
     """
     import shutil
+    import tempfile
 
     from ensrm.calibration.variants import add_variants
     from ensrm.data.synthetic import generate_candidates, generate_references
@@ -185,15 +186,14 @@ def bundle_with_variants(bundle: str | Path, root: str | Path, progress: Callabl
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(bundle, work)
-    calib, evaluation = work.parent / f"{work.name}-calib.jsonl", work.parent / f"{work.name}-eval.jsonl"
-    write_records(calib, generate_references(512, seed=12))
-    write_records(evaluation, ({"prompt": c["prompt"], "response": c["response"]}
-                               for c in generate_candidates(48, 16, seed=13)))
-    add_variants(work, DEFAULT_VARIANTS["precisions"], int8_mode=DEFAULT_VARIANTS["int8_mode"], calibration=calib,
-                 eval_on=evaluation)
-    for path in (calib, evaluation):
-        path.unlink()
-    work.rename(out)
+    with tempfile.TemporaryDirectory() as records:
+        calib, evaluation = Path(records) / "calib.jsonl", Path(records) / "eval.jsonl"
+        write_records(calib, generate_references(512, seed=12))
+        write_records(evaluation, ({"prompt": c["prompt"], "response": c["response"]}
+                                   for c in generate_candidates(48, 16, seed=13)))
+        add_variants(work, DEFAULT_VARIANTS["precisions"], int8_mode=DEFAULT_VARIANTS["int8_mode"],
+                     calibration=calib, eval_on=evaluation)
+    work.rename(out)  # only a finished copy gets the name a later run looks for
     return out
 
 
