@@ -30,15 +30,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _records(out: Path) -> dict[str, Path]:
-    from ensrm.data.synthetic import generate_candidates, generate_references
+    from ensrm.bench.models import precision_records
+    from ensrm.data.synthetic import generate_references
     from ensrm.jsonl import write_records
 
     files = {"refs": out / "refs.jsonl", "calib": out / "calib.jsonl", "eval": out / "eval.jsonl"}
     write_records(files["refs"], generate_references(512, seed=11))
-    write_records(files["calib"], generate_references(512, seed=12))
-    # held-out best-of-n pools: 48 prompts x 16 candidates
-    write_records(files["eval"], ({"prompt": c["prompt"], "response": c["response"]}
-                                  for c in generate_candidates(48, 16, seed=13)))
+    calibration, evaluation = precision_records()  # evaluation: held-out best-of-16 pools
+    write_records(files["calib"], calibration)
+    write_records(files["eval"], evaluation)
     return files
 
 

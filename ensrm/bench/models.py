@@ -164,17 +164,25 @@ class ModelCache:
 DEFAULT_VARIANTS = {"precisions": "fp16,int8", "int8_mode": "per-token"}
 
 
+def precision_records() -> tuple[list[dict], list[dict]]:
+    """``(calibration, evaluation)`` records for precision variants: 512 synthetic references, and
+    48 prompts x 16 synthetic candidates (best-of-16 pools) held out for the gate."""
+    from ensrm.data.synthetic import generate_candidates, generate_references
+
+    evaluation = [{"prompt": c["prompt"], "response": c["response"]} for c in generate_candidates(48, 16, seed=13)]
+    return generate_references(512, seed=12), evaluation
+
+
 def bundle_with_variants(bundle: str | Path, root: str | Path, progress: Callable[[str], None] | None = None) -> Path:
     """A copy of ``bundle`` under ``root`` with gated fp16 and per-token INT8 variants; cached.
 
-    Calibrated on 512 synthetic references and gated on 48 prompts x 16 synthetic candidates
-    (the records of ``scripts/bench_precision.py``); a rejected variant is recorded as such.
+    Calibrated and gated on :func:`precision_records` (as ``scripts/bench_precision.py`` is); a
+    rejected variant is recorded as such.
     """
     import shutil
     import tempfile
 
     from ensrm.calibration.variants import add_variants
-    from ensrm.data.synthetic import generate_candidates, generate_references
     from ensrm.jsonl import write_records
 
     manifest = (Path(bundle) / "ensemble.json").read_text()
@@ -188,9 +196,8 @@ def bundle_with_variants(bundle: str | Path, root: str | Path, progress: Callabl
     shutil.copytree(bundle, work)
     with tempfile.TemporaryDirectory() as records:
         calib, evaluation = Path(records) / "calib.jsonl", Path(records) / "eval.jsonl"
-        write_records(calib, generate_references(512, seed=12))
-        write_records(evaluation, ({"prompt": c["prompt"], "response": c["response"]}
-                                   for c in generate_candidates(48, 16, seed=13)))
+        for path, rows in zip((calib, evaluation), precision_records()):
+            write_records(path, rows)
         add_variants(work, DEFAULT_VARIANTS["precisions"], int8_mode=DEFAULT_VARIANTS["int8_mode"],
                      calibration=calib, eval_on=evaluation)
     work.rename(out)  # only a finished copy gets the name a later run looks for

@@ -287,22 +287,13 @@ def _quantize_group(graph, tensor: str, matmuls: list, weights: list[np.ndarray]
     round to nearest. Rewires the MatMuls and adds the initializers; returns the new nodes for the
     caller to place.
     """
-    new_inits, new_nodes, source = [], [], tensor
-    if smoothed:
-        source = f"{tensor}/int8/smoothed"
-        new_inits.append(numpy_helper.from_array((1.0 / smooth).astype(np.float32), f"{tensor}/int8/inv_smooth"))
-        new_nodes.append(helper.make_node("Mul", [tensor, new_inits[0].name], [source], name=f"{tensor}/int8/smooth"))
+    source, new_inits, new_nodes = _smoothed(tensor, smooth, smoothed)
     for matmul, weight in zip(matmuls, weights):
         name = matmul.name
         # per MatMul, even with equal values: shared Q/DQ chains are merged by onnxruntime and then not fused
         x_scale = numpy_helper.from_array(np.array(x_max / _QMAX, dtype=np.float32), f"{name}/x_scale")
         x_zero = numpy_helper.from_array(np.array(0, dtype=np.int8), f"{name}/x_zero_point")
-        scaled = weight * smooth[:, None]  # [in, out]
-        w_scale = np.maximum(np.abs(scaled).max(axis=0), 1e-30) / _QMAX  # [out]
-        if gram is None:
-            w_int = np.clip(np.round(scaled / w_scale), -_QMAX, _QMAX).astype(np.int8)  # [in, out]
-        else:
-            w_int = gptq_round(scaled, gram, w_scale)
+        w_int, w_scale = _int8_weight(weight, smooth, gram)
         new_inits += [x_scale, x_zero,
                       numpy_helper.from_array(w_int, f"{name}/weight_quantized"),
                       numpy_helper.from_array(w_scale.astype(np.float32), f"{name}/weight_scale"),
@@ -321,6 +312,24 @@ def _quantize_group(graph, tensor: str, matmuls: list, weights: list[np.ndarray]
     return new_nodes
 
 
+def _smoothed(tensor: str, smooth: np.ndarray, smoothed: bool) -> tuple[str, list, list]:
+    """``(tensor the products read, initializers, nodes)``: ``tensor`` divided by ``smooth`` if ``smoothed``."""
+    if not smoothed:
+        return tensor, [], []
+    source, inverse = f"{tensor}/int8/smoothed", f"{tensor}/int8/inv_smooth"
+    return (source, [numpy_helper.from_array((1.0 / smooth).astype(np.float32), inverse)],
+            [helper.make_node("Mul", [tensor, inverse], [source], name=f"{tensor}/int8/smooth")])
+
+
+def _int8_weight(weight: np.ndarray, smooth: np.ndarray, gram: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(int8 [in, out], scale [out])`` of ``weight`` with rows times ``smooth``; GPTQ with ``gram``, else nearest."""
+    scaled = weight * smooth[:, None]  # [in, out]
+    scale = np.maximum(np.abs(scaled).max(axis=0), 1e-30) / _QMAX  # [out]
+    if gram is None:
+        return np.clip(np.round(scaled / scale), -_QMAX, _QMAX).astype(np.int8), scale
+    return gptq_round(scaled, gram, scale), scale
+
+
 def _quantize_group_per_token(graph, tensor: str, matmuls: list, weights: list[np.ndarray], smooth: np.ndarray,
                               gram: np.ndarray | None, smoothed: bool) -> list:
     """Quantize ``tensor`` once per token (one scale per row, computed in the graph) for all its MatMuls.
@@ -330,18 +339,11 @@ def _quantize_group_per_token(graph, tensor: str, matmuls: list, weights: list[n
     drops the MatMul. Needs opset 21 (blocked ``QuantizeLinear``: one scale per row).
     """
     prefix = f"{tensor}/int8"
-    source = tensor
-    new_inits = [numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/last_axis"),
-                 numpy_helper.from_array(np.array(1e-30 / _QMAX, np.float32), f"{prefix}/tiny"),
-                 numpy_helper.from_array(np.array(1.0 / _QMAX, np.float32), f"{prefix}/inv_qmax"),
-                 numpy_helper.from_array(np.array(0.0, np.float32), f"{prefix}/zero"),
-                 numpy_helper.from_array(np.array(128.0, np.float32), f"{prefix}/offset"),
-                 numpy_helper.from_array(np.array(128, np.uint8), f"{prefix}/zero_point")]
-    new_nodes = []
-    if smoothed:
-        source = f"{prefix}/smoothed"
-        new_inits.append(numpy_helper.from_array((1.0 / smooth).astype(np.float32), f"{prefix}/inv_smooth"))
-        new_nodes.append(helper.make_node("Mul", [tensor, f"{prefix}/inv_smooth"], [source], name=f"{prefix}/smooth"))
+    source, new_inits, new_nodes = _smoothed(tensor, smooth, smoothed)
+    new_inits += [numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/last_axis"),
+                  numpy_helper.from_array(np.array(1e-30 / _QMAX, np.float32), f"{prefix}/tiny"),
+                  numpy_helper.from_array(np.array(1.0 / _QMAX, np.float32), f"{prefix}/inv_qmax"),
+                  numpy_helper.from_array(np.array(128, np.uint8), f"{prefix}/zero_point")]
     row_scale = f"{prefix}/row_scale"  # [..., 1]: max |x| of the token over 127
     new_nodes += [
         helper.make_node("Abs", [source], [f"{prefix}/abs"], name=f"{prefix}/abs"),
@@ -353,20 +355,15 @@ def _quantize_group_per_token(graph, tensor: str, matmuls: list, weights: list[n
         helper.make_node("Max", [f"{prefix}/row_scale_raw", f"{prefix}/tiny"], [row_scale], name=row_scale),
         # uint8 around 128: onnxruntime's integer kernels are fast for uint8 x int8, not int8 x int8;
         # a blocked QuantizeLinear wants one zero point per scale
-        helper.make_node("Mul", [row_scale, f"{prefix}/zero"], [f"{prefix}/zeros"], name=f"{prefix}/zeros"),
-        helper.make_node("Add", [f"{prefix}/zeros", f"{prefix}/offset"], [f"{prefix}/offsets"],
-                         name=f"{prefix}/offsets"),
-        helper.make_node("Cast", [f"{prefix}/offsets"], [f"{prefix}/row_zero_point"], name=f"{prefix}/row_zero_point",
-                         to=onnx.TensorProto.UINT8),
+        helper.make_node("Shape", [row_scale], [f"{prefix}/row_shape"], name=f"{prefix}/row_shape"),
+        helper.make_node("ConstantOfShape", [f"{prefix}/row_shape"], [f"{prefix}/row_zero_point"],
+                         name=f"{prefix}/row_zero_point", value=numpy_helper.from_array(np.array([128], np.uint8))),
         helper.make_node("QuantizeLinear", [source, row_scale, f"{prefix}/row_zero_point"], [f"{prefix}/x_q"],
                          name=f"{prefix}/quantize", axis=-1, block_size=len(smooth)),
     ]
     for matmul, weight in zip(matmuls, weights):
         name = matmul.name
-        scaled = weight * smooth[:, None]  # [in, out]
-        w_scale = np.maximum(np.abs(scaled).max(axis=0), 1e-30) / _QMAX  # [out]
-        w_int = gptq_round(scaled, gram, w_scale) if gram is not None else \
-            np.clip(np.round(scaled / w_scale), -_QMAX, _QMAX).astype(np.int8)  # [in, out]
+        w_int, w_scale = _int8_weight(weight, smooth, gram)
         new_inits += [numpy_helper.from_array(w_int, f"{name}/weight_quantized"),
                       numpy_helper.from_array(w_scale.astype(np.float32), f"{name}/weight_scale"),
                       numpy_helper.from_array(np.array(1.0, np.float32), f"{name}/unit_scale")]
