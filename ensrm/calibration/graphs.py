@@ -18,13 +18,15 @@ onnx = require("onnx", "export")
 
 # Above this an ONNX protobuf cannot hold the weights inline (2 GiB limit, with headroom).
 _INLINE_LIMIT = 1_800_000_000
+_HEAD_PRODUCTS = ("MatMul", "Gemm", "Einsum")
 
 
 def float_tail_nodes(graph) -> list[str]:
     """Names of the head nodes and every ``ensrm/`` node: what precision conversion must skip.
 
     Walks back from ``raw_heads`` through bias adds, reshapes and concatenations (a full
-    ensemble concatenates its members' heads) and stops at each branch's first MatMul/Gemm.
+    ensemble concatenates its members' heads) and stops at each branch's first matrix product:
+    MatMul/Gemm, or the Einsum of a partial trunk's per-member heads (``kbh,kh->bk``).
     """
     producers = {out: node for node in graph.node for out in node.output}
     names = [node.name for node in graph.node if node.name.startswith(NODE_PREFIX)]
@@ -35,7 +37,7 @@ def float_tail_nodes(graph) -> list[str]:
             continue
         seen.add(id(node))
         names.append(node.name)
-        if node.op_type not in ("MatMul", "Gemm"):
+        if node.op_type not in _HEAD_PRODUCTS:
             stack.extend(i for i in node.input if i)
         if len(seen) > 64:
             raise ValueError(f"no matrix product found within 64 nodes of {RAW_OUTPUT}; "

@@ -177,20 +177,42 @@ def _split_float_products(graph, groups: dict[str, list], kinds) -> tuple[dict[s
 
     A ``down`` product is the only reader of its input and narrows it (``[in, out]``, in >
     out: FFN-out, MLP down projections; not a grouped-query K or V, which shares its input with Q).
-    Every layer ends with one, so ``last`` is every product after the
-    second-to-last down product, in graph order (one tower; a full ensemble's or partial
-    trunk's members each end with their own, and only the last member's layer is found).
+    Every layer ends with one, so a product is in a ``last`` layer when no down product but its
+    own layer's comes after it. Each member of a full ensemble or partial trunk has its own
+    last layer, and a trunk's members read the shared layers' output together, so one input's
+    products can be split between float and int8.
     """
     if not kinds:
         return groups, 0
     dims = {i.name: tuple(i.dims) for i in graph.initializer}
-    down = [tensor for tensor, matmuls in groups.items()
+    down = {tensor for tensor, matmuls in groups.items()
             if len(matmuls) == 1 and len(dims[matmuls[0].input[1]]) == 2
-            and dims[matmuls[0].input[1]][0] > dims[matmuls[0].input[1]][1]]
-    order = list(groups)
-    last_start = order.index(down[-2]) + 1 if "last" in kinds and len(down) >= 2 else len(order)
-    kept = {tensor for i, tensor in enumerate(order) if i >= last_start or ("down" in kinds and tensor in down)}
-    return {t: m for t, m in groups.items() if t not in kept}, sum(len(groups[t]) for t in kept)
+            and dims[matmuls[0].input[1]][0] > dims[matmuls[0].input[1]][1]}
+    after = _down_products_after(graph, set(down)) if "last" in kinds else {}
+    quantized = {}
+    for tensor, matmuls in groups.items():
+        if "down" in kinds and tensor in down:
+            continue
+        # a down product is last with no down product after it; any other, with only its layer's
+        rest = [m for m in matmuls if not after or len(after[m.output[0]]) > (tensor not in down)]
+        if rest:
+            quantized[tensor] = rest
+    return quantized, sum(map(len, groups.values())) - sum(map(len, quantized.values()))
+
+
+def _down_products_after(graph, down: set[str]) -> dict[str, set[str]]:
+    """``{tensor: the down products' inputs at or after it}`` for every node output of ``graph``."""
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    reach: dict[str, set[str]] = {}
+    for node in reversed(graph.node):  # topological order: a tensor's readers come later
+        for out in node.output:
+            reach[out] = set().union(*(reach[o] for reader in readers[out] for o in reader.output))
+            if out in down:
+                reach[out].add(out)
+    return reach
 
 
 def channel_ranges(model, tensors: list[str], batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
