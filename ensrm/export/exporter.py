@@ -64,7 +64,7 @@ def export_bundle(
     >>> export_bundle(["checkpoints/rm"], "bundles/rm").num_heads     # doctest: +SKIP
     8
     """
-    precisions = _check_options(output, overwrite, uwo_lambda, precisions, tensorrt_batches)
+    precisions = _check_options(output, overwrite, uwo_lambda, precisions, int8_mode, tensorrt_batches)
     steps = 4 + (normalize_on is not None) + bool(precisions) + bool(cpu_graph)
     with BundleBuilder.new(output, overwrite=overwrite, threads=threads, progress=progress, steps=steps) as build:
         _export_steps(build, sources, heads=heads, tokenizer=tokenizer, pooling=pooling, max_length=max_length,
@@ -81,7 +81,8 @@ def export_bundle(
     return build.spec
 
 
-def _check_options(output, overwrite: bool, uwo_lambda: float, precisions, tensorrt_batches) -> tuple[str, ...]:
+def _check_options(output, overwrite: bool, uwo_lambda: float, precisions, int8_mode: str,
+                   tensorrt_batches) -> tuple[str, ...]:
     """Everything that can be refused before the slow work; returns the parsed precisions."""
     from ensrm.calibration.variants import parse_precisions
 
@@ -90,9 +91,11 @@ def _check_options(output, overwrite: bool, uwo_lambda: float, precisions, tenso
     check_target(output, overwrite)
     precisions = parse_precisions(precisions)
     if tensorrt_batches:
-        from ensrm.export.tensorrt_engine import check_tensorrt, profile_ranges
+        from ensrm.export.tensorrt_engine import check_int8_mode, check_tensorrt, profile_ranges
 
         profile_ranges(tensorrt_batches)
+        if "int8" in precisions:
+            check_int8_mode(int8_mode)
         check_tensorrt()  # before the export, not after minutes of it
     return precisions
 

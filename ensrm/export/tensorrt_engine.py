@@ -33,6 +33,21 @@ def profile_ranges(batch_sizes: Sequence[int]) -> list[tuple[int, int]]:
     return list(zip(lows, sizes))
 
 
+def check_int8_mode(mode: str, where: str = "") -> None:
+    """Refuse an INT8 mode TensorRT cannot build: only ``static`` writes its explicit Q/DQ pairs.
+
+    ``mode`` is an ``--int8-mode`` or a variant's recorded method (``static-qdq``, ``per-token``,
+    ``dynamic``); the others use onnxruntime's own integer ops.
+
+    >>> check_int8_mode("per-token")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ensrm.errors.ExportError: TensorRT builds only static INT8 (explicit Q/DQ pairs); ...
+    """
+    if mode not in ("static", "static-qdq"):
+        raise ExportError(f"{where}TensorRT builds only static INT8 (explicit Q/DQ pairs); the {mode} graph uses "
+                          "onnxruntime's own integer ops. Quantize with --int8-mode static for TensorRT")
+
+
 def build_engine(bundle_dir: str | os.PathLike, precision: str = "fp16", *, batch_sizes: Sequence[int] = (1, 8, 32),
                  timing_cache: str | os.PathLike | None = None, workspace_gib: float = 4.0,
                  progress: Callable[[str], None] | None = None) -> Path:
@@ -47,11 +62,13 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str = "fp16", *, batc
     """
     from ensrm.runtime.cuda import compute_capability
 
-    trt = check_tensorrt()
     spec = load_spec(bundle_dir, verify="sha256")
     variant = spec.variants.get(precision)
     if variant is None or not variant.usable:
         raise BundleError(f"bundle {bundle_dir} has no accepted {precision} variant to build an engine from")
+    if precision == "int8":
+        check_int8_mode((variant.method or {}).get("method", "static-qdq"), f"bundle {bundle_dir}: ")
+    trt = check_tensorrt()
     onnx_path = bundle_file(bundle_dir, variant.file)
     out_dir = Path(bundle_dir) / ENGINE_DIR
     out_dir.mkdir(exist_ok=True)

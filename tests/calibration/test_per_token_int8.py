@@ -11,6 +11,8 @@ from ensrm.bundle import load_spec
 from ensrm.calibration.data import encoder_for, feed_batches, load_records
 from ensrm.calibration.int8 import quantize_int8
 from ensrm.cli import main
+from ensrm.errors import ExportError
+from ensrm.export.tensorrt_engine import build_engine
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -97,6 +99,8 @@ def test_quantize_command_writes_a_gated_per_token_variant(spread_bundle, record
     assert variant.accepted and variant.method["method"] == "per-token"
     scores = Scorer(bundle, precision="int8").score_texts(["How do I bake bread?"] * 2, ["Knead it.", "Sure."])
     assert scores.heads.shape == (2, 4) and np.isfinite(scores.heads).all()
+    with pytest.raises(ExportError, match="TensorRT builds only static INT8"):  # before looking for TensorRT
+        build_engine(bundle, "int8")
 
 
 def test_bad_per_token_options_are_refused_before_anything_is_written(bundles, record_files, tmp_path):

@@ -64,6 +64,17 @@ def test_without_tensorrt_or_gpu_the_error_is_one_line_naming_what_is_missing(bu
     assert not out.exists()  # refused before any export work
 
 
+def test_export_refuses_tensorrt_with_an_int8_mode_it_cannot_build_before_any_work(checkpoints, record_files,
+                                                                                   tmp_path):
+    out = tmp_path / "rm"
+    result = CliRunner().invoke(main, ["export", str(checkpoints("bert", 4)), "-o", str(out), "--precision", "int8",
+                                       "--int8-mode", "per-token", "--calibration", str(record_files["calib"]),
+                                       "--tensorrt", "1,8"])
+    assert result.exit_code == 1, result.output
+    assert "TensorRT builds only static INT8" in result.output and "--int8-mode static" in result.output
+    assert not out.exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
