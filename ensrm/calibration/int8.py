@@ -188,13 +188,13 @@ def _split_float_products(graph, groups: dict[str, list], kinds) -> tuple[dict[s
     down = {tensor for tensor, matmuls in groups.items()
             if len(matmuls) == 1 and len(dims[matmuls[0].input[1]]) == 2
             and dims[matmuls[0].input[1]][0] > dims[matmuls[0].input[1]][1]}
-    after = _down_products_after(graph, set(down)) if "last" in kinds else {}
+    after = _down_products_after(graph, down) if "last" in kinds else None
     quantized = {}
     for tensor, matmuls in groups.items():
         if "down" in kinds and tensor in down:
             continue
         # a down product is last with no down product after it; any other, with only its layer's
-        rest = [m for m in matmuls if not after or len(after[m.output[0]]) > (tensor not in down)]
+        rest = [m for m in matmuls if after is None or len(after[m.output[0]]) > (tensor not in down)]
         if rest:
             quantized[tensor] = rest
     return quantized, sum(map(len, groups.values())) - sum(map(len, quantized.values()))
