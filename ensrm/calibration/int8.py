@@ -193,8 +193,9 @@ def _split_float_products(graph, groups: dict[str, list], kinds) -> tuple[dict[s
     for tensor, matmuls in groups.items():
         if "down" in kinds and tensor in down:
             continue
-        # a down product is last with no down product after it; any other, with only its layer's
-        rest = [m for m in matmuls if after is None or len(after[m.output[0]]) > (tensor not in down)]
+        # in a last layer, a down product reaches no down product after it; any other, only its layer's
+        last_reach = 0 if tensor in down else 1
+        rest = [m for m in matmuls if after is None or len(after[m.output[0]]) > last_reach]
         if rest:
             quantized[tensor] = rest
     return quantized, sum(map(len, groups.values())) - sum(map(len, quantized.values()))
