@@ -48,7 +48,7 @@ def default_model(bundle: Path | None, progress: Callable[[str], None] | None) -
 
 def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpoint: str | Path | None = None,
                    quick: bool = False, suites: Sequence[str] | None = None, cache_dir: str | Path | None = None,
-                   threads: int | None = None, config=None, command: str | None = None,
+                   threads: int | None = None, config=None, command: str | None = None, backend: str = "auto",
                    progress: Callable[[str], None] | None = _stderr) -> dict[str, Path]:
     """Run the benchmark suites and write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output``
     (and ``trunk.png`` with the ``trunk`` suite; see :func:`~ensrm.bench.report.write_outputs`).
@@ -58,6 +58,7 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
     bundle (``checkpoints/default``, ``bundles/default``, built as ``ensrm demo`` builds them),
     measured as a cached copy with gated fp16 and per-token INT8 variants
     (:func:`~ensrm.bench.models.bundle_with_variants`).
+    ``backend`` is the runtime the bundle's rows run on (``ScorerConfig.backend``).
     PyTorch eager runs ``checkpoint``; the comparison models (K sweep, full ensembles, plain
     export) are built from it into ``cache_dir`` and reused by later runs; random heads cost
     what trained ones do. Returns the paths written. ``suites`` defaults to every suite but
@@ -74,6 +75,7 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
         if threads < 1:
             raise EnsrmError(f"threads must be >= 1, got {threads}")
         config.threads = threads
+    config.backend = backend
     suites = tuple(suites) if suites else DEFAULT_SUITES
     bundle_free = bundle is None and set(suites) <= set(BUNDLE_FREE_SUITES)
     if checkpoint is None and bundle_free:

@@ -65,6 +65,7 @@ class BenchConfig:
     trunk_pooling: str = "mean"
     stacked_matmul_min_time: float = 1.0  # timed seconds per case and shape, spread over the rounds
     threads: int | None = field(default_factory=os.cpu_count)
+    backend: str = "auto"  # the runtime the bundle's rows run on (ScorerConfig.backend)
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -186,7 +187,7 @@ class Bench:
 
     def _job(self, kind: str, **fields) -> dict:
         c = self.config
-        return {"kind": kind, "threads": c.threads, "warmup": c.warmup, "repeats": c.repeats,
+        return {"kind": kind, "threads": c.threads, "backend": c.backend, "warmup": c.warmup, "repeats": c.repeats,
                 "uwo_lambda": self.spec.uwo_lambda if self.spec is not None else 0.5, **fields}
 
     # -- suites --------------------------------------------------------------------------------
