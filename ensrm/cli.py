@@ -60,9 +60,10 @@ def _usage():
         raise click.UsageError(_as_flags(str(exc))) from None
 
 
-def _scorer_config(bundle, *, backend, precision, providers, threads, batch_size, fused, **fixed):
+def _scorer_config(bundle, *, backend, precision, providers, threads, batch_size, fused, hint, **fixed):
     from ensrm.runtime.config import ScorerConfig
 
+    fixed.setdefault("hint", hint)
     return ScorerConfig(bundle, backend=backend, precision=precision, providers=providers or None, threads=threads,
                         batch_size=batch_size, fused=fused, **fixed)
 
@@ -73,12 +74,12 @@ def scoring_options(func):
     ``scoring(bundle, **fixed)`` is the :class:`~ensrm.runtime.config.ScorerConfig` the user
     asked for (``fixed``: settings the command decides itself, e.g. ``spinning=False``).
     """
-    from ensrm.runtime.config import BACKENDS, PRECISIONS
+    from ensrm.runtime.config import BACKENDS, HINTS, PRECISIONS
 
     options = [
         click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-                     help="Runtime: auto (the fastest installed for the device), onnxruntime, openvino, or tensorrt "
-                          "(an engine from ensrm build-engine)."),
+                     help="Runtime: auto (OpenVINO on the CPU when installed, else onnxruntime; onnxruntime with "
+                          "--provider), onnxruntime, openvino, or tensorrt (an engine from ensrm build-engine)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                      help="Which of the bundle's accepted precisions to run (auto: the one ensrm tune chose here)."),
         click.option("--provider", "providers", multiple=True,
@@ -89,8 +90,11 @@ def scoring_options(func):
                      help="Pairs per model call."),
         click.option("--fused/--no-fused", default=True, show_default=True,
                      help="Let onnxruntime on the CPU run the bundle's fused graph (model.cpu.onnx)."),
+        click.option("--hint", type=click.Choice(HINTS), default="latency", show_default=True,
+                     help="OpenVINO's performance hint: latency (one stream) or throughput (streams for "
+                          "concurrent requests, e.g. a server)."),
     ]
-    names = ("backend", "precision", "providers", "threads", "batch_size", "fused")
+    names = ("backend", "precision", "providers", "threads", "batch_size", "fused", "hint")
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -218,7 +222,8 @@ def calibrate_command(bundle, references, threads):
 
 @click.command("quantize")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-@click.option("--precision", "precisions", required=True, help="fp16, int8 or both (comma-separated).")
+@click.option("--precision", "precisions", required=True,
+              help="fp16, bf16 (OpenVINO's bf16 hint, judged on this CPU), int8, comma-separated.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False), help="JSONL records for INT8.")
 @click.option("--eval-on", type=click.Path(exists=True, dir_okay=False), help="JSONL records for the gates.")
 @click.option("--int8-mode", type=click.Choice(INT8_MODES), default="static", show_default=True,
@@ -228,11 +233,12 @@ def calibrate_command(bundle, references, threads):
 @click.option("--threads", type=int, help="onnxruntime intra-op threads.")
 @_one_line_errors
 def quantize_command(bundle, precisions, calibration, eval_on, int8_mode, min_spearman, min_top1, threads):
-    """Add gated fp16 / INT8 variants to an existing BUNDLE.
+    """Add gated fp16 / bf16 / INT8 variants to an existing BUNDLE.
 
     \b
-    Example:
+    Examples:
       ensrm quantize bundles/rm --precision int8 --calibration calib.jsonl
+      ensrm quantize bundles/rm --precision bf16
     """
     from ensrm.calibration.gate import gates_with
     from ensrm.calibration.variants import add_variants
@@ -575,6 +581,36 @@ def serve_command(bundle, host, port, objective, filter_file, max_batch, max_wai
         raise click.ClickException(str(exc)) from None
 
 
+@click.command("tune")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--threads", type=click.IntRange(min=1), help="Threads to time with (default: the runtime's choice).")
+@click.option("--batches", default="1,8,32", show_default=True, help="Batch regimes to time (comma-separated).")
+@click.option("--seq", type=click.IntRange(min=1), default=128, show_default=True, help="Tokens per sequence.")
+@click.option("--show", is_flag=True, help="Print this machine's saved table without timing anything.")
+@_one_line_errors
+def tune_command(bundle, threads, batches, seq, show):
+    """Time every installed runtime x accepted precision here; save the fastest per batch to BUNDLE/tune.json.
+
+    precision=auto (Scorer, ensrm score/serve --precision auto) then runs that choice on this
+    machine. A tune file from another CPU, other runtime versions or another manifest is ignored
+    with a warning. Only precisions the bundle's gate accepted are timed.
+
+    \b
+    Examples:
+      ensrm tune bundles/default --threads 2
+      ensrm tune bundles/default --show
+    """
+    from ensrm.runtime.tune import format_tune, read_tune, tune_bundle
+
+    if show:
+        record = read_tune(bundle)
+        if record is None:
+            raise click.ClickException(f"no tune record for this machine in {bundle}; run: ensrm tune {bundle}")
+    else:
+        record = tune_bundle(bundle, threads=threads, batches=_parse_batches(batches), seq=seq, progress=_echo_err)
+    click.echo(format_tune(record))
+
+
 @click.group()
 @click.version_option(package_name="ensrm")
 def main():
@@ -597,6 +633,7 @@ main.add_command(bench_command)
 main.add_command(train_command)
 main.add_command(triton_repo_command)
 main.add_command(serve_command)
+main.add_command(tune_command)
 
 
 @main.command("demo")

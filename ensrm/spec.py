@@ -21,13 +21,18 @@ OUTPUT_NAMES = ("heads", "ens_mean", "ens_std", "ens_min", "ens_uwo")
 #: Possible graph inputs, in order; a bundle declares the subset its encoder uses.
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 #: The ONNX file of each precision (Contract).
-MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "bf16": "model.onnx", "int8": "model.int8.onnx"}
+#: Precisions that are a runtime setting on another precision's file, not a file of their own:
+#: ``bf16`` is ``model.onnx`` compiled by OpenVINO with its bf16 inference hint. Their variant
+#: records the gate's verdict; rejecting one deletes nothing.
+HINTED_PRECISIONS = {"bf16": "fp32"}
 #: Optional provider-specific forms of the fp32 graph, by the onnxruntime execution provider that
 #: has their kernels (:class:`FusedGraph`); ``model.onnx`` stays the source of truth.
 FUSED_FILES = {"CPUExecutionProvider": "model.cpu.onnx"}
 #: How an INT8 variant is made: static Q/DQ (TensorRT), per-token scales in the graph or
-#: onnxruntime's per-batch dynamic quantizer (both onnxruntime CPU only).
-INT8_MODES = ("static", "per-token", "dynamic")
+#: onnxruntime's per-batch dynamic quantizer (both onnxruntime CPU only), or NNCF's quantizer
+#: writing an OpenVINO IR (``model.int8.xml``; OpenVINO CPU only).
+INT8_MODES = ("static", "per-token", "dynamic", "openvino")
 
 ARCHITECTURES = ("encoder", "decoder")
 POOLINGS = ("cls", "mean", "last")
@@ -201,7 +206,7 @@ class EnsembleSpec:
     member_layers: int = 0
     normalization: Normalization | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
-    #: per precision (``fp32``, ``fp16``, ``int8``): the model file and its verdict
+    #: per precision (``fp32``, ``fp16``, ``bf16``, ``int8``): the model file and its verdict
     variants: dict[str, Variant] = field(default_factory=dict)
     #: per execution provider: a verified faster form of the fp32 graph (``model.cpu.onnx``)
     fused: dict[str, FusedGraph] = field(default_factory=dict)

@@ -1,12 +1,15 @@
-"""Write the fp16 / INT8 variants of a bundle and gate each one on ranking agreement with fp32.
+"""Write the fp16 / bf16 / INT8 variants of a bundle and gate each one on ranking agreement with fp32.
 
 A variant that fails its gate is not kept: its file is deleted and the manifest records it as
 ``accepted: false`` with the numbers, so ``Scorer(..., precision=...)`` refuses it by name.
+``bf16`` has no file of its own: it is ``model.onnx`` run by OpenVINO with its bf16 hint, judged
+on this machine; its method records the runtime and whether this CPU really computed bf16.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from ensrm.builder import BundleBuilder
 from ensrm.calibration.data import encoder_for, feed_batches, load_records, score_records, split_holdout
 from ensrm.calibration.gate import DEFAULT_GATES, Gate, evaluate, format_report, stress_check
 from ensrm.errors import ExportError
-from ensrm.spec import MODEL_FILES, EnsembleSpec, Variant
+from ensrm.spec import HINTED_PRECISIONS, MODEL_FILES, EnsembleSpec, Variant
 
 Progress = Callable[[str], None]
 PRECISIONS = tuple(p for p in MODEL_FILES if p != "fp32")
@@ -36,11 +39,34 @@ def parse_precisions(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
     return tuple(dict.fromkeys(n for n in names if n != "fp32"))
 
 
-def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_records, batch_size: int) -> dict:
+def bf16_method() -> dict:
+    """How a bf16 variant runs: OpenVINO's bf16 hint on ``model.onnx``, and whether this CPU computes bf16.
+
+    On a CPU without AVX512_BF16 or AMX OpenVINO computes f32: the gate then judges fp32 scores,
+    which this records (``computed_bf16: false``) and warns about in one line.
+    """
+    from ensrm.runtime.openvino_backend import BF16Warning, cpu_has_bf16, cpu_name, openvino, version
+
+    openvino()  # MissingDependencyError naming ensrm[openvino]
+    computed = cpu_has_bf16()
+    if not computed:
+        warnings.warn(f"this CPU ({cpu_name()}) has no bf16 instructions (AVX512_BF16/AMX): OpenVINO computes f32, "
+                      "so this bf16 gate judges fp32 scores; judge it again on the CPU that will run it",
+                      BF16Warning, stacklevel=2)
+    return {"method": "bf16-hint", "base": MODEL_FILES["fp32"], "runtime": f"openvino {version()}",
+            "hint": "INFERENCE_PRECISION_HINT=bf16", "cpu": cpu_name(), "computed_bf16": computed}
+
+
+def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_records, batch_size: int,
+                   gate: Gate) -> dict:
     from ensrm.calibration.fp16 import convert_fp16
     from ensrm.calibration.int8 import quantize_int8
 
+    if precision in HINTED_PRECISIONS:
+        return bf16_method()
     source, target = build.path(MODEL_FILES["fp32"]), build.path(MODEL_FILES[precision])
+    if precision == "int8" and int8_mode == "openvino":
+        return _write_openvino_int8(build, calib_records, batch_size, gate)
     if precision == "fp16":
         return convert_fp16(source, target)
     batches = None
@@ -53,21 +79,60 @@ def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_r
     return quantize_int8(source, target, int8_mode, batches)
 
 
+def _write_openvino_int8(build: BundleBuilder, calib_records, batch_size: int, gate: Gate) -> dict:
+    """NNCF's INT8 IR, its float scope searched on the calibration records with ``gate`` (not the held-out ones)."""
+    from ensrm.calibration.openvino_int8 import IR_FILE, quantize_openvino
+
+    if not calib_records:
+        raise ExportError("OpenVINO INT8 needs calibration records: pass `calibration=CALIB.jsonl`")
+    records = calib_records[:MAX_CALIBRATION_RECORDS]
+    encoder = encoder_for(build.staging, build.spec)
+    batches = [feeds for _, feeds in feed_batches(encoder, records, batch_size)]
+    reference = _fp32_scores(build, records, batch_size)
+
+    def judge(backend) -> dict:
+        return evaluate(reference, score_records(backend, encoder, records, batch_size),
+                        stress_check(backend, build.spec), gate)
+
+    return quantize_openvino(build.path(MODEL_FILES["fp32"]), build.path(IR_FILE), batches, judge,
+                             threads=build.threads, progress=build.note)
+
+
+def variant_name(precision: str, method: dict | None) -> str:
+    """The file a variant was written to: its method's ``file`` (the OpenVINO IR), else the contract name."""
+    return (method or {}).get("file") or MODEL_FILES[precision]
+
+
 def _remove(staging: Path, name: str) -> None:
-    for path in (staging / name, staging / (name + ".data")):
+    for path in (staging / name, staging / (name + ".data"), staging / (name.removesuffix(".xml") + ".bin")):
         if path.exists():
             path.unlink()
 
 
+def variant_runtime(precision: str, method: dict | None) -> str:
+    """The runtime a variant is judged (and meant to run) on: its method's ``runtime``, else onnxruntime.
+
+    >>> variant_runtime("bf16", {"runtime": "openvino 2026.4.1"})
+    'openvino'
+    """
+    return str((method or {}).get("runtime", "onnxruntime")).split()[0].lower()
+
+
 def gate_variant(staging: Path, spec: EnsembleSpec, model: Path, eval_records: list[dict], reference,
-                 gate: Gate, threads: int | None = None) -> dict:
+                 gate: Gate, threads: int | None = None, runtime: str = "onnxruntime", precision: str = "fp32") -> dict:
     """Score ``eval_records`` and the stress battery with the graph ``model``; apply ``gate``.
 
     ``staging`` is the bundle whose tokenizer encodes the records; ``reference`` its fp32 scores.
+    ``runtime`` (``onnxruntime`` or ``openvino``) runs it, with ``precision``'s hint on OpenVINO.
     """
-    from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    if runtime == "openvino":
+        from ensrm.runtime.openvino_backend import OpenVINOBackend
 
-    backend = OnnxRuntimeBackend(model, threads=threads)
+        backend = OpenVINOBackend(model, threads=threads, precision=precision, cache=False)
+    else:
+        from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(model, threads=threads)
     candidate = score_records(backend, encoder_for(staging, spec), eval_records)
     return evaluate(reference, candidate, stress_check(backend, spec), gate)
 
@@ -83,12 +148,13 @@ def _fp32_scores(build: BundleBuilder, records: list[dict], batch_size: int = 32
 def _judge(build: BundleBuilder, precision: str, records: list[dict], reference, gate: Gate,
            method: dict | None) -> Variant:
     """Gate the variant file written for ``precision``; delete it if rejected."""
-    name = MODEL_FILES[precision]
-    report = gate_variant(build.staging, build.spec, build.path(name), records, reference, gate, build.threads)
-    if not report["passed"]:
+    name = variant_name(precision, method)
+    report = gate_variant(build.staging, build.spec, build.path(name), records, reference, gate, build.threads,
+                          variant_runtime(precision, method), precision)
+    if not report["passed"] and precision not in HINTED_PRECISIONS:  # bf16's file is model.onnx: kept
         _remove(build.staging, name)
     build.note(format_report(precision, report))
-    return Variant.judged(precision, report, gate, method)
+    return Variant.judged(precision, report, gate, method, file=name)
 
 
 def _evaluation_records(build: BundleBuilder, precisions, calibration, eval_on):
@@ -124,7 +190,7 @@ def build_variants(build: BundleBuilder, precisions, *, calibration=None, eval_o
     reference = _fp32_scores(build, eval_records, batch_size)
     variants = []
     for precision in precisions:
-        method = _write_variant(build, precision, int8_mode, calib_records, batch_size)
+        method = _write_variant(build, precision, int8_mode, calib_records, batch_size, gates[precision])
         variants.append(_judge(build, precision, eval_records, reference, gates[precision], method))
     build.spec = build.spec.with_variants(*variants)
     kept = [v.precision for v in variants if v.accepted]
@@ -154,7 +220,10 @@ def add_variants(bundle_dir: str | os.PathLike, precisions, *, calibration=None,
     True
     """
     precisions = parse_precisions(precisions)
-    redo = [MODEL_FILES[p] for p in precisions]
+    from ensrm.calibration.openvino_int8 import IR_FILES
+
+    redo = [MODEL_FILES[p] for p in precisions if p not in HINTED_PRECISIONS]
+    redo += list(IR_FILES) if "int8" in precisions else []  # either INT8 form replaces the other
     with BundleBuilder.update(bundle_dir, drop=redo, threads=threads, progress=progress) as build:
         build_variants(build, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode, gates=gates)
     return build.spec

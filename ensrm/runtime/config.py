@@ -24,6 +24,8 @@ from ensrm.bundle import VERIFY_MODES
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 #: Precisions a scorer can ask for; ``auto`` takes ``ensrm tune``'s choice for this machine, else fp32.
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+#: OpenVINO's performance hint: one stream for a caller at a time, or several for concurrent callers.
+HINTS = ("latency", "throughput")
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ class ScorerConfig:
     Ray, the server's default); ``max_batch_size`` caps what one call may hold when callers
     pass bigger arrays to :meth:`Scorer.score`. ``fused`` lets onnxruntime on the CPU run the
     bundle's fused graph. ``spinning=False`` keeps idle runtime threads from busy-waiting
-    (right for servers and several processes per machine).
+    (right for servers and several processes per machine). ``hint`` is OpenVINO's performance
+    hint: ``"latency"`` (one stream; small batches, one caller at a time) or ``"throughput"``
+    (several streams, for a server whose requests arrive concurrently).
 
     >>> ScorerConfig("b", backend="cuda")
     Traceback (most recent call last):
@@ -54,6 +58,7 @@ class ScorerConfig:
     fused: bool = True
     verify: str = "sha256"
     spinning: bool | None = None
+    hint: str = "latency"
 
     def __post_init__(self):
         if isinstance(self.providers, str):
@@ -63,6 +68,7 @@ class ScorerConfig:
         _choice("backend", self.backend, BACKENDS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("verify", self.verify, VERIFY_MODES)
+        _choice("hint", self.hint, HINTS)
         for name in ("batch_size", "max_batch_size") + (("threads",) if self.threads is not None else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):

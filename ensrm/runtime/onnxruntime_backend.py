@@ -13,7 +13,7 @@ import numpy as np
 from ensrm._optional import require
 from ensrm.bundle import bundle_file, variant_file, verify_files
 from ensrm.errors import BundleError, EnsrmError, ProviderError
-from ensrm.spec import MODEL_FILES, OUTPUT_NAMES, EnsembleSpec, FusedGraph
+from ensrm.spec import HINTED_PRECISIONS, MODEL_FILES, OUTPUT_NAMES, EnsembleSpec, FusedGraph
 
 if TYPE_CHECKING:
     from ensrm.runtime.config import ScorerConfig
@@ -138,7 +138,13 @@ def load_backend(config: ScorerConfig, spec: EnsembleSpec, precision: str) -> On
     damaged, missing or unloadable file, runs ``model.onnx`` with one :class:`FusedGraphWarning`.
     """
     bundle_dir = config.bundle_dir
+    if precision in HINTED_PRECISIONS:
+        raise ProviderError(f"onnxruntime has no {precision} CPU kernels; {precision} runs on OpenVINO: "
+                            f"pip install 'ensrm[openvino]' and use backend='openvino' (or 'auto')")
     model_path = variant_file(bundle_dir, spec, precision)
+    if not model_path.name.endswith(".onnx"):
+        raise ProviderError(f"the {precision} variant of {bundle_dir} ({model_path.name}) is an OpenVINO file; "
+                            "run it with backend='openvino' (pip install 'ensrm[openvino]')")
     providers = with_tensorrt_cache(config.providers and list(config.providers),
                                     bundle_dir / "engines" / f"ort-{precision}")
     fused = _fused_graph(bundle_dir, spec, precision, providers, config.verify) if config.fused else None

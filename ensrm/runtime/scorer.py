@@ -24,7 +24,11 @@ class Scorer:
 
     How to score is one :class:`~ensrm.runtime.config.ScorerConfig`; the keywords here are its
     fields (``Scorer.from_config(config)`` takes one whole). ``backend`` picks the runtime
-    (``"auto"``, ``"onnxruntime"``, ``"tensorrt"``); ``providers`` are onnxruntime execution
+    (``"auto"``, ``"onnxruntime"``, ``"openvino"``, ``"tensorrt"``): ``auto`` runs OpenVINO on the
+    CPU when it is installed and compiles the graph (else onnxruntime, after one
+    :class:`~ensrm.runtime.backend.BackendFallbackWarning` if the compile failed), and
+    onnxruntime when execution providers are given (see
+    :func:`~ensrm.runtime.backend.resolve_backend`). ``providers`` are onnxruntime execution
     providers (``"cpu"``, ``"cuda"``, ``"tensorrt"`` or full names), and one asked for but
     missing raises :class:`ProviderError`. ``precision`` picks ``fp32`` (``model.onnx``) or an
     accepted variant. ``verify`` checks the bundle's files against the manifest:
@@ -42,7 +46,9 @@ class Scorer:
     ``providers=["tensorrt", ...]`` onnxruntime's TensorRT execution provider caches its
     engines under ``BUNDLE/engines/ort-<precision>``.
 
-    A scorer may be shared by several threads; onnxruntime sessions are thread-safe.
+    A scorer may be shared by several threads: onnxruntime sessions are thread-safe and the
+    OpenVINO backend gives each concurrent call its own infer request. ``hint="throughput"``
+    compiles OpenVINO with several streams for a server with concurrent requests.
 
     >>> scorer = Scorer("bundles/minilm")                                   # doctest: +SKIP
     >>> scorer.score_texts(["How do I boil an egg?"], ["Simmer it for 8 minutes."]).uwo
@@ -51,10 +57,11 @@ class Scorer:
 
     def __init__(self, bundle_dir: str | os.PathLike, providers=None, threads: int | None = None,
                  precision: str = "fp32", verify: str = "sha256", max_batch_size: int = 256,
-                 spinning: bool | None = None, backend: str = "auto", fused: bool = True, batch_size: int = 32):
+                 spinning: bool | None = None, backend: str = "auto", fused: bool = True, batch_size: int = 32,
+                 hint: str = "latency"):
         self._open(ScorerConfig(bundle_dir, backend=backend, precision=precision, providers=providers,
                                 threads=threads, batch_size=batch_size, max_batch_size=max_batch_size,
-                                fused=fused, verify=verify, spinning=spinning))
+                                fused=fused, verify=verify, spinning=spinning, hint=hint))
 
     @classmethod
     def from_config(cls, config: ScorerConfig) -> Scorer:
@@ -75,8 +82,18 @@ class Scorer:
         verify_files(self.bundle_dir, self.spec, config.verify, only=set(self.spec.files) - extra)
         self.max_batch_size = config.max_batch_size
         self.batch_size = config.batch_size
-        self.precision = "fp32" if config.precision == "auto" else config.precision
-        self.backend = load_backend(config, self.spec, self.precision)
+        self.precision, load = config.precision, config
+        if config.precision == "auto":  # ensrm tune's choice for this machine and batch regime, else fp32
+            from ensrm.runtime.backend import BACKEND_MODULES
+            from ensrm.runtime.openvino_backend import installed
+            from ensrm.runtime.tune import tuned_choice
+
+            runtimes = [name for name in BACKEND_MODULES if name != "openvino" or installed()]
+            choice = tuned_choice(self.bundle_dir, self.spec, config.batch_size, config.backend, runtimes)
+            self.precision = choice.precision if choice else "fp32"
+            if choice and config.backend == "auto" and not config.providers:
+                load = config.replace(backend=choice.backend)
+        self.backend = load_backend(load, self.spec, self.precision)
         self.model_path = self.backend.model_path
         self._encoder: TextEncoder | None = None
         self._encoder_lock = threading.Lock()

@@ -1,0 +1,219 @@
+"""OpenVINO backend: the bundle's ONNX graph compiled for the CPU (fp32, bf16, INT8).
+
+OpenVINO reads ``model.onnx`` directly and runs oneDNN kernels: a faster GEMM than
+onnxruntime's CPU provider, bf16 where the CPU has it (AVX512_BF16, AMX) and integer kernels for
+quantized graphs. ``bf16`` is not a file: it is ``model.onnx`` compiled with
+``INFERENCE_PRECISION_HINT=bf16``. On a CPU without bf16 instructions OpenVINO silently computes
+f32; :func:`cpu_has_bf16` says which, and the backend warns once.
+
+A compiled model is cached in the user's cache directory (:func:`cache_dir`), so a second
+process skips the compilation. Requests come from a pool: a backend may be shared by threads,
+each call takes its own infer request.
+
+>>> backend = OpenVINOBackend("bundles/default/model.onnx", threads=2)     # doctest: +SKIP
+>>> backend.run({"input_ids": ids, "attention_mask": mask})["ens_uwo"].shape
+(4,)
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ensrm._optional import require
+from ensrm.bundle import variant_file
+from ensrm.errors import BundleError
+from ensrm.spec import OUTPUT_NAMES, EnsembleSpec
+
+if TYPE_CHECKING:
+    from ensrm.runtime.config import ScorerConfig
+
+#: The extra that installs this backend's runtime.
+EXTRA = "openvino"
+#: OpenVINO's INFERENCE_PRECISION_HINT for each precision this backend runs (int8 files carry their own).
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: ScorerConfig.hint -> OpenVINO's PERFORMANCE_HINT.
+PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+
+
+class CompileError(BundleError):
+    """OpenVINO cannot read or compile a bundle graph (the message names the file and OpenVINO's reason)."""
+
+
+class BF16Warning(RuntimeWarning):
+    """bf16 was asked for on a CPU without bf16 instructions: OpenVINO computes f32 (the fp32 scores)."""
+
+
+def openvino():
+    """The ``openvino`` module, or :class:`MissingDependencyError` naming ``ensrm[openvino]``."""
+    return require("openvino", EXTRA)
+
+
+def installed() -> bool:
+    """Whether OpenVINO can be imported (without importing it).
+
+    >>> isinstance(installed(), bool)
+    True
+    """
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+_CORE = None
+
+
+def core():
+    """One shared ``openvino.Core`` per process (creating one loads the device plugins)."""
+    global _CORE
+    if _CORE is None:
+        _CORE = openvino().Core()
+    return _CORE
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in bf16 here (AVX512_BF16 or AMX), not just accepts the hint.
+
+    >>> cpu_has_bf16() in (True, False)                  # doctest: +SKIP
+    True
+    """
+    return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def cpu_name() -> str:
+    """The CPU as OpenVINO names it, e.g. ``Intel(R) Xeon(R) Processor @ 2.80GHz``."""
+    return str(core().get_property("CPU", "FULL_DEVICE_NAME"))
+
+
+def version() -> str:
+    """OpenVINO's release, e.g. ``2026.4.1``."""
+    return openvino().__version__.split("-")[0]
+
+
+def cache_dir() -> Path | None:
+    """Where compiled models are cached: ``$ENSRM_CACHE_DIR/openvino`` or ``~/.cache/ensrm/openvino``.
+
+    ``None`` (no cache) when the directory cannot be created.
+    """
+    base = os.environ.get("ENSRM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ensrm")
+    path = Path(base) / "openvino"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
+
+
+def compile_options(threads: int | None = None, precision: str = "fp32", hint: str = "latency",
+                    cache: bool = True) -> dict:
+    """The CPU plugin's properties for ensrm's settings.
+
+    >>> compile_options(2, "bf16", cache=False)
+    {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'bf16', 'INFERENCE_NUM_THREADS': 2}
+    """
+    if hint not in PERFORMANCE_HINTS:
+        raise ValueError(f"hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {hint!r}")
+    options = {"PERFORMANCE_HINT": PERFORMANCE_HINTS[hint], "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]}
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        options["INFERENCE_NUM_THREADS"] = int(threads)
+    directory = cache_dir() if cache else None
+    if directory is not None:
+        options["CACHE_DIR"] = str(directory)
+    return options
+
+
+class OpenVINOBackend:
+    """Runs a bundle graph compiled by OpenVINO for the CPU, feeding only the graph's declared inputs.
+
+    ``precision`` picks the inference precision hint (``fp32`` → f32, ``bf16`` → bf16; an INT8
+    file carries its own quantization). ``hint`` is ``"latency"`` (one stream: small batches,
+    one caller) or ``"throughput"`` (several streams: a server with concurrent callers).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str = "fp32",
+                 hint: str = "latency", cache: bool = True):
+        openvino()
+        self.model_path = Path(path)
+        self.precision = precision
+        options = compile_options(threads, precision, hint, cache)
+        try:
+            # compiling from the path lets a cache hit skip reading the model at all
+            self.compiled = core().compile_model(str(self.model_path), "CPU", options)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO's errors share no base class but Exception
+            message = str(exc).strip().splitlines()
+            raise CompileError(f"OpenVINO {version()} cannot compile {self.model_path.name} of "
+                              f"{self.model_path.parent}: {message[0][:300] if message else type(exc).__name__}",
+                              file=self.model_path.name) from None
+        self._setup(hint)
+
+    @classmethod
+    def from_model(cls, model, threads: int | None = None, precision: str = "fp32",
+                   hint: str = "latency") -> OpenVINOBackend:
+        """A backend on an in-memory ``openvino.Model`` (e.g. one being quantized); nothing is cached."""
+        backend = cls.__new__(cls)
+        backend.model_path, backend.precision = Path(f"<{model.get_friendly_name()}>"), precision
+        backend.compiled = core().compile_model(model, "CPU", compile_options(threads, precision, hint, cache=False))
+        backend._setup(hint)
+        return backend
+
+    def _setup(self, hint: str) -> None:
+        self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)
+        names = {name for port in self.compiled.outputs for name in port.get_names()}
+        missing = [n for n in OUTPUT_NAMES if n not in names]
+        if missing:
+            raise BundleError(f"{self.model_path.name} lacks the output(s) {', '.join(missing)}",
+                              file=self.model_path.name)
+        self._outputs = [(name, self.compiled.output(name)) for name in OUTPUT_NAMES]
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        computed = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        #: what the CPU computes in: ``bf16`` only where the CPU has it, else ``f32``
+        self.inference_precision = "bf16" if self.precision == "bf16" and cpu_has_bf16() else _short(computed)
+        streams = self.compiled.get_property("NUM_STREAMS")
+        self.description = (f"OpenVINO {version()} CPU {self.inference_precision} {hint} "
+                            f"{streams} stream{'s' if int(streams) != 1 else ''} ({self.model_path.name})")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:  # one more concurrent caller than ever before: one more request
+            request = self.compiled.create_infer_request()
+        try:
+            results = request.infer({name: np.ascontiguousarray(feeds[name], dtype=np.int64)
+                                     for name in self.input_names})
+            # copies: the request's output buffers are reused by its next call
+            return {name: np.array(results[port], dtype=np.float32, copy=True) for name, port in self._outputs}
+        finally:
+            self._requests.put(request)
+
+
+def _short(precision) -> str:
+    """OpenVINO's element type (``<Type: 'float32'>``, ``f32``, ``bf16``) as ``f32`` / ``bf16`` / ..."""
+    text = str(precision).lower()
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(
+        next((k for k in ("bfloat16", "float32", "float16") if k in text), text), text)
+
+
+def load_backend(config: ScorerConfig, spec: EnsembleSpec, precision: str) -> OpenVINOBackend:
+    """OpenVINO on the bundle's ``precision`` file (bf16: ``model.onnx`` with the bf16 hint).
+
+    A graph OpenVINO cannot compile raises :class:`CompileError` naming the file and OpenVINO's
+    message; on a CPU without bf16 instructions a bf16 scorer warns once (:class:`BF16Warning`).
+    """
+    openvino()  # MissingDependencyError naming ensrm[openvino] before anything else
+    path = variant_file(config.bundle_dir, spec, precision)
+    backend = OpenVINOBackend(path, config.threads, precision, getattr(config, "hint", "latency"))
+    if precision == "bf16" and backend.inference_precision != "bf16":
+        warnings.warn(f"this CPU ({cpu_name()}) has no bf16 instructions (AVX512_BF16/AMX): OpenVINO computes "
+                      f"{backend.inference_precision}, so the bf16 scores are the fp32 ones", BF16Warning,
+                      stacklevel=4)
+    return backend
+
+

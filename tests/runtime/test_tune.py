@@ -1,0 +1,146 @@
+"""bf16 on OpenVINO (gated like fp16) and ``ensrm tune``: it writes, reads, and ignores a foreign file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+import ensrm
+from ensrm.bundle import load_spec
+from ensrm.errors import BundleError, ProviderError
+
+pytest.importorskip("openvino")
+
+from ensrm.cli import main  # noqa: E402
+from ensrm.runtime import openvino_backend  # noqa: E402
+from ensrm.runtime.tune import TUNE_FILE, TuneWarning, read_tune, tune_bundle, tuned_choice  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSRM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def bf16_bundle(bundles, tmp_path_factory):
+    """The tiny bert bundle with a bf16 variant judged by the gate on this machine."""
+    from ensrm.calibration.variants import add_variants
+    from ensrm.data.synthetic import generate_references
+    from ensrm.jsonl import write_records
+
+    tmp = tmp_path_factory.mktemp("bf16")
+    bundle = tmp / "b"
+    shutil.copytree(bundles("bert"), bundle)
+    write_records(tmp / "eval.jsonl", generate_references(48, seed=3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_variants(bundle, "bf16", eval_on=tmp / "eval.jsonl", threads=1, progress=None)
+    bundle.caught = [w for w in caught if issubclass(w.category, openvino_backend.BF16Warning)]
+    return bundle
+
+
+def test_bf16_variant_records_runtime_and_what_the_cpu_computed(bf16_bundle):
+    spec = load_spec(bf16_bundle)  # every file still matches its sha256: bf16 wrote none
+    variant = spec.variants["bf16"]
+    assert variant.accepted and variant.file == "model.onnx"
+    assert variant.method["runtime"].startswith("openvino ")
+    assert variant.method["computed_bf16"] is openvino_backend.cpu_has_bf16()
+    assert variant.checks["spearman"]["mean"] >= 0.999 and variant.gate.min_spearman == 0.999
+    # a CPU without bf16 instructions says so in one warning when the variant is built
+    assert len(bf16_bundle.caught) == (0 if openvino_backend.cpu_has_bf16() else 1)
+
+
+def test_bf16_runs_on_openvino_and_onnxruntime_refuses_it(bf16_bundle):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scorer = ensrm.Scorer(bf16_bundle, precision="bf16", threads=1)
+    assert scorer.description.startswith("OpenVINO") and scorer.description.endswith("bf16")
+    if not openvino_backend.cpu_has_bf16():
+        assert [w.category for w in caught].count(openvino_backend.BF16Warning) == 1
+        assert " f32 " in scorer.description
+    with pytest.raises(ProviderError, match=r"ensrm\[openvino\]"):
+        ensrm.Scorer(bf16_bundle, precision="bf16", backend="onnxruntime")
+
+
+def test_rejected_bf16_keeps_model_onnx(bundles, tmp_path):
+    from ensrm.calibration.gate import gates_with
+    from ensrm.calibration.variants import add_variants
+    from ensrm.data.synthetic import generate_references
+    from ensrm.jsonl import write_records
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles("bert"), bundle)
+    write_records(tmp_path / "eval.jsonl", generate_references(8, seed=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", openvino_backend.BF16Warning)
+        # a threshold no scores can reach: the gate must reject, and only the verdict changes
+        spec = add_variants(bundle, "bf16", eval_on=tmp_path / "eval.jsonl", threads=1, progress=None,
+                            gates=gates_with(min_spearman=1.5))
+    assert not spec.variants["bf16"].accepted and spec.variants["bf16"].file is None
+    assert (bundle / "model.onnx").is_file()
+    ensrm.Scorer(bundle, threads=1)  # model.onnx still verifies
+    with pytest.raises(BundleError, match="rejected"):
+        ensrm.Scorer(bundle, precision="bf16")
+
+
+def test_tune_writes_a_choice_that_precision_auto_uses(bf16_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(bf16_bundle, bundle)
+    record = tune_bundle(bundle, threads=1, batches=(1, 4), seq=8, repeats=2, budget_s=0.2)
+    assert (bundle / TUNE_FILE).is_file()
+    load_spec(bundle)  # the tune file is beside the manifest, not in it: verification unchanged
+    timed = {(r["backend"], r["precision"]) for r in record["results"]}
+    assert timed == {("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")}
+    chosen = record["choice"]["4"]
+    scorer = ensrm.Scorer(bundle, precision="auto", batch_size=4, threads=1)
+    assert (scorer.precision, scorer.description.split()[0].lower()) == (chosen["precision"], chosen["backend"])
+
+
+def test_tune_never_chooses_a_precision_that_is_not_accepted(bf16_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(bf16_bundle, bundle)
+    record = tune_bundle(bundle, threads=1, batches=(2,), seq=8, repeats=1, budget_s=0.1)
+    # an int8 row faster than everything, but the bundle has no accepted int8 variant
+    record["results"].append({"backend": "openvino", "precision": "int8", "batch": 2, "seconds": 1e-9})
+    (bundle / TUNE_FILE).write_text(json.dumps(record), encoding="utf-8")
+    choice = tuned_choice(bundle, load_spec(bundle), 2)
+    assert choice is not None and choice.precision in ("fp32", "bf16")
+
+
+def test_a_foreign_tune_file_is_ignored_with_a_warning(bf16_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(bf16_bundle, bundle)
+    record = tune_bundle(bundle, threads=1, batches=(2,), seq=8, repeats=1, budget_s=0.1)
+    record["machine"]["cpu"] = "Some Other CPU @ 1.00GHz"
+    record["results"] = [dict(r, precision="bf16", backend="openvino") for r in record["results"]]
+    (bundle / TUNE_FILE).write_text(json.dumps(record), encoding="utf-8")
+    with pytest.warns(TuneWarning, match="Some Other CPU"):
+        assert read_tune(bundle) is None
+    with pytest.warns(TuneWarning):
+        scorer = ensrm.Scorer(bundle, precision="auto", batch_size=2, threads=1)
+    assert scorer.precision == "fp32"
+
+
+def test_tune_cli_and_backend_flags(bf16_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(bf16_bundle, bundle)
+    runner = CliRunner()
+    shown = runner.invoke(main, ["tune", str(bundle), "--show"])
+    assert shown.exit_code == 1 and "no tune record" in shown.output
+    result = runner.invoke(main, ["tune", str(bundle), "--threads", "1", "--batches", "1,2", "--seq", "8"])
+    assert result.exit_code == 0, result.output
+    assert "openvino" in result.output and "*" in result.output
+    assert runner.invoke(main, ["tune", str(bundle), "--show"]).output.count("\n") >= 4
+    records = tmp_path / "in.jsonl"
+    records.write_text(json.dumps({"prompt": "Hi", "response": "Hello there!"}) + "\n", encoding="utf-8")
+    for backend in ("openvino", "onnxruntime"):
+        out = tmp_path / f"{backend}.jsonl"
+        result = runner.invoke(main, ["score", str(bundle), str(records), "-o", str(out), "--backend", backend,
+                                      "--threads", "1", "--hint", "throughput"])
+        assert result.exit_code == 0, result.output
+    scores = [json.loads((tmp_path / f"{b}.jsonl").read_text())["ensrm"]["uwo"] for b in ("openvino", "onnxruntime")]
+    assert abs(scores[0] - scores[1]) <= 1e-4
