@@ -39,22 +39,21 @@ def parse_precisions(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
     return tuple(dict.fromkeys(n for n in names if n != "fp32"))
 
 
-def bf16_method() -> dict:
-    """How a bf16 variant runs: OpenVINO's bf16 hint on ``model.onnx``, and whether this CPU computes bf16.
+def bf16_method(source: Path, threads: int | None = None) -> dict:
+    """How a bf16 variant runs: OpenVINO's bf16 hint on ``model.onnx``, and what this CPU really computes.
 
-    On a CPU without AVX512_BF16 or AMX OpenVINO computes f32: the gate then judges fp32 scores,
-    which this records (``computed_bf16: false``) and warns about in one line.
+    ``computed`` is the precision OpenVINO compiled (``bf16`` or ``f32``); ``native_bf16`` whether
+    the CPU has bf16 instructions (AVX512_BF16/AMX). Without them an AVX-512 CPU emulates bf16:
+    the gate judges real bf16 rounding, but not its speed; that is warned in one line.
     """
-    from ensrm.runtime.openvino_backend import BF16Warning, cpu_has_bf16, cpu_name, openvino, version
+    from ensrm.runtime.openvino_backend import BF16Warning, OpenVINOBackend, bf16_note, cpu_has_bf16, cpu_name, version
 
-    openvino()  # MissingDependencyError naming ensrm[openvino]
-    computed = cpu_has_bf16()
-    if not computed:
-        warnings.warn(f"this CPU ({cpu_name()}) has no bf16 instructions (AVX512_BF16/AMX): OpenVINO computes f32, "
-                      "so this bf16 gate judges fp32 scores; judge it again on the CPU that will run it",
-                      BF16Warning, stacklevel=2)
+    computed = OpenVINOBackend(source, threads, "bf16", cache=False).inference_precision
+    native = cpu_has_bf16()
+    if not native:
+        warnings.warn(bf16_note(computed) + "; judge it again on the CPU that will run it", BF16Warning, stacklevel=2)
     return {"method": "bf16-hint", "base": MODEL_FILES["fp32"], "runtime": f"openvino {version()}",
-            "hint": "INFERENCE_PRECISION_HINT=bf16", "cpu": cpu_name(), "computed_bf16": computed}
+            "hint": "INFERENCE_PRECISION_HINT=bf16", "cpu": cpu_name(), "computed": computed, "native_bf16": native}
 
 
 def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_records, batch_size: int,
@@ -63,7 +62,7 @@ def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_r
     from ensrm.calibration.int8 import quantize_int8
 
     if precision in HINTED_PRECISIONS:
-        return bf16_method()
+        return bf16_method(build.path(MODEL_FILES["fp32"]), build.threads)
     source, target = build.path(MODEL_FILES["fp32"]), build.path(MODEL_FILES[precision])
     if precision == "int8" and int8_mode == "openvino":
         return _write_openvino_int8(build, calib_records, batch_size, gate)

@@ -3,8 +3,10 @@
 OpenVINO reads ``model.onnx`` directly and runs oneDNN kernels: a faster GEMM than
 onnxruntime's CPU provider, bf16 where the CPU has it (AVX512_BF16, AMX) and integer kernels for
 quantized graphs. ``bf16`` is not a file: it is ``model.onnx`` compiled with
-``INFERENCE_PRECISION_HINT=bf16``. On a CPU without bf16 instructions OpenVINO silently computes
-f32; :func:`cpu_has_bf16` says which, and the backend warns once.
+``INFERENCE_PRECISION_HINT=bf16``. On a CPU without bf16 instructions (AVX512_BF16, AMX) the
+hint is still honoured on AVX-512 CPUs: oneDNN emulates bf16 (the scores carry bf16 rounding)
+without its speed. :func:`cpu_has_bf16` says whether the CPU has them, and a bf16 scorer on a
+CPU without them warns once.
 
 A compiled model is cached in the user's cache directory (:func:`cache_dir`), so a second
 process skips the compilation. Requests come from a pool: a backend may be shared by threads,
@@ -46,7 +48,7 @@ class CompileError(BundleError):
 
 
 class BF16Warning(RuntimeWarning):
-    """bf16 was asked for on a CPU without bf16 instructions: OpenVINO computes f32 (the fp32 scores)."""
+    """bf16 was asked for on a CPU without bf16 instructions: emulated (bf16 rounding, no speed gain) or f32."""
 
 
 def openvino():
@@ -77,7 +79,7 @@ def core():
 
 
 def cpu_has_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin computes in bf16 here (AVX512_BF16 or AMX), not just accepts the hint.
+    """Whether the CPU has bf16 instructions OpenVINO uses (AVX512_BF16 or AMX): bf16 is then fast here.
 
     >>> cpu_has_bf16() in (True, False)                  # doctest: +SKIP
     True
@@ -173,9 +175,8 @@ class OpenVINOBackend:
                               file=self.model_path.name)
         self._outputs = [(name, self.compiled.output(name)) for name in OUTPUT_NAMES]
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        computed = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        #: what the CPU computes in: ``bf16`` only where the CPU has it, else ``f32``
-        self.inference_precision = "bf16" if self.precision == "bf16" and cpu_has_bf16() else _short(computed)
+        #: what the compiled model computes in (``f32``, ``bf16``), as OpenVINO reports it
+        self.inference_precision = _short(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         streams = self.compiled.get_property("NUM_STREAMS")
         self.description = (f"OpenVINO {version()} CPU {self.inference_precision} {hint} "
                             f"{streams} stream{'s' if int(streams) != 1 else ''} ({self.model_path.name})")
@@ -209,11 +210,16 @@ def load_backend(config: ScorerConfig, spec: EnsembleSpec, precision: str) -> Op
     """
     openvino()  # MissingDependencyError naming ensrm[openvino] before anything else
     path = variant_file(config.bundle_dir, spec, precision)
-    backend = OpenVINOBackend(path, config.threads, precision, getattr(config, "hint", "latency"))
-    if precision == "bf16" and backend.inference_precision != "bf16":
-        warnings.warn(f"this CPU ({cpu_name()}) has no bf16 instructions (AVX512_BF16/AMX): OpenVINO computes "
-                      f"{backend.inference_precision}, so the bf16 scores are the fp32 ones", BF16Warning,
-                      stacklevel=4)
+    backend = OpenVINOBackend(path, config.threads, precision, config.hint)
+    if precision == "bf16" and not cpu_has_bf16():
+        warnings.warn(bf16_note(backend.inference_precision), BF16Warning, stacklevel=4)
     return backend
+
+
+def bf16_note(computed: str) -> str:
+    """The one line said where bf16 runs on a CPU without bf16 instructions."""
+    how = ("emulates bf16: the scores carry bf16 rounding, without bf16's speed" if computed == "bf16"
+           else f"computes {computed}: the scores are the fp32 ones")
+    return f"this CPU ({cpu_name()}) has no bf16 instructions (AVX512_BF16/AMX); OpenVINO {how}"
 
 
