@@ -252,7 +252,7 @@ def torch_matmul_job(job: dict) -> dict:
 
 
 class _TimedSession:
-    """Wraps an ``InferenceSession`` and accumulates the time spent inside ``run``."""
+    """Wraps a runtime backend (or an ``InferenceSession``) and accumulates the time spent inside ``run``."""
 
     def __init__(self, session):
         self.session, self.inside = session, 0.0
@@ -272,9 +272,9 @@ def overhead_job(job: dict) -> dict:
     """Per call: time in ``Scorer.score`` and, of it, time inside ``session.run``."""
     from ensrm.runtime.scorer import Scorer
 
-    scorer = Scorer(job["bundle"], threads=job.get("threads"), verify="size")
-    timed = _TimedSession(scorer.backend.session)
-    scorer.backend.session = timed
+    scorer = Scorer(job["bundle"], threads=job.get("threads"), verify="size", backend=job.get("backend", "auto"))
+    timed = _TimedSession(scorer.backend)  # the runtime's own time, whichever runtime it is
+    scorer.backend = timed
     feeds = random_feeds(scorer.spec.inputs, job["batch"], job["length"], scorer.spec.vocab_size)
     for _ in range(job.get("warmup", 2)):
         scorer.score(**feeds)

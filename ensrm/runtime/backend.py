@@ -33,7 +33,8 @@ class BackendFallbackWarning(RuntimeWarning):
 class Backend(Protocol):
     """Runs one bundle graph: int64 feeds by input name in, float32 outputs by name out.
 
-    ``description`` says what runs (runtime, device, file); ``model_path`` is the file loaded.
+    ``description`` says what runs (runtime, device, file); ``model_path`` is the file loaded;
+    ``threads`` the CPU threads it runs on, where it has a say (0: the runtime's default).
     """
 
     input_names: tuple[str, ...]

@@ -123,6 +123,8 @@ class OnnxRuntimeBackend:
         self.model_path = Path(path)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.providers = tuple(self.session.get_providers())
+        #: intra-op threads (0: onnxruntime's default, one per core)
+        self.threads = self.session.get_session_options().intra_op_num_threads
         self.description = f"onnxruntime {self.providers[0]} ({self.model_path.name})"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -174,6 +174,8 @@ class OpenVINOBackend:
             raise BundleError(f"{self.model_path.name} lacks the output(s) {', '.join(missing)}",
                               file=self.model_path.name)
         self._outputs = [(name, self.compiled.output(name)) for name in OUTPUT_NAMES]
+        #: the threads OpenVINO runs on (ensrm's ``threads``, or all cores)
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         #: what the compiled model computes in (``f32``, ``bf16``), as OpenVINO reports it
         self.inference_precision = _short(self.compiled.get_property("INFERENCE_PRECISION_HINT"))

@@ -21,8 +21,8 @@ RESPONSES = ["Hello!", "Knead, let it rise, bake at 230 C. " * 6, "Blue.", "Four
 def test_cpu_scorer_runs_the_fused_graph_with_the_portable_scores(bundles, kind):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FusedGraphWarning)
-        fused = ensrm.Scorer(bundles(kind), threads=1)
-        portable = ensrm.Scorer(bundles(kind), threads=1, fused=False)
+        fused = ensrm.Scorer(bundles(kind), threads=1, backend="onnxruntime")
+        portable = ensrm.Scorer(bundles(kind), threads=1, fused=False, backend="onnxruntime")
     assert fused.model_path.name == "model.cpu.onnx" and "model.cpu.onnx" in fused.backend.description
     assert portable.model_path.name == "model.onnx" and "(model.onnx)" in portable.backend.description
     a, b = fused.score_texts(PROMPTS, RESPONSES, batch_size=3), portable.score_texts(PROMPTS, RESPONSES, batch_size=3)
@@ -43,11 +43,11 @@ def test_a_damaged_fused_graph_falls_back_with_one_warning(bundles, tmp_path):
     raw[100] ^= 0xFF
     data.write_bytes(bytes(raw))
     with pytest.warns(FusedGraphWarning) as caught:
-        scorer = ensrm.Scorer(bundle)
+        scorer = ensrm.Scorer(bundle, backend="onnxruntime")
     assert len(caught) == 1 and "model.cpu.onnx.data does not match its sha256" in str(caught[0].message)
     assert "running model.onnx" in str(caught[0].message) and caught[0].filename == __file__
     assert scorer.model_path.name == "model.onnx"
-    expected = ensrm.Scorer(bundles("bert"), fused=False).score_texts(PROMPTS, RESPONSES)
+    expected = ensrm.Scorer(bundles("bert"), fused=False, backend="onnxruntime").score_texts(PROMPTS, RESPONSES)
     np.testing.assert_array_equal(scorer.score_texts(PROMPTS, RESPONSES).heads, expected.heads)
 
 
@@ -55,7 +55,7 @@ def test_a_fused_graph_onnxruntime_cannot_load_falls_back(bundles, tmp_path):
     bundle = _copy(bundles, tmp_path)
     (bundle / "model.cpu.onnx").write_bytes(b"not a graph")
     with pytest.warns(FusedGraphWarning, match=r"onnxruntime cannot load model.cpu.onnx .*running model.onnx"):
-        scorer = ensrm.Scorer(bundle, verify="none")
+        scorer = ensrm.Scorer(bundle, verify="none", backend="onnxruntime")
     assert scorer.model_path.name == "model.onnx"
 
 
@@ -63,7 +63,7 @@ def test_a_missing_fused_graph_falls_back(bundles, tmp_path):
     bundle = _copy(bundles, tmp_path)
     (bundle / "model.cpu.onnx").unlink()
     with pytest.warns(FusedGraphWarning, match="model.cpu.onnx is missing"):
-        scorer = ensrm.Scorer(bundle)
+        scorer = ensrm.Scorer(bundle, backend="onnxruntime")
     assert scorer.model_path.name == "model.onnx"
 
 
@@ -86,6 +86,6 @@ def test_another_provider_runs_the_portable_graph_with_a_warning(bundles, monkey
 def test_old_bundle_without_a_fused_graph_loads_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FusedGraphWarning)
-        fp32, int8 = ensrm.Scorer(OLD_BUNDLE), ensrm.Scorer(OLD_BUNDLE, precision="int8")
+        fp32, int8 = ensrm.Scorer(OLD_BUNDLE, backend="onnxruntime"), ensrm.Scorer(OLD_BUNDLE, precision="int8")
     assert fp32.spec.fused == {} and fp32.model_path.name == "model.onnx"
     assert int8.model_path.name == "model.int8.onnx"
