@@ -233,11 +233,9 @@ def build_engine_command(bundle, precision, batch_sizes, timing_cache):
                    "default model).")
 @click.option("--quick", is_flag=True, help="A smaller grid and fewer rounds (a first look, a few minutes).")
 @click.option("--suite", "suites", multiple=True,
-              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency", "trunk"]),
-              help="Run only these suites (repeatable; default: all but trunk). latency: batch 1-8 of real-length "
-                   "pairs, p50/p99 per call, 1 thread and all cores. trunk: the partially shared trunk's time and "
-                   "memory against member layers m = 0, 1, 2, L/2, L (K = 4, linear fit, trunk.png; alone it needs "
-                   "no bundle and its checkpoint defaults to MiniLM-L6).")
+              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency"]),
+              help="Run only these suites (repeatable; default: all). latency: batch 1-8 of real-length "
+                   "pairs, p50/p99 per call, 1 thread and all cores.")
 @click.option("--threads", type=int, help="Intra-op threads for onnxruntime and torch (default: all cores).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Where the comparison models are built and kept (default: ~/.cache/ensrm/bench).")
@@ -246,13 +244,13 @@ def bench_command(output, bundle, checkpoint, quick, suites, threads, cache_dir)
     """Measure the bundle against PyTorch eager, full ensembles, a plain export and the CPU's MatMul rate.
 
     Every configuration runs in a fresh process, interleaved over rounds; results are
-    medians. Writes bench.json, bench.png and bench.md (each target with pass/fail).
+    medians. Writes bench.json, bench.png and bench.md (the results tables). The project's own
+    targets (pass/fail) and experiment suites are in the repository: python -m benchmarks.
 
     \b
     Examples:
       ensrm bench --quick
       ensrm bench --bundle bundles/default -o artifacts/bench
-      ensrm bench --suite trunk -o benchmarks/results/trunk
     """
     from ensrm.bench import run_benchmarks
 
