@@ -111,7 +111,7 @@ class TrunkModelCache(ModelCache):
         import torch
         import transformers
 
-        from ensrm.trunk import PartialTrunk, save_trunk
+        from ensrm.models.trunk import PartialTrunk, save_trunk
 
         generator = torch.Generator().manual_seed(seed)
         with _quiet_transformers():  # a classifier checkpoint loads as its encoder: the head is left out

@@ -113,7 +113,7 @@ class ModelCache:
         self._say(f"exporting the plain classifier (num_labels={num_labels})")
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             self.checkpoint_with(num_labels), dtype=torch.float32).eval()
-        from ensrm.export.modules import EncoderClassifier
+        from ensrm.models.modules import EncoderClassifier
 
         uses_types = getattr(model.config, "type_vocab_size", 0) > 1
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_types else [])

@@ -15,6 +15,7 @@ import numpy as np
 
 from ensrm._optional import require
 from ensrm.errors import TrainingError
+from ensrm.models.trunk import TRUNK_FILE
 from ensrm.spec import POOLINGS
 from ensrm.train import model as M
 from ensrm.train.feature_cache import FeatureCache, model_fingerprint
@@ -23,7 +24,6 @@ from ensrm.train.joint import STATE_DIR, parameter_groups, train_joint
 from ensrm.train.metrics import format_metrics, pairwise_metrics
 from ensrm.train.pairs import add_label_noise, bootstrap_counts, fingerprint, load_preferences, split_pairs
 from ensrm.train.progress import Progress
-from ensrm.trunk import TRUNK_FILE
 
 torch = require("torch", "export")
 
@@ -98,7 +98,7 @@ class FrozenSettings:
 class JointSettings:
     """``mode="joint"``: encoder and heads are fine-tuned together with AdamW.
 
-    ``member_layers`` (m, 0 included) trains a partially shared trunk (:mod:`ensrm.trunk`)
+    ``member_layers`` (m, 0 included) trains a partially shared trunk (:mod:`ensrm.models.trunk`)
     instead of the classifier: K members share the embeddings and the first L − m layers, each
     owns a copy of the last m layers and one head on ``pooling`` (default mean for encoders, last
     for decoders) of its last hidden states. ``trunk_lr`` (default ``lr``) is the shared layers'
