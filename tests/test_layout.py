@@ -21,9 +21,10 @@ BENCHMARKS = PACKAGE.parent / "benchmarks"
 #:   stdlib-only helpers everything may use (``_optional``, ``_hf``, ``jsonl``, ``data``: synthetic text);
 #: - ``builder`` (a bundle written into a staging directory, engines built beside it) sits with the
 #:   runtime it reads bundles back with;
-#: - ``models`` (the torch modules a bundle is traced from: heads, full ensembles, the partial trunk)
-#:   sits above serving, which never imports torch, and below everything that makes bundles;
-#: - ``export`` (tracing, the graph tail, checks, the fused CPU graph) sits below ``calibration``,
+#: - ``models`` (the torch modules a bundle is traced from: heads, full ensembles, the partial trunk;
+#:   and the ONNX tail written by hand) sits above serving, which never imports torch, and below
+#:   everything that makes bundles;
+#: - ``export`` (tracing, checks, the fused CPU graph) sits below ``calibration``,
 #:   which rewrites and judges what export wrote; ``train`` beside calibration (it reads checkpoints
 #:   through export's sources); ``export.exporter`` (``export_bundle``: export, then calibration's
 #:   normalisation and variants) is the pipeline above both;
