@@ -14,7 +14,7 @@ the ``export`` extra: torch, transformers, onnx), so a script needs no deep modu
 >>> ensrm.ExportSettings(pooling="mean").pooling
 'mean'
 
-The lines below need a bundle or a checkpoint on disk, so they are not run here:
+(Not run by the doctests: the lines below need a bundle or a checkpoint on disk.)
 
 >>> scorer = ensrm.Scorer("bundles/minilm")                                      # doctest: +SKIP
 >>> ensrm.export_bundle(["checkpoints/rm"], "bundles/rm", normalize_on="refs.jsonl")   # doctest: +SKIP

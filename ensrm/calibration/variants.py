@@ -150,8 +150,10 @@ def add_variants(bundle_dir: str | os.PathLike, precisions: str | Sequence[str],
                  progress: Progress | None = None) -> EnsembleSpec:
     """Add (or redo) precision variants of an existing bundle, atomically.
 
+    (Needs a bundle and calibration records on disk, so not run by the doctests.)
+
     >>> spec = add_variants("bundles/rm", "int8", calibration="calib.jsonl")   # doctest: +SKIP
-    >>> spec.variants["int8"].accepted
+    >>> spec.variants["int8"].accepted                                         # doctest: +SKIP
     True
     """
     precisions = parse_precisions(precisions)

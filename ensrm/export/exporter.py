@@ -39,6 +39,8 @@ def export_bundle(sources: Sequence[str | Path], output: str | Path, settings: E
     starts). ``cpu_graph`` (default) adds ``model.cpu.onnx``, onnxruntime's fused CPU form of the
     graph, verified against ``model.onnx`` (:mod:`ensrm.export.fused`); ``False`` skips the step.
 
+    (Not run by the doctests: it needs a checkpoint on disk and takes seconds to minutes.)
+
     >>> export_bundle(["checkpoints/rm"], "bundles/rm").num_heads     # doctest: +SKIP
     8
     >>> export_bundle(["checkpoints/rm"], "bundles/rm", ExportSettings(pooling="mean"))  # doctest: +SKIP
