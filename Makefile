@@ -30,7 +30,7 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/ensrm bench -o artifacts/bench
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks -o artifacts/bench
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache
