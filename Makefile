@@ -31,7 +31,7 @@ test-slow: $(STAMP)
 
 # The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, anchor or API reference.
 docs: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/mkdocs build --strict
+	HF_HUB_OFFLINE=1 NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/ensrm bench -o artifacts/bench
