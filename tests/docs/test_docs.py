@@ -176,3 +176,13 @@ def test_readme_links_point_at_files():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     targets = re.findall(r"\]\((?!https?://|#)([^)#\s]+)", text)
     assert targets and [t for t in targets if not (ROOT / t).exists()] == []
+
+
+def test_every_manifest_field_is_documented():
+    import dataclasses
+
+    from ensrm.spec import EnsembleSpec
+
+    page = (ROOT / "docs" / "reference" / "bundle-format.md").read_text(encoding="utf-8")
+    fields = [f.name for f in dataclasses.fields(EnsembleSpec)] + ["outputs"]
+    assert [name for name in fields if f"| `{name}` |" not in page] == []
