@@ -57,6 +57,7 @@ def default_model(bundle: Path | None, progress: Callable[[str], None] | None) -
 def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpoint: str | Path | None = None,
                    quick: bool = False, suites: Sequence[str] | None = None, cache_dir: str | Path | None = None,
                    threads: int | None = None, config: BenchConfig | None = None, command: str | None = None,
+                   backend: str = "auto",
                    progress: Callable[[str], None] | None = _stderr) -> dict[str, Path]:
     """Run the benchmark suites and write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output``
     (see :func:`~ensrm.bench.report.write_outputs`); the arguments are :func:`measure`'s.
@@ -66,12 +67,13 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
     from ensrm.bench.report import write_outputs
 
     return write_outputs(measure(bundle, checkpoint, quick=quick, suites=suites, cache_dir=cache_dir,
-                                 threads=threads, config=config, command=command, progress=progress), output)
+                                 threads=threads, config=config, command=command, backend=backend,
+                                 progress=progress), output)
 
 
 def measure(bundle: str | Path | None = None, checkpoint: str | Path | None = None, *, quick: bool = False,
             suites: Sequence[str] | None = None, cache_dir: str | Path | None = None, threads: int | None = None,
-            config: BenchConfig | None = None, command: str | None = None,
+            config: BenchConfig | None = None, command: str | None = None, backend: str = "auto",
             progress: Callable[[str], None] | None = _stderr, bench: type[Bench] | None = None) -> dict:
     """Run the suites and return the report (``command``, ``machine``, ``config``, ``model``, ``results``).
 
@@ -80,6 +82,7 @@ def measure(bundle: str | Path | None = None, checkpoint: str | Path | None = No
     bundle (``checkpoints/default``, ``bundles/default``, built as ``ensrm demo`` builds them),
     measured as a cached copy with gated fp16 and per-token INT8 variants
     (:func:`~ensrm.bench.models.bundle_with_variants`).
+    ``backend`` is the runtime the bundle's rows run on (``ScorerConfig.backend``).
     PyTorch eager runs ``checkpoint``; the comparison models (K sweep, full ensembles, plain
     export) are built from it into ``cache_dir`` and reused by later runs; random heads cost
     what trained ones do. ``suites`` defaults to ``bench.DEFAULT_SUITES``; ``bench`` (default
@@ -97,6 +100,7 @@ def measure(bundle: str | Path | None = None, checkpoint: str | Path | None = No
         if threads < 1:
             raise EnsrmError(f"threads must be >= 1, got {threads}")
         config.threads = threads
+    config.backend = backend
     suites = tuple(suites) if suites else bench.DEFAULT_SUITES
     bundle_free = bundle is None and set(suites) <= set(bench.BUNDLE_FREE_SUITES)
     checkpoint, bundle = _models(bundle, checkpoint, bundle_free, cache, config, progress)

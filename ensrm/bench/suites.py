@@ -60,6 +60,7 @@ class BenchConfig:
     latency_rounds: int = 2
     latency_max_s: float = 10.0  # timed seconds per batch size and process at most (fewer calls, then)
     threads: int | None = field(default_factory=os.cpu_count)
+    backend: str = "auto"  # the runtime the bundle's rows run on (ScorerConfig.backend)
 
     @classmethod
     def quick(cls, **overrides) -> BenchConfig:
@@ -159,7 +160,7 @@ class Bench:
     def job_spec(self, kind: str, **fields) -> dict:
         """A worker job of ``kind`` with this run's threads, warmup, repeats and the bundle's lambda."""
         c = self.config
-        return {"kind": kind, "threads": c.threads, "warmup": c.warmup, "repeats": c.repeats,
+        return {"kind": kind, "threads": c.threads, "backend": c.backend, "warmup": c.warmup, "repeats": c.repeats,
                 "uwo_lambda": self.spec.uwo_lambda if self.spec is not None else 0.5, **fields}
 
     # -- suites --------------------------------------------------------------------------------

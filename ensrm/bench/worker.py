@@ -91,8 +91,10 @@ def ort_job(job: dict) -> dict:
     start = time.perf_counter()
     mode, threads, lam = job["mode"], job.get("threads"), job.get("uwo_lambda", 0.5)
     if mode == "scorer":
-        scorer = Scorer(job["bundle"], threads=threads, precision=job.get("precision", "fp32"), verify="size")
+        scorer = Scorer(job["bundle"], threads=threads, precision=job.get("precision", "fp32"), verify="size",
+                        backend=job.get("backend", "auto"))
         names, vocab = scorer.spec.inputs, scorer.spec.vocab_size
+        described = scorer.description
 
         def call(feeds):
             return scorer.score(**feeds)
@@ -116,6 +118,8 @@ def ort_job(job: dict) -> dict:
     load_s = time.perf_counter() - start
     out = _grid(call, job, names, vocab)
     out.update(load_s=load_s, rss_baseline_mb=baseline, rss_peak_mb=peak_rss_mb())
+    if mode == "scorer":
+        out["runtime"] = described  # what actually ran: runtime, device, graph file, precision
     return out
 
 
