@@ -34,7 +34,7 @@ docs: $(STAMP)
 	HF_HUB_OFFLINE=1 NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/ensrm bench -o artifacts/bench
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks -o artifacts/bench
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache site
