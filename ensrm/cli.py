@@ -75,8 +75,12 @@ def _usage():
 @click.option("--max-length", type=int, help="Longest sequence the bundle accepts (default: the model's).")
 @click.option("--padding-side", type=click.Choice(["right", "left"]),
               help="Padding the runtime uses (default: right for encoders, left for decoders).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest |ONNX - torch| accepted by the verification.")
+@click.option("--tolerance", type=float,
+              help="Largest |ONNX - torch| accepted by the verification (default: 1e-4 for fp32; for bf16/fp16 "
+                   "6%/2% of the largest head).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="What the model is loaded in and model.onnx holds: fp16 weights and products, or bf16 weights "
+                   "with fp32 products; heads, normalisation and aggregates stay fp32.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the checkpoint to run.")
 @click.option("--normalize-on", type=click.Path(exists=True, dir_okay=False),
@@ -103,7 +107,7 @@ def _usage():
                    "model.onnx; the Scorer runs it on the CPU provider).")
 @_one_line_errors
 def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_length, padding_side, tolerance,
-                   overwrite, trust_remote_code, normalize_on, precisions, calibration, eval_on, int8_mode,
+                   dtype, overwrite, trust_remote_code, normalize_on, precisions, calibration, eval_on, int8_mode,
                    min_spearman, min_top1, tensorrt_batches, cpu_graph):
     """Export a reward model into a bundle: one ONNX graph with the ensemble aggregates.
 
@@ -127,7 +131,8 @@ def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_l
 
     spec = export_bundle(list(sources), output, heads=heads, tokenizer=tokenizer, pooling=pooling,
                          uwo_lambda=uwo_lambda, max_length=max_length, padding_side=padding_side, tolerance=tolerance,
-                         overwrite=overwrite, trust_remote_code=trust_remote_code, normalize_on=normalize_on,
+                         dtype=dtype, overwrite=overwrite, trust_remote_code=trust_remote_code,
+                         normalize_on=normalize_on,
                          precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
                          gates=gates_with(min_spearman, min_top1),
                          tensorrt_batches=_parse_batches(tensorrt_batches) if tensorrt_batches else None,

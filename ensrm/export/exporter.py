@@ -33,7 +33,8 @@ def export_bundle(
     uwo_lambda: float = 0.5,
     max_length: int | None = None,
     padding_side: str | None = None,
-    tolerance: float = 1e-4,
+    tolerance: float | None = None,
+    dtype: str = "fp32",
     overwrite: bool = False,
     attn_implementation: str = "eager",
     trust_remote_code: bool = False,
@@ -61,15 +62,25 @@ def export_bundle(
     ``model.cpu.onnx``, onnxruntime's fused CPU form of the graph, verified against ``model.onnx``
     (:mod:`ensrm.export.fused`); ``False`` skips the step.
 
+    ``dtype`` (``fp32``, ``bf16``, ``fp16``) is what the model is loaded in and ``model.onnx`` holds
+    (:mod:`ensrm.export.dtypes`); the graph is verified against torch in that dtype within
+    ``tolerance`` (default: 1e-4 for fp32; for bf16/fp16 a share of the largest head, recorded in
+    the manifest). A half-precision graph gets no ``model.cpu.onnx`` and no further precision variants.
+
     >>> export_bundle(["checkpoints/rm"], "bundles/rm").num_heads     # doctest: +SKIP
     8
     """
-    precisions = _check_options(output, overwrite, uwo_lambda, precisions, int8_mode, tensorrt_batches)
+    precisions = _check_options(output, overwrite, uwo_lambda, precisions, int8_mode, tensorrt_batches, dtype)
+    if dtype != "fp32":
+        # onnxruntime's CPU fusions and the fp16/int8 converters start from an fp32 graph
+        cpu_graph = False
+    elif tolerance is None:
+        tolerance = 1e-4
     steps = 4 + (normalize_on is not None) + bool(precisions) + bool(cpu_graph)
     with BundleBuilder.new(output, overwrite=overwrite, threads=threads, progress=progress, steps=steps) as build:
         _export_steps(build, sources, heads=heads, tokenizer=tokenizer, pooling=pooling, max_length=max_length,
                       attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
-                      uwo_lambda=uwo_lambda, padding_side=padding_side, tolerance=tolerance)
+                      uwo_lambda=uwo_lambda, padding_side=padding_side, tolerance=tolerance, dtype=dtype)
         _graph_steps(build, normalize_on=normalize_on, cpu_graph=cpu_graph, tolerance=tolerance,
                      precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode, gates=gates)
         build.step(f"wrote bundle {Path(output)}")
@@ -82,14 +93,19 @@ def export_bundle(
 
 
 def _check_options(output, overwrite: bool, uwo_lambda: float, precisions, int8_mode: str,
-                   tensorrt_batches) -> tuple[str, ...]:
+                   tensorrt_batches, dtype: str = "fp32") -> tuple[str, ...]:
     """Everything that can be refused before the slow work; returns the parsed precisions."""
     from ensrm.calibration.variants import parse_precisions
+    from ensrm.export.dtypes import check_dtype
 
     if uwo_lambda < 0:
         raise ExportError(f"`uwo_lambda` must be >= 0, got {uwo_lambda}")
+    check_dtype(dtype)
     check_target(output, overwrite)
     precisions = parse_precisions(precisions)
+    if precisions and dtype != "fp32":
+        raise ExportError(f"precision variants ({', '.join(precisions)}) are made from an fp32 graph; "
+                          f"`dtype={dtype!r}` writes a {dtype} graph already: export with one or the other")
     if tensorrt_batches:
         from ensrm.export.tensorrt_engine import check_int8_mode, check_tensorrt, profile_ranges
 
@@ -124,17 +140,17 @@ def _graph_steps(build: BundleBuilder, *, normalize_on, cpu_graph: bool, toleran
 
 
 def _export_steps(build: BundleBuilder, sources, *, heads, tokenizer, pooling, max_length, attn_implementation,
-                  trust_remote_code, uwo_lambda, padding_side, tolerance) -> None:
+                  trust_remote_code, uwo_lambda, padding_side, tolerance, dtype) -> None:
     """Load the source, check it, trace and verify it: the steps only a new bundle has."""
     from ensrm.export.checks import check_source
     from ensrm.export.sources import load_source
     from ensrm.export.trace import padding_side_for, spec_for, trace_and_verify
 
     source = load_source(sources, heads=heads, tokenizer=tokenizer, pooling=pooling, max_length=max_length,
-                         attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+                         attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, dtype=dtype)
     spec = spec_for(source, uwo_lambda=uwo_lambda, padding_side=padding_side_for(source, padding_side))
     for note in check_source(source.module, source.tokenizer, spec):  # torch and ONNX would agree on garbage too
         build.note(note)
     build.step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
-               f"pooling {source.pooling}, max length {source.max_length}")
+               f"pooling {source.pooling}, max length {source.max_length}, {dtype}")
     trace_and_verify(build, source, spec, tolerance=tolerance)

@@ -66,8 +66,14 @@ def aggregates(heads: np.ndarray, uwo_lambda: float) -> dict[str, np.ndarray]:
             "ens_uwo": heads.mean(axis=1) - uwo_lambda * var}
 
 
-def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, tolerance: float = 1e-4) -> dict:
-    """Run the graph and the torch module; return a report with ``passed`` and the differences."""
+def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, tolerance: float | None = 1e-4) -> dict:
+    """Run the graph and the torch module; return a report with ``passed`` and the differences.
+
+    ``tolerance=None`` takes the default of the graph's dtype relative to the largest head torch
+    gives (at least 1); the report records the absolute tolerance applied and the dtype.
+    """
+    from ensrm.export.dtypes import RELATIVE_TOLERANCE
+
     items = reference_inputs(tokenizer, spec)
     with torch.inference_mode():
         reference = np.stack([
@@ -77,6 +83,10 @@ def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, toleran
     mu = np.asarray(spec.normalization.mu, dtype=np.float64)
     sigma = np.asarray(spec.normalization.sigma, dtype=np.float64)
     expected = (reference - mu) / sigma
+    relative = None
+    if tolerance is None:
+        relative = RELATIVE_TOLERANCE[spec.dtype]
+        tolerance = relative * max(1.0, float(np.abs(expected).max()))
     sides = ["right", "left"] if spec.architecture == "decoder" else ["right"]
     # Batches that mix lengths: every item, and the items in reverse order split in two.
     orders = [list(range(len(items))), list(reversed(range(len(items))))]
@@ -90,7 +100,11 @@ def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, toleran
                 for name, value in aggregates(outs["heads"], spec.uwo_lambda).items():
                     agg_diff = max(agg_diff, float(np.abs(outs[name] - value).max()))
     lengths = [len(item["input_ids"]) for item in items]
+    dtype = {} if spec.dtype == "fp32" else {"dtype": spec.dtype}  # fp32 reports read as they always did
+    if relative is not None:
+        dtype["relative_tolerance"] = relative
     return {
+        **dtype,
         "passed": bool(head_diff <= tolerance and agg_diff <= tolerance),
         "max_abs_diff_heads": head_diff,
         "max_abs_diff_aggregates": agg_diff,

@@ -65,7 +65,7 @@ class Scorer:
         if backend == "tensorrt":
             from ensrm.runtime.tensorrt_backend import TensorRTBackend, engine_path
 
-            self.backend = TensorRTBackend(engine_path(self.bundle_dir, precision))
+            self.backend = TensorRTBackend(engine_path(self.bundle_dir, self.dtype))
         elif backend == "onnxruntime":
             providers = with_tensorrt_cache(providers, self.bundle_dir / "engines" / f"ort-{precision}")
             fused_graph = self._fused_graph(precision, providers, verify) if fused else None
@@ -75,6 +75,17 @@ class Scorer:
         self.model_path = model_path
         self._encoder: TextEncoder | None = None
         self._encoder_lock = threading.Lock()
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of the graph being run: the bundle's graph dtype for ``model.onnx``, else the variant's."""
+        return self.spec.dtype if self.precision == "fp32" else self.precision
+
+    @property
+    def description(self) -> str:
+        """What runs: the backend, its file, and the graph's dtype (``onnxruntime CPUExecutionProvider
+        (model.onnx), bf16 weights``)."""
+        return f"{self.backend.description}, {self.dtype} weights"
 
     def _model_path(self, precision: str) -> Path:
         if precision not in MODEL_FILES:
