@@ -71,6 +71,10 @@ def export_bundle(
     8
     """
     precisions = _check_options(output, overwrite, uwo_lambda, precisions, int8_mode, tensorrt_batches, dtype)
+    from ensrm.export.memory import check_export_memory
+
+    # before the staging directory and the weights: refuse what cannot fit, naming the numbers
+    check_export_memory([Path(s) for s in sources if Path(s).is_dir()], dtype)
     if dtype != "fp32":
         # onnxruntime's CPU fusions and the fp16/int8 converters start from an fp32 graph
         cpu_graph = False
