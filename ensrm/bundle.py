@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ensrm.errors import BundleError
-from ensrm.spec import MANIFEST_NAME, EnsembleSpec, FileEntry
+from ensrm.spec import MANIFEST_NAME, MODEL_FILES, EnsembleSpec, FileEntry
 
 VERIFY_MODES = ("sha256", "size", "none")
 
@@ -47,6 +47,26 @@ def bundle_file(bundle_dir: str | os.PathLike, name: str) -> Path:
         link = " (through a symlink)" if ".." not in Path(name).parts else ""
         raise BundleError(f"bundle file name {name!r} escapes the bundle directory {root}{link}", file=name)
     return candidate
+
+
+def variant_file(bundle_dir: str | os.PathLike, spec: EnsembleSpec, precision: str) -> Path:
+    """The graph file of the bundle's accepted ``precision`` variant; refuses a missing or rejected one.
+
+    >>> variant_file("bundles/default", read_spec("bundles/default"), "fp32").name   # doctest: +SKIP
+    'model.onnx'
+    """
+    if precision not in MODEL_FILES:
+        raise ValueError(f"precision must be one of {', '.join(MODEL_FILES)}, got {precision!r}")
+    variant = spec.variants.get(precision)
+    accepted = ", ".join(spec.usable_precisions) or "none"
+    if variant is not None and not variant.accepted:  # a rejected variant keeps no file
+        raise BundleError(f"the {precision} variant of {bundle_dir} failed its accuracy gate and is marked rejected; "
+                          f"use an accepted precision ({accepted})")
+    if variant is None or variant.file is None:
+        raise BundleError(f"bundle {bundle_dir} has no {precision} variant, so no {precision} model file "
+                          f"(accepted precisions: {accepted}); "
+                          f"make one with: ensrm quantize {bundle_dir} --precision {precision}")
+    return bundle_file(bundle_dir, variant.file)
 
 
 def read_spec(bundle_dir: str | os.PathLike) -> EnsembleSpec:

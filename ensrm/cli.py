@@ -60,6 +60,48 @@ def _usage():
         raise click.UsageError(_as_flags(str(exc))) from None
 
 
+def _scorer_config(bundle, *, backend, precision, providers, threads, batch_size, fused, **fixed):
+    from ensrm.runtime.config import ScorerConfig
+
+    return ScorerConfig(bundle, backend=backend, precision=precision, providers=providers or None, threads=threads,
+                        batch_size=batch_size, fused=fused, **fixed)
+
+
+def scoring_options(func):
+    """The options of every command that scores, declared once; the command gets ``scoring``.
+
+    ``scoring(bundle, **fixed)`` is the :class:`~ensrm.runtime.config.ScorerConfig` the user
+    asked for (``fixed``: settings the command decides itself, e.g. ``spinning=False``).
+    """
+    from ensrm.runtime.config import BACKENDS, PRECISIONS
+
+    options = [
+        click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+                     help="Runtime: auto (the fastest installed for the device), onnxruntime, openvino, or tensorrt "
+                          "(an engine from ensrm build-engine)."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                     help="Which of the bundle's accepted precisions to run (auto: the one ensrm tune chose here)."),
+        click.option("--provider", "providers", multiple=True,
+                     help="onnxruntime execution provider (cpu, cuda, tensorrt); repeat for a fallback order."),
+        click.option("--threads", type=click.IntRange(min=1),
+                     help="Intra-op threads (default: the runtime's choice, one per core)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                     help="Pairs per model call."),
+        click.option("--fused/--no-fused", default=True, show_default=True,
+                     help="Let onnxruntime on the CPU run the bundle's fused graph (model.cpu.onnx)."),
+    ]
+    names = ("backend", "precision", "providers", "threads", "batch_size", "fused")
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        chosen = {name: kwargs.pop(name) for name in names}
+        return func(*args, scoring=functools.partial(_scorer_config, **chosen), **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 @click.command("export")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
@@ -106,9 +148,7 @@ def _usage():
               help="Also write model.cpu.onnx, onnxruntime's fused CPU form of the graph (verified against "
                    "model.onnx; the Scorer runs it on the CPU provider).")
 @_one_line_errors
-def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_length, padding_side, tolerance,
-                   dtype, overwrite, trust_remote_code, normalize_on, precisions, calibration, eval_on, int8_mode,
-                   min_spearman, min_top1, tensorrt_batches, cpu_graph):
+def export_command(sources, output, overwrite, min_spearman, min_top1, tensorrt_batches, **settings):
     """Export a reward model into a bundle: one ONNX graph with the ensemble aggregates.
 
     SOURCE is a local Hugging Face *ForSequenceClassification checkpoint with K labels
@@ -128,15 +168,12 @@ def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_l
     """
     from ensrm.calibration.gate import gates_with
     from ensrm.export.exporter import export_bundle
+    from ensrm.export.settings import ExportSettings
 
-    spec = export_bundle(list(sources), output, heads=heads, tokenizer=tokenizer, pooling=pooling,
-                         uwo_lambda=uwo_lambda, max_length=max_length, padding_side=padding_side, tolerance=tolerance,
-                         dtype=dtype, overwrite=overwrite, trust_remote_code=trust_remote_code,
-                         normalize_on=normalize_on,
-                         precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
-                         gates=gates_with(min_spearman, min_top1),
-                         tensorrt_batches=_parse_batches(tensorrt_batches) if tensorrt_batches else None,
-                         cpu_graph=cpu_graph, progress=_echo_err)
+    # the options not named above are ExportSettings fields, by the same names
+    export = ExportSettings(**settings, gates=gates_with(min_spearman, min_top1),
+                            tensorrt_batches=_parse_batches(tensorrt_batches) if tensorrt_batches else None)
+    spec = export_bundle(list(sources), output, export, overwrite=overwrite, progress=_echo_err)
     click.echo(f"bundle {output}: {spec.describe()}")
 
 
@@ -238,35 +275,38 @@ def build_engine_command(bundle, precision, batch_sizes, timing_cache):
                    "default model).")
 @click.option("--quick", is_flag=True, help="A smaller grid and fewer rounds (a first look, a few minutes).")
 @click.option("--suite", "suites", multiple=True,
-              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency", "trunk"]),
-              help="Run only these suites (repeatable; default: all but trunk). latency: batch 1-8 of real-length "
-                   "pairs, p50/p99 per call, 1 thread and all cores. trunk: the partially shared trunk's time and "
-                   "memory against member layers m = 0, 1, 2, L/2, L (K = 4, linear fit, trunk.png; alone it needs "
-                   "no bundle and its checkpoint defaults to MiniLM-L6).")
-@click.option("--threads", type=int, help="Intra-op threads for onnxruntime and torch (default: all cores).")
+              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency"]),
+              help="Run only these suites (repeatable; default: all). latency: batch 1-8 of real-length "
+                   "pairs, p50/p99 per call, 1 thread and all cores.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Where the comparison models are built and kept (default: ~/.cache/ensrm/bench).")
+@scoring_options
 @_one_line_errors
-def bench_command(output, bundle, checkpoint, quick, suites, threads, cache_dir):
+def bench_command(output, bundle, checkpoint, quick, suites, cache_dir, scoring):
     """Measure the bundle against PyTorch eager, full ensembles, a plain export and the CPU's MatMul rate.
 
     Every configuration runs in a fresh process, interleaved over rounds; results are
-    medians. Writes bench.json, bench.png and bench.md (each target with pass/fail).
+    medians. Writes bench.json, bench.png and bench.md (the results tables). The project's own
+    targets (pass/fail) and experiment suites are in the repository: python -m benchmarks.
 
     \b
     Examples:
       ensrm bench --quick
       ensrm bench --bundle bundles/default -o artifacts/bench
-      ensrm bench --suite trunk -o benchmarks/results/trunk
     """
     from ensrm.bench import run_benchmarks
 
+    config = scoring(bundle or ".")  # the bundle rows' scoring options (the bundle may be exported first)
+    if (config.precision, config.providers, config.batch_size, config.fused) != ("fp32", None, 32, True):
+        raise click.UsageError("ensrm bench measures every accepted precision on the CPU at its own batch sizes; "
+                               "of the scoring options it takes --backend and --threads")
+    threads = config.threads
     given = {"--output": output, "--bundle": bundle, "--checkpoint": checkpoint, "--threads": threads,
-             "--cache": cache_dir}
+             "--backend": None if config.backend == "auto" else config.backend, "--cache": cache_dir}
     command = " ".join(["ensrm bench"] + (["--quick"] if quick else []) + [f"--suite {s}" for s in suites]
                        + [f"{k} {v}" for k, v in given.items() if v is not None])
     paths = run_benchmarks(output, bundle=bundle, checkpoint=checkpoint, quick=quick, suites=suites or None,
-                           threads=threads, cache_dir=cache_dir, command=command)
+                           threads=threads, cache_dir=cache_dir, command=command, backend=config.backend)
     click.echo(paths["markdown"].read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(paths[k]) for k in ("json", "png", "trunk_png", "markdown") if k in paths))
 
@@ -301,7 +341,6 @@ class _RateLine:
               help="JSONL file to write (appears only when the whole input is scored); a directory with --ray.")
 @click.option("--objective", default="uwo", show_default=True,
               help="Score to report and rank by: mean, wco (min), uwo or head:K.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per model call.")
 @click.option("--best-of-n", is_flag=True,
               help="Mark the best response of each run of consecutive records sharing a prompt.")
 @click.option("--filter", "filter_file", type=click.Path(exists=True, dir_okay=False),
@@ -309,11 +348,6 @@ class _RateLine:
 @click.option("--skip-bad", is_flag=True, help="Write malformed records to a rejects file instead of stopping.")
 @click.option("--rejects", type=click.Path(dir_okay=False),
               help="Rejects file for --skip-bad (default: OUTPUT with .rejects.jsonl).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="Which of the bundle's accepted model files to run.")
-@click.option("--provider", "providers", multiple=True,
-              help="onnxruntime execution provider (cpu, cuda, tensorrt); repeat for a fallback order.")
-@click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice, one per core).")
 @click.option("--chunk-size", type=int, default=1024, show_default=True,
               help="Records read and scored at a time; bounds memory.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
@@ -324,9 +358,10 @@ class _RateLine:
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="[--ray] Scoring actors: 1 CPU and 1 intra-op thread each (unless --threads); "
                    "each loads the bundle once.")
+@scoring_options
 @_one_line_errors
-def score_command(bundle, input_file, output, objective, batch_size, best_of_n, filter_file, skip_bad, rejects,
-                  precision, providers, threads, chunk_size, quiet, use_ray, ray_address, concurrency):
+def score_command(bundle, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects, chunk_size,
+                  quiet, use_ray, ray_address, concurrency, scoring):
     """Score a JSONL file of {"prompt", "response"} records into OUTPUT.jsonl.
 
     Every input field is kept; an "ensrm" field is added with the per-head scores, the
@@ -344,17 +379,18 @@ def score_command(bundle, input_file, output, objective, batch_size, best_of_n, 
 
     with _usage():
         check_rejects_option(skip_bad, rejects)
+    config = scoring(bundle)
     if use_ray:
-        _score_on_ray(bundle, input_file, output, objective, batch_size, best_of_n, filter_file, skip_bad, rejects,
-                      precision, providers, threads, ray_address, concurrency)
+        _score_on_ray(config, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects,
+                      ray_address, concurrency)
         return
     if ray_address is not None or concurrency != 1:
         raise click.UsageError("--ray-address and --concurrency go with --ray")
-    scorer = Scorer(bundle, providers=list(providers) or None, threads=threads, precision=precision)
+    scorer = Scorer.from_config(config)
     response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
     progress = _RateLine(enabled=not quiet)
     try:
-        summary = score_file(scorer, input_file, output, objective=objective, batch_size=batch_size,
+        summary = score_file(scorer, input_file, output, objective=objective, batch_size=config.batch_size,
                              best_of_n=best_of_n, response_filter=response_filter, skip_bad=skip_bad,
                              rejects_path=rejects, chunk_size=chunk_size, progress=progress)
     finally:
@@ -362,17 +398,15 @@ def score_command(bundle, input_file, output, objective, batch_size, best_of_n, 
     click.echo(summary.describe())
 
 
-def _score_on_ray(bundle, input_file, output, objective, batch_size, best_of_n, filter_file, skip_bad, rejects,
-                  precision, providers, threads, ray_address, concurrency):
+def _score_on_ray(config, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects, ray_address,
+                  concurrency):
     from ensrm.integrations.ray_data import score_files
 
     if rejects is not None:
         raise click.UsageError("--rejects does not go with --ray: with --skip-bad, bad rows stay in OUTPUT "
                                "with ensrm.error set")
-    summary = score_files(bundle, input_file, output, address=ray_address, concurrency=concurrency,
-                          objective=objective, batch_size=batch_size, best_of_n=best_of_n,
-                          response_filter=filter_file, skip_bad=skip_bad, precision=precision, threads=threads,
-                          providers=list(providers) or None)
+    summary = score_files(config, input_file, output, address=ray_address, concurrency=concurrency,
+                          objective=objective, best_of_n=best_of_n, response_filter=filter_file, skip_bad=skip_bad)
     click.echo(summary.describe())
 
 
@@ -415,9 +449,7 @@ def _score_on_ray(bundle, input_file, output, objective, batch_size, best_of_n, 
                    "[joint, --member-layers] The members' pooling (default mean; last for decoders).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no report on stderr.")
 @_one_line_errors
-def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label_noise, eval_fraction, max_length,
-                  batch_size, uwo_lambda, epochs, lr, head_lr, resume, member_layers, trunk_lr, l2, max_iter,
-                  feature_cache, pooling, quiet):
+def train_command(base_model, prefs, output, quiet, **options):
     """Train K Bradley-Terry reward heads on BASE_MODEL from PREFS (JSONL) into a checkpoint.
 
     BASE_MODEL is a local Hugging Face checkpoint (a bare encoder/decoder or a sequence
@@ -437,23 +469,16 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
       ensrm train minilm/ prefs.jsonl -o checkpoints/mean-rm --pooling mean --l2 0.1
       ens-export checkpoints/mean-rm --heads checkpoints/mean-rm/heads.safetensors --pooling mean -o bundles/mean-rm
     """
-    from ensrm.train.trainer import TrainSettings, train_with_settings
+    from ensrm.train.trainer import TrainSettings, train_reward_model
 
-    with _usage():
-        settings = TrainSettings.create(
-            heads=heads, mode=mode, seed=seed, bootstrap=bootstrap, label_noise=label_noise,
-            eval_fraction=eval_fraction, max_length=max_length, batch_size=batch_size, uwo_lambda=uwo_lambda,
-            epochs=epochs, lr=lr, head_lr=head_lr, resume=resume, l2=l2, max_iter=max_iter,
-            feature_cache=feature_cache, pooling=pooling, member_layers=member_layers, trunk_lr=trunk_lr,
-            progress=not quiet)
-    click.echo(train_with_settings(base_model, prefs, output, settings).headline())
+    with _usage():  # the options not named above are TrainSettings.create's keywords, by the same names
+        settings = TrainSettings.create(**options, progress=not quiet)
+    click.echo(train_reward_model(base_model, prefs, output, settings).headline())
 
 
 @click.command("triton-repo")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model repository to write.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="Which of the bundle's accepted model files to serve.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="max_batch_size of every model: the most pairs in one request and in one model batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -466,9 +491,10 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
               help="Pad each request's sequence axis to a multiple of this, so requests can share a batch.")
 @click.option("--name", help="Model name prefix (default: the bundle directory's name).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing repository at --output.")
+@scoring_options
 @_one_line_errors
-def triton_repo_command(bundle, output, precision, max_batch, max_wait_ms, instances, kind, pad_to_multiple, name,
-                        overwrite):
+def triton_repo_command(bundle, output, max_batch, max_wait_ms, instances, kind, pad_to_multiple, name, overwrite,
+                        scoring):
     """Write a Triton Inference Server model repository that serves BUNDLE to text clients.
 
     \b
@@ -478,7 +504,7 @@ def triton_repo_command(bundle, output, precision, max_batch, max_wait_ms, insta
     """
     from ensrm.integrations.triton import write_triton_repository
 
-    repo = write_triton_repository(bundle, output, precision=precision, max_batch=max_batch, instances=instances,
+    repo = write_triton_repository(scoring(bundle), output, max_batch=max_batch, instances=instances,
                                    kind=kind, max_queue_delay_us=round(max_wait_ms * 1000),
                                    pad_to_multiple=pad_to_multiple, name=name, overwrite=overwrite)
     click.echo(f"{repo.path}: models {repo.ensemble} (text in, scores out) = {repo.tokenize} -> {repo.onnx} "
@@ -493,7 +519,6 @@ def triton_repo_command(bundle, output, precision, max_batch, max_wait_ms, insta
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free port; the chosen one is printed).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--objective", default="uwo", show_default=True,
               help="Default score of /v1/score and the reward of /get_reward: mean, wco, uwo or head:K.")
 @click.option("--filter", "filter_file", type=click.Path(exists=True, dir_okay=False),
@@ -508,11 +533,10 @@ def triton_repo_command(bundle, output, precision, max_batch, max_wait_ms, insta
               help="Most pairs in one request (413 above).")
 @click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the API key every endpoint but /healthz requires as 'Authorization: Bearer KEY'.")
-@click.option("--provider", "providers", multiple=True, help="onnxruntime execution provider (cpu, cuda, tensorrt).")
-@click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice, one per core).")
+@scoring_options
 @_one_line_errors
-def serve_command(bundle, host, port, precision, objective, filter_file, max_batch, max_wait_ms, max_queue,
-                  max_body_bytes, max_pairs_per_request, api_key_file, providers, threads):
+def serve_command(bundle, host, port, objective, filter_file, max_batch, max_wait_ms, max_queue, max_body_bytes,
+                  max_pairs_per_request, api_key_file, scoring):
     """Serve BUNDLE over HTTP with dynamic batching until SIGTERM (see README, Serving).
 
     \b
@@ -534,7 +558,7 @@ def serve_command(bundle, host, port, precision, objective, filter_file, max_bat
                              max_body_bytes=parse_size(max_body_bytes), max_pairs_per_request=max_pairs_per_request,
                              api_key=api_key)
     # No spinning: between model calls the event loop needs the cores that idle onnxruntime threads would spin on.
-    scorer = Scorer(bundle, providers=list(providers) or None, threads=threads, precision=precision, spinning=False)
+    scorer = Scorer.from_config(scoring(bundle, spinning=False))
     response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
     try:
         run_server(scorer, settings, response_filter, host=host, port=port, echo=click.echo)

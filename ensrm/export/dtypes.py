@@ -4,7 +4,7 @@ The source model is loaded in the chosen dtype (no fp32 copy of its weights is e
 traced, and verified against torch in that same dtype. Whatever the dtype, the graph takes
 int64 and returns float32 (Contract), and the heads, the pooling average, the normalisation
 and the aggregates run in fp32: the heads' inputs are cast up, and the ONNX tail
-(:mod:`ensrm.export.graph`) is appended in fp32.
+(:mod:`ensrm.models.graph`) is appended in fp32.
 
 What ``model.onnx`` holds:
 

@@ -57,6 +57,7 @@ from ensrm._optional import require
 from ensrm.errors import BundleError, EnsrmError, InputError
 from ensrm.runtime.batch import score_isolating
 from ensrm.runtime.best_of_n import choose
+from ensrm.runtime.config import ScorerConfig
 from ensrm.runtime.scores import Scores, parse_objective
 
 AGGREGATES = ("mean", "std", "min", "uwo")
@@ -131,26 +132,28 @@ class ScoreBatches:
     ...                         compute=ray.data.ActorPoolStrategy(size=4))      # doctest: +SKIP
     """
 
-    def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", objective: str = "uwo",
+    def __init__(self, bundle: str | os.PathLike | ScorerConfig, precision: str | None = None, objective: str = "uwo",
                  threads: int | None = None, text_columns: Sequence[str] = ("prompt", "response"),
-                 batch_size: int = 32, on_bad_row: str = "fail", key_column: str | None = None,
-                 response_filter: str | os.PathLike | None = None, providers=None, verify: str = "sha256"):
+                 batch_size: int | None = None, on_bad_row: str = "fail", key_column: str | None = None,
+                 response_filter: str | os.PathLike | None = None, providers=None, verify: str | None = None):
         from ensrm.runtime.filter import ResponseFilter
         from ensrm.runtime.scorer import Scorer
 
-        _check_options(text_columns, on_bad_row, batch_size)
-        if not Path(bundle).is_dir():
-            raise BundleError(f"bundle {bundle} is not a directory on this worker (host {socket.gethostname()}, "
-                              f"cwd {os.getcwd()}); put it on storage every node mounts at the same path, or ship "
-                              "it with ray.init(runtime_env={'working_dir': ...}) and give its relative path")
-        self.threads = _assigned_threads() if threads is None else threads
+        config = ScorerConfig.of(bundle, precision=precision, threads=threads, batch_size=batch_size,
+                                 providers=providers, verify=verify)
+        _check_options(text_columns, on_bad_row, config.batch_size)
+        if not config.bundle_dir.is_dir():
+            raise BundleError(f"bundle {config.bundle} is not a directory on this worker (host "
+                              f"{socket.gethostname()}, cwd {os.getcwd()}); put it on storage every node mounts at "
+                              "the same path, or ship it with ray.init(runtime_env={'working_dir': ...}) and give "
+                              "its relative path")
+        self.threads = _assigned_threads() if config.threads is None else config.threads
         # spinning=False: several actors share a node, and idle spinning threads would steal their CPUs
-        self.scorer = Scorer(bundle, providers=providers, threads=self.threads, precision=precision, verify=verify,
-                             spinning=False)
+        self.scorer = Scorer.from_config(config.replace(threads=self.threads, spinning=False))
         self.objective = parse_objective(objective, self.scorer.num_heads)
         self.filter = ResponseFilter.load(response_filter, self.scorer) if response_filter is not None else None
         self.text_columns = tuple(text_columns)
-        self.batch_size = batch_size
+        self.batch_size = config.batch_size
         self.mark = on_bad_row == "mark"
         self.key_column = key_column
         self.added = SCORE_COLUMNS + ((ERROR_COLUMN,) if self.mark else ()) + \
@@ -254,34 +257,36 @@ def _check_options(text_columns, on_bad_row: str, batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def _check_bundle_here(bundle, objective: str, precision: str) -> None:
+def _check_bundle_here(config: ScorerConfig, objective: str) -> None:
     """Fail on the driver, before any actor starts, when the bundle is visible here and the options are wrong.
 
     A bundle that is only on the workers (a working_dir-relative path) is checked by each actor instead.
     """
-    if not Path(bundle).is_dir():
+    if not config.bundle_dir.is_dir():
         return
     from ensrm.bundle import load_spec
 
-    spec = load_spec(bundle, verify="none")
+    spec = load_spec(config.bundle, verify="none")
     parse_objective(objective, spec.num_heads)
-    if precision not in spec.usable_precisions:
-        raise BundleError(f"bundle {bundle} has no accepted {precision} variant")
+    if config.precision != "auto" and config.precision not in spec.usable_precisions:
+        raise BundleError(f"bundle {config.bundle} has no accepted {config.precision} variant")
 
 
-def score_dataset(ds, bundle: str | os.PathLike, *, concurrency: int = 1, num_cpus: float = 1,
-                  batch_size: int = 1024, model_batch_size: int = 32, precision: str = "fp32",
+def score_dataset(ds, bundle: str | os.PathLike | ScorerConfig, *, concurrency: int = 1, num_cpus: float = 1,
+                  batch_size: int = 1024, model_batch_size: int | None = None, precision: str | None = None,
                   objective: str = "uwo", threads: int | None = None,
                   text_columns: Sequence[str] = ("prompt", "response"), on_bad_row: str = "fail",
                   key_column: str | None = None, response_filter: str | os.PathLike | None = None,
                   best_of_n: bool = False, order_column: str | None = None, providers=None,
-                  verify: str = "sha256", num_gpus: float | None = None):
+                  verify: str | None = None, num_gpus: float | None = None):
     """Score every row of a Ray ``Dataset`` with ``concurrency`` actors of ``num_cpus`` CPUs each.
 
-    ``batch_size`` is rows per Ray batch (per actor call), ``model_batch_size`` pairs per
-    model call. With ``best_of_n`` the rows are then grouped by the prompt column and
-    marked (:func:`mark_best_of_n`). Lazy, like every Ray Data transform: nothing runs until
-    the result is consumed or written. See the module docstring for the columns added.
+    ``bundle`` is a bundle path or a whole :class:`~ensrm.runtime.config.ScorerConfig` (the
+    actors get that object); ``precision``, ``threads``, ``model_batch_size`` (pairs per model
+    call), ``providers`` and ``verify`` override its fields when given.
+    ``batch_size`` is rows per Ray batch (per actor call). With ``best_of_n`` the rows are then
+    grouped by the prompt column and marked (:func:`mark_best_of_n`). Lazy, like every Ray Data
+    transform: nothing runs until the result is consumed or written. See the module docstring for the columns added.
 
     >>> ray.init()                                                                # doctest: +SKIP
     >>> ds = ray.data.from_items([{"prompt": "Name a prime.", "response": "7"}])  # doctest: +SKIP
@@ -289,14 +294,15 @@ def score_dataset(ds, bundle: str | os.PathLike, *, concurrency: int = 1, num_cp
     0.61
     """
     ray = _ray()
-    _check_options(text_columns, on_bad_row, model_batch_size)
+    config = ScorerConfig.of(bundle, precision=precision, threads=threads, batch_size=model_batch_size,
+                             providers=providers, verify=verify)
+    _check_options(text_columns, on_bad_row, config.batch_size)
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    _check_bundle_here(bundle, objective, precision)
-    kwargs = {"bundle": str(bundle), "precision": precision, "objective": objective, "threads": threads,
-              "text_columns": tuple(text_columns), "batch_size": model_batch_size, "on_bad_row": on_bad_row,
-              "key_column": key_column, "response_filter": None if response_filter is None else str(response_filter),
-              "providers": providers, "verify": verify}
+    _check_bundle_here(config, objective)
+    kwargs = {"bundle": config, "objective": objective, "text_columns": tuple(text_columns),
+              "on_bad_row": on_bad_row, "key_column": key_column,
+              "response_filter": None if response_filter is None else str(response_filter)}
     scored = ds.map_batches(ScoreBatches, fn_constructor_kwargs=kwargs, batch_format="pyarrow",
                             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
                             num_cpus=num_cpus, num_gpus=num_gpus, udf_modifying_row_count=False)
@@ -454,10 +460,11 @@ def _ensrm_error_inside(exc: BaseException) -> EnsrmError | None:
     return (BadRowError if name == BadRowError.__name__ else InputError)(message)
 
 
-def score_files(bundle: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike, *,
-                address: str | None = None, concurrency: int = 1, objective: str = "uwo", batch_size: int = 32,
-                best_of_n: bool = False, response_filter: str | os.PathLike | None = None, skip_bad: bool = False,
-                precision: str = "fp32", threads: int | None = None, providers=None,
+def score_files(bundle: str | os.PathLike | ScorerConfig, input_path: str | os.PathLike, output: str | os.PathLike,
+                *, address: str | None = None, concurrency: int = 1, objective: str = "uwo",
+                batch_size: int | None = None, best_of_n: bool = False,
+                response_filter: str | os.PathLike | None = None, skip_bad: bool = False,
+                precision: str | None = None, threads: int | None = None, providers=None,
                 output_format: str | None = None) -> RaySummary:
     """``ensrm score --ray``: read JSONL or Parquet with Ray Data, score on ``concurrency`` actors, write a directory.
 
@@ -484,7 +491,8 @@ def score_files(bundle: str | os.PathLike, input_path: str | os.PathLike, output
     if output.exists():
         raise ValueError(f"{output} exists; Ray writes a directory of files there, so give a new path")
     objective = parse_objective(objective, 10**9)  # names only here; head:K is checked against the bundle
-    _check_bundle_here(bundle, objective, precision)
+    config = ScorerConfig.of(bundle, precision=precision, threads=threads, batch_size=batch_size, providers=providers)
+    _check_bundle_here(config, objective)
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -500,9 +508,9 @@ def score_files(bundle: str | os.PathLike, input_path: str | os.PathLike, output
         io = {"num_cpus": 0}
         reader = ray.data.read_json if in_format == "json" else ray.data.read_parquet
         ds = reader(str(input_path)).materialize()
-        scored = score_dataset(ds, bundle, concurrency=concurrency, model_batch_size=batch_size, precision=precision,
-                               objective=objective, threads=threads, on_bad_row="mark" if skip_bad else "fail",
-                               response_filter=response_filter, best_of_n=best_of_n, providers=providers)
+        scored = score_dataset(ds, config, concurrency=concurrency, objective=objective,
+                               on_bad_row="mark" if skip_bad else "fail", response_filter=response_filter,
+                               best_of_n=best_of_n)
         records = scored.map_batches(_nest, fn_kwargs={"objective": objective}, batch_format="pyarrow", **io)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         if out_format == "json":

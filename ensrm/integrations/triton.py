@@ -38,10 +38,11 @@ import numpy as np
 
 import ensrm
 from ensrm._optional import require
-from ensrm.bundle import bundle_file, load_spec, read_spec, staged_bundle
+from ensrm.bundle import bundle_file, load_spec, read_spec, staged_bundle, variant_file
 from ensrm.errors import BundleError, InputError
+from ensrm.runtime.config import ScorerConfig
 from ensrm.runtime.texts import TextEncoder, check_texts
-from ensrm.spec import MANIFEST_NAME, MODEL_FILES, OUTPUT_NAMES, EnsembleSpec
+from ensrm.spec import MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
 
 #: The ensemble's text inputs (TYPE_STRING, one string per pair).
 TEXT_INPUTS = ("prompt", "response")
@@ -130,11 +131,15 @@ def _strings(field: str, values) -> list[str]:
     return texts
 
 
-def write_triton_repository(bundle: str | os.PathLike, out: str | os.PathLike, *, precision: str = "fp32",
+def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str | os.PathLike, *,
+                            precision: str | None = None,
                             max_batch: int = 64, instances: int = 1, kind: str = "cpu",
                             max_queue_delay_us: int = 5000, pad_to_multiple: int = 32, name: str | None = None,
                             overwrite: bool = False) -> TritonRepository:
     """Write a Triton model repository serving ``bundle`` at ``precision`` into ``out``.
+
+    ``bundle`` is a bundle path or a :class:`~ensrm.runtime.config.ScorerConfig` (its precision
+    is used; ``precision`` overrides it). Triton runs the graph with its onnxruntime backend.
 
     ``max_batch`` is every model's ``max_batch_size``; the onnx model's dynamic batcher
     prefers powers of two up to it and waits at most ``max_queue_delay_us`` for a batch to
@@ -147,21 +152,16 @@ def write_triton_repository(bundle: str | os.PathLike, out: str | os.PathLike, *
     >>> repo.ensemble, repo.onnx
     ('rm', 'rm_onnx')
     """
+    config = ScorerConfig.of(bundle, precision=precision)
+    precision = "fp32" if config.precision == "auto" else config.precision
     pb2 = require("tritonclient.grpc.model_config_pb2", "triton")
     text_format = require("google.protobuf.text_format", "triton")
-    bundle = Path(bundle)
+    bundle = config.bundle_dir
     name = bundle.resolve().name if name is None else name
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-', starting with a letter "
-                         "or digit")
-    for label, value, low in (("max_batch", max_batch, 1), ("instances", instances, 1),
-                              ("pad_to_multiple", pad_to_multiple, 1), ("max_queue_delay_us", max_queue_delay_us, 0)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    _check_options(config, name, kind, max_batch=max_batch, instances=instances, pad_to_multiple=pad_to_multiple,
+                   max_queue_delay_us=max_queue_delay_us)
     spec = load_spec(bundle)  # every file checked against its sha256 before it is copied
-    model_file = _variant_file(bundle, spec, precision)
+    model_file = variant_file(bundle, spec, precision).name
     if not spec.tokenizer_file:
         raise BundleError(f"bundle {bundle} has no tokenizer file, which the tokenize step needs")
     repo = TritonRepository(Path(out), ensemble=name, tokenize=f"{name}_tokenize", onnx=f"{name}_onnx",
@@ -188,18 +188,19 @@ def write_triton_repository(bundle: str | os.PathLike, out: str | os.PathLike, *
     return repo
 
 
-def _variant_file(bundle: Path, spec: EnsembleSpec, precision: str) -> str:
-    if precision not in MODEL_FILES:
-        raise ValueError(f"precision must be one of {', '.join(MODEL_FILES)}, got {precision!r}")
-    variant = spec.variants.get(precision)
-    accepted = ", ".join(spec.usable_precisions) or "none"
-    if variant is not None and not variant.accepted:  # a rejected variant keeps no file
-        raise BundleError(f"the {precision} variant of {bundle} failed its accuracy gate and is marked rejected; "
-                          f"serve an accepted precision ({accepted})")
-    if variant is None or variant.file is None:
-        raise BundleError(f"bundle {bundle} has no {precision} model file (accepted precisions: {accepted}); "
-                          f"make one with: ensrm quantize {bundle} --precision {precision}")
-    return variant.file
+def _check_options(config: ScorerConfig, name: str, kind: str, **counts: int) -> None:
+    if config.backend not in ("auto", "onnxruntime"):
+        raise ValueError(f"a Triton repository runs the ONNX graph on Triton's onnxruntime backend; "
+                         f"backend {config.backend!r} is not supported here (use backend auto or onnxruntime)")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-', starting with a letter "
+                         "or digit")
+    for label, value in counts.items():
+        low = 0 if label == "max_queue_delay_us" else 1
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
 def _copy_graph(bundle: Path, spec: EnsembleSpec, model_file: str, version_dir: Path) -> Path:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ensrm._optional import require
-from ensrm.errors import ProviderError
-from ensrm.spec import OUTPUT_NAMES
+from ensrm.bundle import bundle_file, variant_file, verify_files
+from ensrm.errors import BundleError, EnsrmError, ProviderError
+from ensrm.spec import MODEL_FILES, OUTPUT_NAMES, EnsembleSpec, FusedGraph
+
+if TYPE_CHECKING:
+    from ensrm.runtime.config import ScorerConfig
 
 # Short names users type, mapped to onnxruntime's provider names.
 PROVIDER_ALIASES = {
@@ -104,16 +110,74 @@ def create_session(path: str | os.PathLike, providers=None, threads: int | None 
                                 providers=resolve_providers(providers))
 
 
+class FusedGraphWarning(RuntimeWarning):
+    """The bundle's fused CPU graph is there but cannot be used here; the portable graph runs instead."""
+
+
 class OnnxRuntimeBackend:
     """Runs a bundle graph in onnxruntime, feeding only the inputs the graph declares."""
 
     def __init__(self, path: str | Path, providers=None, threads: int | None = None,
                  spinning: bool | None = None):
         self.session = create_session(path, providers, threads, spinning)
+        self.model_path = Path(path)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.providers = tuple(self.session.get_providers())
-        self.description = f"onnxruntime {self.providers[0]} ({Path(path).name})"
+        self.description = f"onnxruntime {self.providers[0]} ({self.model_path.name})"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(list(OUTPUT_NAMES), {name: feeds[name] for name in self.input_names})
         return dict(zip(OUTPUT_NAMES, values))
+
+
+def load_backend(config: ScorerConfig, spec: EnsembleSpec, precision: str) -> OnnxRuntimeBackend:
+    """onnxruntime on the bundle's ``precision`` graph, or on its fused CPU form where that fits.
+
+    On the CPU provider an fp32 scorer runs ``model.cpu.onnx`` (verified against ``model.onnx``
+    at export) when the bundle has one and ``config.fused`` is true; another provider, or a
+    damaged, missing or unloadable file, runs ``model.onnx`` with one :class:`FusedGraphWarning`.
+    """
+    bundle_dir = config.bundle_dir
+    model_path = variant_file(bundle_dir, spec, precision)
+    providers = with_tensorrt_cache(config.providers and list(config.providers),
+                                    bundle_dir / "engines" / f"ort-{precision}")
+    fused = _fused_graph(bundle_dir, spec, precision, providers, config.verify) if config.fused else None
+    if fused is not None:
+        try:
+            return OnnxRuntimeBackend(fused, providers, config.threads, config.spinning)
+        except Exception as exc:  # noqa: BLE001 - any failure to load it leaves the portable graph
+            _warn(f"onnxruntime cannot load {fused.name} of {bundle_dir} ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); running {model_path.name}", depth=1)
+    try:
+        return OnnxRuntimeBackend(model_path, providers, config.threads, config.spinning)
+    except EnsrmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
+        raise BundleError(f"onnxruntime cannot load {model_path.name} of {bundle_dir}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                          file=model_path.name) from None
+
+
+def _fused_graph(bundle_dir: Path, spec: EnsembleSpec, precision: str, providers, verify: str) -> Path | None:
+    """The fused graph to run instead of ``precision``'s file, if the bundle has one that fits."""
+    graph: FusedGraph | None = spec.fused.get("CPUExecutionProvider")
+    if graph is None or graph.base != precision:
+        return None
+    first = resolve_providers(providers)[0]
+    first = first[0] if isinstance(first, tuple) else first
+    if first != graph.provider:
+        _warn(f"{graph.file} of {bundle_dir} needs the {graph.provider}'s kernels; running "
+              f"{MODEL_FILES[precision]} on {first}")
+        return None
+    try:
+        verify_files(bundle_dir, spec, verify, only={graph.file, graph.file + ".data"})
+        return bundle_file(bundle_dir, graph.file)
+    except BundleError as exc:
+        _warn(f"{exc}; running {MODEL_FILES[precision]}")
+        return None
+
+
+def _warn(message: str, depth: int = 2) -> None:
+    """Warn at the line that built the scorer: ``depth`` frames below the ``load_backend`` call."""
+    # _warn, [_fused_graph], load_backend, runtime.backend.load_backend, Scorer._open, Scorer.__init__
+    warnings.warn(message, FusedGraphWarning, stacklevel=5 + depth)

@@ -73,6 +73,7 @@ class TensorRTBackend:
         self._profile = None
         self._stream = check(self._rt.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self.model_path = engine_path
         self.description = f"TensorRT {trt.__version__} ({engine_path.name})"
 
     def _buffer(self, name: str, nbytes: int) -> int:
@@ -115,3 +116,13 @@ class TensorRTBackend:
     def __del__(self):
         for pointer, _ in getattr(self, "_buffers", {}).values():
             self._rt.cudaFree(pointer)
+
+
+def load_backend(config, spec, precision: str) -> TensorRTBackend:
+    """The bundle's TensorRT engine for ``precision``, built for this GPU and TensorRT by ``ensrm build-engine``."""
+    from ensrm.bundle import variant_file
+
+    variant_file(config.bundle_dir, spec, precision)  # an engine is only ever built from an accepted variant
+    # a half-precision model.onnx (ens-export --dtype) is built into an engine named by its dtype
+    dtype = spec.dtype if precision == "fp32" else precision
+    return TensorRTBackend(engine_path(config.bundle_dir, dtype))

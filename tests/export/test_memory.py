@@ -87,7 +87,7 @@ def test_a_32k_config_verifies_2048_tokens_left_padded(long_decoders, tmp_path, 
 
     import ensrm
     from ensrm.export.exporter import export_bundle
-    from ensrm.export.modules import DecoderClassifier
+    from ensrm.models.modules import DecoderClassifier
 
     spec = export_bundle([long_decoders(kind)], tmp_path / "rm", cpu_graph=False, progress=None)
     checks = spec.variants["fp32"].checks
