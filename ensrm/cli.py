@@ -1,7 +1,14 @@
 """The command line: a thin click layer over the public functions.
 
 ``ens-export`` is the export alone; ``ensrm`` groups every command (``ensrm export`` is the
-same command as ``ens-export``). Errors print one line and exit with status 1.
+same command as ``ens-export``). Errors print one line; the exit status says whose they are:
+
+- **1**: the work failed (bad input, a damaged bundle, a full disk, a failed Ray job): every
+  :class:`~ensrm.errors.EnsrmError`, ``FileNotFoundError`` and ``ValueError`` a command raises.
+- **2**: a usage error, refused before any work: click's own (an unknown option, a bad value)
+  and options the library refuses up front (:func:`_usage`, e.g. ``--rejects`` without ``--skip-bad``).
+
+The mapping is by exception type (see :func:`_one_line_errors`), never by message text.
 """
 
 from __future__ import annotations

@@ -87,6 +87,11 @@ def _rebuild_output_error(path, errno_, message):
     return err
 
 
+class JobError(EnsrmError):
+    """A distributed scoring job failed for a reason outside its data: workers died more often than
+    the retry settings allow, a node was lost. Nothing was written under the output's name."""
+
+
 class BundleError(EnsrmError):
     """A bundle directory is missing, damaged, or from an unsupported format version.
 

@@ -585,11 +585,15 @@ def score_file(scorer, input_path: str | os.PathLike, output_path: str | os.Path
         output.commit()
         if journal is not None:
             journal.remove()
-    except BaseException:
-        if not resume:  # a resumable run keeps its partial files and journal for the next try
+    except BaseException as exc:
+        # A resumable run keeps its partial files and journal for the next try, unless a write failed
+        # (a full disk): then the partial files are not trustworthy and everything goes.
+        if not resume or isinstance(exc, OutputError):
             output.discard()
             if rejects is not None:
                 rejects.discard()
+            if journal is not None:
+                journal.remove()
         raise
     seconds = time.perf_counter() - start
     if progress is not None:

@@ -14,7 +14,7 @@ from ensrm.spec import EnsembleSpec
 
 
 def _type_name(value) -> str:
-    return "null" if value is None else type(value).__name__
+    return type(value).__name__
 
 
 def as_text(value, field: str, where: str | None = None, *, decode: bool = False) -> str:
