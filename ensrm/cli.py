@@ -151,9 +151,7 @@ def scoring_options(func):
               help="Also write model.cpu.onnx, onnxruntime's fused CPU form of the graph (verified against "
                    "model.onnx; the Scorer runs it on the CPU provider).")
 @_one_line_errors
-def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_length, padding_side, tolerance,
-                   overwrite, trust_remote_code, normalize_on, precisions, calibration, eval_on, int8_mode,
-                   min_spearman, min_top1, tensorrt_batches, cpu_graph):
+def export_command(sources, output, overwrite, min_spearman, min_top1, tensorrt_batches, **settings):
     """Export a reward model into a bundle: one ONNX graph with the ensemble aggregates.
 
     SOURCE is a local Hugging Face *ForSequenceClassification checkpoint with K labels
@@ -173,14 +171,12 @@ def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_l
     """
     from ensrm.calibration.gate import gates_with
     from ensrm.export.exporter import export_bundle
+    from ensrm.export.settings import ExportSettings
 
-    spec = export_bundle(list(sources), output, heads=heads, tokenizer=tokenizer, pooling=pooling,
-                         uwo_lambda=uwo_lambda, max_length=max_length, padding_side=padding_side, tolerance=tolerance,
-                         overwrite=overwrite, trust_remote_code=trust_remote_code, normalize_on=normalize_on,
-                         precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
-                         gates=gates_with(min_spearman, min_top1),
-                         tensorrt_batches=_parse_batches(tensorrt_batches) if tensorrt_batches else None,
-                         cpu_graph=cpu_graph, progress=_echo_err)
+    # the options not named above are ExportSettings fields, by the same names
+    export = ExportSettings(**settings, gates=gates_with(min_spearman, min_top1),
+                            tensorrt_batches=_parse_batches(tensorrt_batches) if tensorrt_batches else None)
+    spec = export_bundle(list(sources), output, export, overwrite=overwrite, progress=_echo_err)
     click.echo(f"bundle {output}: {spec.describe()}")
 
 
@@ -282,11 +278,9 @@ def build_engine_command(bundle, precision, batch_sizes, timing_cache):
                    "default model).")
 @click.option("--quick", is_flag=True, help="A smaller grid and fewer rounds (a first look, a few minutes).")
 @click.option("--suite", "suites", multiple=True,
-              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency", "trunk"]),
-              help="Run only these suites (repeatable; default: all but trunk). latency: batch 1-8 of real-length "
-                   "pairs, p50/p99 per call, 1 thread and all cores. trunk: the partially shared trunk's time and "
-                   "memory against member layers m = 0, 1, 2, L/2, L (K = 4, linear fit, trunk.png; alone it needs "
-                   "no bundle and its checkpoint defaults to MiniLM-L6).")
+              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency"]),
+              help="Run only these suites (repeatable; default: all). latency: batch 1-8 of real-length "
+                   "pairs, p50/p99 per call, 1 thread and all cores.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Where the comparison models are built and kept (default: ~/.cache/ensrm/bench).")
 @scoring_options
@@ -295,13 +289,13 @@ def bench_command(output, bundle, checkpoint, quick, suites, cache_dir, scoring)
     """Measure the bundle against PyTorch eager, full ensembles, a plain export and the CPU's MatMul rate.
 
     Every configuration runs in a fresh process, interleaved over rounds; results are
-    medians. Writes bench.json, bench.png and bench.md (each target with pass/fail).
+    medians. Writes bench.json, bench.png and bench.md (the results tables). The project's own
+    targets (pass/fail) and experiment suites are in the repository: python -m benchmarks.
 
     \b
     Examples:
       ensrm bench --quick
       ensrm bench --bundle bundles/default -o artifacts/bench
-      ensrm bench --suite trunk -o benchmarks/results/trunk
     """
     from ensrm.bench import run_benchmarks
 
@@ -461,9 +455,7 @@ def _score_on_ray(config, input_file, output, job, ray_address, concurrency, qui
                    "[joint, --member-layers] The members' pooling (default mean; last for decoders).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no report on stderr.")
 @_one_line_errors
-def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label_noise, eval_fraction, max_length,
-                  batch_size, uwo_lambda, epochs, lr, head_lr, resume, member_layers, trunk_lr, l2, max_iter,
-                  feature_cache, pooling, quiet):
+def train_command(base_model, prefs, output, quiet, **options):
     """Train K Bradley-Terry reward heads on BASE_MODEL from PREFS (JSONL) into a checkpoint.
 
     BASE_MODEL is a local Hugging Face checkpoint (a bare encoder/decoder or a sequence
@@ -483,16 +475,11 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
       ensrm train minilm/ prefs.jsonl -o checkpoints/mean-rm --pooling mean --l2 0.1
       ens-export checkpoints/mean-rm --heads checkpoints/mean-rm/heads.safetensors --pooling mean -o bundles/mean-rm
     """
-    from ensrm.train.trainer import TrainSettings, train_with_settings
+    from ensrm.train.trainer import TrainSettings, train_reward_model
 
-    with _usage():
-        settings = TrainSettings.create(
-            heads=heads, mode=mode, seed=seed, bootstrap=bootstrap, label_noise=label_noise,
-            eval_fraction=eval_fraction, max_length=max_length, batch_size=batch_size, uwo_lambda=uwo_lambda,
-            epochs=epochs, lr=lr, head_lr=head_lr, resume=resume, l2=l2, max_iter=max_iter,
-            feature_cache=feature_cache, pooling=pooling, member_layers=member_layers, trunk_lr=trunk_lr,
-            progress=not quiet)
-    click.echo(train_with_settings(base_model, prefs, output, settings).headline())
+    with _usage():  # the options not named above are TrainSettings.create's keywords, by the same names
+        settings = TrainSettings.create(**options, progress=not quiet)
+    click.echo(train_reward_model(base_model, prefs, output, settings).headline())
 
 
 @click.command("triton-repo")

@@ -44,7 +44,7 @@ def measure_normalization(backend, encoder, records: list[dict], current: Normal
 def rewrite_constants(model_path: str | os.PathLike, normalization: Normalization) -> None:
     """Replace ``mu``/``sigma`` in one graph file (weights stay where they are), via a temp file."""
     from ensrm._optional import require
-    from ensrm.export.graph import set_normalization
+    from ensrm.models.graph import set_normalization
 
     onnx = require("onnx", "export")
     model_path = Path(model_path)

@@ -5,7 +5,7 @@ Three kinds of local source, all ending in a module ``(ids, mask[, types]) -> [b
 - a Hugging Face ``*ForSequenceClassification`` checkpoint with ``num_labels = K``;
 - a base checkpoint plus ``heads.safetensors`` (``weight [K, hidden]``, ``bias [K]``) and a pooling;
 - several single- or multi-head classifiers (a full ensemble) sharing one tokenizer;
-- a partially shared trunk (:mod:`ensrm.trunk`): K members sharing their first layers, as one
+- a partially shared trunk (:mod:`ensrm.models.trunk`): K members sharing their first layers, as one
   source, or several of them as the members of a full ensemble.
 """
 
@@ -21,9 +21,9 @@ from pickle import UnpicklingError  # the exception only, raised by transformers
 from ensrm._hf import quiet_transformers
 from ensrm._optional import require
 from ensrm.errors import ExportError
-from ensrm.export import modules
 from ensrm.export.checks import check_loaded_weights, require_tokenizer_files, tokenizer_files
-from ensrm.trunk import is_decoder, is_trunk_checkpoint, load_trunk  # noqa: F401 - is_decoder re-exported
+from ensrm.models import modules
+from ensrm.models.trunk import is_decoder, is_trunk_checkpoint, load_trunk  # noqa: F401 - is_decoder re-exported
 
 torch = require("torch", "export")
 transformers = require("transformers", "export")
@@ -285,7 +285,7 @@ def load_full_ensemble(paths: list[Path], attn_implementation: str = "eager", tr
 
 def load_partial_trunk(path: Path, attn_implementation: str = "eager", trust_remote_code: bool = False,
                        tokenizer: Path | None = None) -> LoadedSource:
-    """A partially shared trunk (:mod:`ensrm.trunk`): K members, one graph computing the shared layers once."""
+    """A partially shared trunk (:mod:`ensrm.models.trunk`): K members, one graph computing the shared layers once."""
     trunk = _trunk(path, attn_implementation, trust_remote_code)
     config = trunk.base.config
     loaded, tokenizer_dir = _tokenizer_of(path, tokenizer, trust_remote_code)

@@ -67,8 +67,8 @@ def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
     narrow the layers after the last attention to the pooled token (:mod:`ensrm.export.prune`)."""
     torch = require("torch", "export")
     onnx = require("onnx", "export")
-    from ensrm.export.graph import RAW_OUTPUT, append_aggregation
     from ensrm.export.prune import prune_to_pooled_token
+    from ensrm.models.graph import RAW_OUTPUT, append_aggregation
 
     # Example sizes above 1: torch.export specialises dimensions of size 0 and 1.
     batch, seq = 2, min(8, spec.max_length)

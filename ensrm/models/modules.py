@@ -1,7 +1,7 @@
 """Torch modules that map token ids to raw per-member rewards ``[batch, K]``.
 
 The exporter traces one of these; the normalisation and the aggregates are appended to the
-ONNX graph afterwards (:mod:`ensrm.export.graph`), so they are written once for every source.
+ONNX graph afterwards (:mod:`ensrm.models.graph`), so they are written once for every source.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ensrm._optional import require
 from ensrm.errors import ExportError
-from ensrm.export.modules import EncoderWithHeads, base_kwargs, pool
+from ensrm.models.modules import EncoderWithHeads, base_kwargs, pool
 
 torch = require("torch", "export")
 nn = torch.nn
