@@ -41,7 +41,7 @@ from ensrm._optional import require
 from ensrm.bundle import bundle_file, load_spec, read_spec, staged_bundle, variant_file
 from ensrm.errors import BundleError, InputError
 from ensrm.runtime.config import ScorerConfig
-from ensrm.runtime.texts import TextEncoder, check_texts
+from ensrm.runtime.texts import TextEncoder, as_texts, check_texts
 from ensrm.spec import MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
 
 #: The ensemble's text inputs (TYPE_STRING, one string per pair).
@@ -118,17 +118,7 @@ class PairTokenizer:
 
 def _strings(field: str, values) -> list[str]:
     """Triton hands TYPE_STRING tensors over as object arrays of bytes, ``[batch, 1]``."""
-    flat = np.asarray(values, dtype=object).reshape(-1)
-    texts = []
-    for i, value in enumerate(flat):
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{field}[{i}] is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                                 field=f"{field}[{i}]", expected="UTF-8 text", actual="invalid bytes") from None
-        texts.append(value)
-    return texts
+    return as_texts(np.asarray(values, dtype=object).reshape(-1), field, decode=True)
 
 
 def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str | os.PathLike, *,
