@@ -27,7 +27,7 @@ import numpy as np
 from ensrm.bench.harness import child_env, interleave, load_average, run_job, summarize
 from ensrm.bundle import load_spec
 from ensrm.errors import EnsrmError
-from ensrm.spec import MODEL_FILES
+from ensrm.spec import HINTED_PRECISIONS, MODEL_FILES
 
 DEFAULT_SUITES = ("compare", "grid", "ceiling", "runtime", "latency")
 SUITES = DEFAULT_SUITES
@@ -191,6 +191,14 @@ class Bench:
             jobs[f"bundle/{precision}"] = self.job_spec("ort", mode="scorer", bundle=str(self.bundle),
                                                     precision=precision, shapes=shape)
         jobs["torch/eager"] = self.job_spec("torch", checkpoint=str(self.checkpoint), shapes=shape)
+        # the runtimes side by side: auto's rows above (OpenVINO where installed) against onnxruntime's
+        # fp32, and PyTorch's bf16 autocast as the peer of a bf16 runtime
+        if c.backend != "onnxruntime":
+            jobs["bundle/fp32@onnxruntime"] = self.job_spec("ort", mode="scorer", bundle=str(self.bundle),
+                                                            precision="fp32", shapes=shape, backend="onnxruntime")
+        if "bf16" in self.precisions:
+            jobs["torch/eager-bf16"] = self.job_spec("torch", checkpoint=str(self.checkpoint), shapes=shape,
+                                                     autocast="bf16")
         self.say("building the comparison models (cached after the first run)")
         jobs[f"plain/k{self.spec.num_heads}"] = self.job_spec(
             "ort", mode="plain", file=str(self.models.plain(self.spec.num_heads)),
@@ -306,7 +314,9 @@ class Bench:
         settings = sorted({1, c.threads or os.cpu_count() or 1})
         latency = {"calls": calls, "repeats": c.latency_repeats, "max_s": c.latency_max_s}
         jobs, absent = {}, {}
-        for precision in MODEL_FILES:
+        # bf16 (a runtime hint, not a file) is listed only where the bundle has judged it
+        shown = [p for p in MODEL_FILES if p not in HINTED_PRECISIONS or p in self.spec.variants]
+        for precision in shown:
             variant = self.spec.variants.get(precision)
             if variant is None or not variant.usable:
                 absent[f"bundle/{precision}"] = (f"no {precision} variant in the bundle" if variant is None
@@ -323,7 +333,7 @@ class Bench:
         raw = interleave(jobs, c.latency_rounds, progress=self.say)
         by_threads = []
         for t in settings:
-            names = [f"bundle/{p}" for p in MODEL_FILES] + ["torch/eager"]
+            names = [f"bundle/{p}" for p in shown] + ["torch/eager"]
             runs = {name: {"absent": absent[name]} if name in absent else _pooled_latency(raw[f"t{t}/{name}"])
                     for name in names}
             eager = {r["batch"]: r["p50_s"] for r in runs["torch/eager"].get("rows", [])}

@@ -168,15 +168,18 @@ def torch_job(job: dict) -> dict:
     names = ("input_ids", "attention_mask") + (("token_type_ids",) if uses_types else ())
     load_s = time.perf_counter() - start
 
+    # "bf16": PyTorch's bf16 autocast, the fair peer of a bf16 runtime (fp32 weights, bf16 products)
+    autocast = job.get("autocast")
+
     def call(feeds):
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
             logits = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits  # [batch, K]
-        return numpy_aggregates(logits.numpy(), job.get("uwo_lambda", 0.5))
+        return numpy_aggregates(logits.float().numpy(), job.get("uwo_lambda", 0.5))
 
     out = _grid(call, job, names, model.config.vocab_size)
     out.update(load_s=load_s, rss_baseline_mb=baseline, rss_peak_mb=peak_rss_mb(),
                torch=torch.__version__, torch_threads=torch.get_num_threads(),
-               attn_implementation=model.config._attn_implementation)
+               attn_implementation=model.config._attn_implementation, autocast=autocast)
     return out
 
 
