@@ -145,6 +145,8 @@ def quantize_openvino(source: str | os.PathLike, target: str | os.PathLike, batc
         for name in [c for c in candidates if c in quantized]:
             _, gain = evaluate(_bypassed(base, {name}))
             ranking.append({"name": name, "top1": gain[0], "spearman": gain[1]})
+            say(f"  ranking {len(ranking)}/{len(quantized & set(candidates))}: {name} alone float: "
+                f"top-1 {gain[0]:.3f}, spearman {gain[1]:.4f}")
         ranking.sort(key=lambda r: (r["top1"], r["spearman"]), reverse=True)
         for entry in ranking[:max_extra]:
             extra.append(entry["name"])
