@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -121,11 +122,13 @@ class Scorer:
                 self._encoder = TextEncoder(self.bundle_dir, self.spec)
             return self._encoder
 
-    def score_texts(self, prompts, responses, batch_size: int | None = None, truncation: bool = True) -> Scores:
+    def score_texts(self, prompts, responses, batch_size: int | None = None, truncation: bool = True,
+                    progress: Callable[[int, int], None] | None = None) -> Scores:
         """Tokenise and score (prompt, response) pairs; results come back in input order.
 
         Pairs are grouped by token length into batches of ``batch_size`` (default: the
-        scorer's ``batch_size``) to cut padding.
+        scorer's ``batch_size``) to cut padding. ``progress(done, total)``, when given, is
+        called after each batch with the pairs scored so far.
         With ``truncation`` (default) a pair longer than ``max_length`` loses tokens from its
         longer side (from the end for encoders, from the start for decoders, whose reward
         is read at the last token); without it such a pair raises :class:`InputError`.
@@ -142,11 +145,15 @@ class Scorer:
         encodings = encoder.encode(prompts, responses, truncation=truncation)
         heads = np.empty((len(prompts), self.num_heads), dtype=np.float32)
         aggregates = {name: np.empty(len(prompts), dtype=np.float32) for name in ("mean", "std", "min", "uwo")}
+        done = 0
         for rows, feeds in encoder.batches(encodings, min(batch_size, self.max_batch_size)):
             scores = Scores.from_outputs(self.backend.run(feeds))
             heads[rows] = scores.heads
             for name, values in aggregates.items():
                 values[rows] = getattr(scores, name)
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(prompts))
         return Scores(heads=heads, **aggregates)
 
     def as_reward_function(self, objective: str = "uwo", batch_size: int = 32, prompt_messages: str = "last_user"):
