@@ -116,25 +116,22 @@ def evaluate_pairs(config: ScorerConfig, pairs: PreferencePairs | str | os.PathL
                 raise ValueError(f"`{name}` must be in (0, 1], got {value}")
     from ensrm.runtime.scorer import Scorer
 
-    names = resolve_precisions(config.bundle, config.precision, precisions)
-    runs, scored, filter_scorer = [], {}, None
-    for name in names:
-        scorer = Scorer.from_config(config.replace(precision=name))
-        objective = parse_objective(objective, scorer.num_heads)
-        label = scorer.precision if name == "auto" else name
+    primary = Scorer.from_config(config)  # the primary run: its precision ("auto" resolved) comes first
+    objective = parse_objective(objective, primary.num_heads)
+    runs, scored = [], {}
+    for name in resolve_precisions(config.bundle, primary.precision, precisions):
+        scorer = primary if name == primary.precision else Scorer.from_config(config.replace(precision=name))
         t0 = time.perf_counter()
-        scored[label] = score_pairs(scorer, pairs, path, progress, stage=f"scoring {label}")
-        runs.append({"name": label, "kind": "bundle", "description": scorer.description,
+        scored[name] = score_pairs(scorer, pairs, path, progress, stage=f"scoring {name}")
+        runs.append({"name": name, "kind": "bundle", "description": scorer.description,
                      "seconds": time.perf_counter() - t0})
-        if filter_scorer is None:
-            filter_scorer = scorer
     if checkpoint:
         from ensrm.evaluate.checkpoint import score_checkpoint
 
         t0 = time.perf_counter()
         tick = None if progress is None else (lambda done, total: progress(f"scoring {CHECKPOINT_RUN}", done, total))
         try:
-            both = score_checkpoint(checkpoint, filter_scorer, pairs.prompts + pairs.prompts,
+            both = score_checkpoint(checkpoint, primary, pairs.prompts + pairs.prompts,
                                     pairs.chosen + pairs.rejected, batch_size=config.batch_size,
                                     heads=checkpoint_heads, progress=tick)
         except InputError as exc:
@@ -175,7 +172,7 @@ def evaluate_pairs(config: ScorerConfig, pairs: PreferencePairs | str | os.PathL
                                   min_score=min_score, weights=weights)
         choice["run"] = runs[0]["name"]
         report["filter"] = choice
-        response_filter = build_filter(filter_scorer, choice, source=path)
+        response_filter = build_filter(primary, choice, source=path)
     report["timing"] = {"scoring_seconds": scoring_seconds, "analysis_seconds": time.perf_counter() - t0,
                         "total_seconds": time.perf_counter() - started}
     return report, response_filter
