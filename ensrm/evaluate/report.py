@@ -268,6 +268,11 @@ def plot_selective(report: dict, path) -> None:
         ax.plot([0.0] + curve["coverage"], [100 * curve["accuracy"][0]] + [100 * a for a in curve["accuracy"]],
                 drawstyle="steps-pre", label=f"{measure} (area {_pct(first['selective'][measure]['area'])})")
     ax.axhline(100 * first["selective_random"]["value"], color="grey", ls="--", lw=0.8, label="random order")
+    # below 5% coverage a curve is a handful of pairs: keep them from setting the scale
+    settled = [a for m in MEASURES for c, a in zip(first["selective"][m]["curve"]["coverage"],
+                                                    first["selective"][m]["curve"]["accuracy"]) if c >= 0.05]
+    if settled:
+        ax.set_ylim(max(0.0, 100 * min(settled) - 5), 100.5)
     ax.set_xlabel("fraction of pairs kept (most uncertain rejected first)")
     ax.set_ylabel(f"accuracy of kept pairs (%), {first['objective']}")
     ax.set_title(f"Selective prediction, {runs[0]['name']}")
@@ -309,7 +314,7 @@ def plot_deciles(report: dict, path) -> None:
     ax.set_ylim(max(0.0, low - 10), 100.5)
     ax.set_title(f"Accuracy by disagreement decile, {report['runs'][0]['name']}")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(MEASURES))
     _save(fig, path)
 
 

@@ -246,3 +246,35 @@ def test_the_checkpoint_in_torch_agrees_with_its_export(checkpoints, eval_bundle
     assert max(comparison["max_abs_diff"].values()) < 1e-4
     assert comparison["same_winner"]["uwo"] == 1.0
     assert comparison["accuracy_delta"]["uwo"]["value"] == 0.0
+
+
+def test_eval_needs_no_torch(eval_bundle, synthetic_records, write_jsonl, tmp_path):
+    """Everything but --checkpoint runs where torch, transformers and onnx cannot be imported."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    path = write_jsonl(synthetic_records[:30])
+    code = textwrap.dedent(f"""
+        import importlib.abc, json, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {{"torch", "transformers", "onnx", "onnxscript", "safetensors"}}:
+                    raise ImportError(f"{{name}} is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        from ensrm.evaluate import evaluate_file
+        from ensrm.runtime.config import ScorerConfig
+        report = evaluate_file(ScorerConfig({str(eval_bundle)!r}, threads=1), {str(path)!r}, {str(tmp_path / "r")!r},
+                               write_filter={str(tmp_path / "f.json")!r}, keep=0.5, resamples=20)
+        print(json.dumps([report["pairs"], sorted(report["files"])]))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [30, ["accuracy_png", "deciles_png", "diversity_png", "json", "markdown",
+                                              "selective_png"]]
