@@ -12,7 +12,8 @@
 - :mod:`~ensrm.evaluate.report` writes JSON, Markdown and PNG plots (matplotlib: ``ensrm[eval]``);
 - :mod:`~ensrm.evaluate.checkpoint` scores the source model in torch (``ensrm[export]``).
 
-Nothing here imports torch unless a checkpoint is scored.
+Nothing here imports torch unless a checkpoint is scored. (The example needs a bundle and a pairs
+file: not run by the doctests.)
 
 >>> from ensrm.evaluate import evaluate_file                                       # doctest: +SKIP
 >>> from ensrm.runtime.config import ScorerConfig                                 # doctest: +SKIP

@@ -4,7 +4,7 @@
 :func:`compare` the deltas of one run against a reference run on the same pairs (a precision
 variant or the torch checkpoint against fp32). The statistics are defined in
 :mod:`ensrm.evaluate.stats`; every interval is a bootstrap interval from the same resamples,
-so paired deltas are paired.
+so paired deltas are paired. (The example needs scores of real pairs: not run by the doctests.)
 
 >>> weights = bootstrap_weights(groups_of(pairs.subsets))                        # doctest: +SKIP
 >>> result = analyse(chosen_scores, rejected_scores, pairs.subsets, weights=weights)  # doctest: +SKIP

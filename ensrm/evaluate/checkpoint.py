@@ -6,10 +6,11 @@ the one the exporter traces) gives raw per-head rewards, and the bundle's normal
 lambda turn them into the same aggregates as the graph. What remains between the two runs is
 the export and the runtime's arithmetic: the deltas a user checks after export.
 
-Needs the ``export`` extra (torch, transformers); imported only by ``--checkpoint``.
+Needs the ``export`` extra (torch, transformers); imported only by ``--checkpoint``. (The example
+needs a checkpoint and its bundle: not run by the doctests.)
 
 >>> scores = score_checkpoint(["checkpoints/rm"], scorer, prompts, responses)   # doctest: +SKIP
->>> scores.heads.shape
+>>> scores.heads.shape                                                          # doctest: +SKIP
 (4000, 8)
 """
 

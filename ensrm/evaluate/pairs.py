@@ -131,7 +131,7 @@ def read_pairs(path: str | os.PathLike) -> PreferencePairs:
     """Read a JSONL file of preference records (see the module docstring).
 
     A malformed line raises :class:`~ensrm.errors.InputFileError` with its line number; an
-    empty file raises one for line 1.
+    empty file raises one for line 1. The example needs a pairs file: not run by the doctests.
 
     >>> pairs = read_pairs("pairs.jsonl")                    # doctest: +SKIP
     >>> pairs.prompts[0], pairs.subsets[0]                   # doctest: +SKIP

@@ -1,10 +1,11 @@
 """Write an ``ensrm eval`` report: ``report.json`` (every number), ``report.md`` (the summary), PNG plots.
 
 Plots need matplotlib (``pip install 'ensrm[eval]'``), imported only here. Every file is written
-to a temporary name and renamed into place, so a report directory never holds half a file.
+to a temporary name and renamed into place, so a report directory never holds half a file. (The example needs a
+report from a scored run: not run by the doctests.)
 
 >>> paths = write_report(report, Path("artifacts/eval"))                       # doctest: +SKIP
->>> sorted(paths)
+>>> sorted(paths)                                                               # doctest: +SKIP
 ['accuracy_png', 'deciles_png', 'diversity_png', 'json', 'markdown', 'selective_png']
 """
 

@@ -2,11 +2,12 @@
 
 One run per precision (and one for the torch checkpoint): the chosen and the rejected responses
 of every pair are scored in **one** :meth:`Scorer.score_texts` call, so the runtime's length
-grouping batches all ``2n`` texts together and evaluation runs at the scorer's speed.
+grouping batches all ``2n`` texts together and evaluation runs at the scorer's speed. (The example
+needs a bundle and a pairs file: not run by the doctests.)
 
 >>> from ensrm.runtime.config import ScorerConfig
 >>> report = evaluate_file(ScorerConfig("bundles/default"), "pairs.jsonl", out_dir="artifacts/eval")  # doctest: +SKIP
->>> report["runs"][0]["analysis"]["accuracy"]["overall"]["uwo"]["value"]
+>>> report["runs"][0]["analysis"]["accuracy"]["overall"]["uwo"]["value"]     # doctest: +SKIP
 0.93
 """
 
@@ -37,6 +38,8 @@ Progress = Callable[[str, int, int], None]
 
 def resolve_precisions(bundle: str | os.PathLike, primary: str, others: str | Sequence[str] | None) -> list[str]:
     """The precisions to evaluate: ``primary`` first, then ``others`` (``"all"``: every accepted one).
+
+    The example reads a bundle: not run by the doctests.
 
     >>> resolve_precisions("bundles/default", "fp32", "all")          # doctest: +SKIP
     ['fp32', 'fp16', 'int8']

@@ -13,10 +13,10 @@ point of that measure's selective curve:
 The saved ``max_std`` lies halfway between the last kept value and the next larger response
 std on these pairs, so rescoring them (in other batches, where the last float bits may move)
 keeps exactly the same pairs. When the choice keeps every pair no std check is needed and
-``max_std`` is ``None``.
+``max_std`` is ``None``. (The example needs scores of real pairs: not run by the doctests.)
 
 >>> choice = choose_threshold(chosen, rejected, target_accuracy=0.95)          # doctest: +SKIP
->>> choice["max_std"], choice["expected"]["pair_keep"]["value"]
+>>> choice["max_std"], choice["expected"]["pair_keep"]["value"]                 # doctest: +SKIP
 (0.41, 0.83)
 """
 
