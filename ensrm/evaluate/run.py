@@ -108,6 +108,8 @@ def evaluate_pairs(config: ScorerConfig, pairs: PreferencePairs | str | os.PathL
         if progress is not None:
             progress(f"reading {path}", 0, 0)
         pairs = read_pairs(path)
+    if len(pairs) == 0:
+        raise InputError("no preference pairs to evaluate")
     if resamples < 0:
         raise ValueError(f"`resamples` must be >= 0, got {resamples}")
     want_filter = target_accuracy is not None or keep is not None

@@ -165,9 +165,11 @@ def test_an_untokenizable_text_is_reported_by_its_line(write_jsonl, eval_bundle)
         evaluate_pairs(ScorerConfig(eval_bundle, threads=1), read_pairs(path), resamples=0)
 
 
-def test_an_empty_file_is_refused(write_jsonl):
+def test_an_empty_file_is_refused(write_jsonl, eval_bundle):
     with pytest.raises(InputFileError, match="no preference records"):
         read_pairs(write_jsonl(["", "  "]))
+    with pytest.raises(InputError, match="no preference pairs"):
+        evaluate_pairs(ScorerConfig(eval_bundle), PreferencePairs.from_records([]))
 
 
 @pytest.mark.parametrize("option", [{"keep": 0.7}, {"target_accuracy": 0.6}])
