@@ -67,7 +67,6 @@ import numpy as np
 
 from ensrm._optional import require
 from ensrm.errors import BundleError, EnsrmError, InputError, JobError
-from ensrm.progress import JobProgress
 from ensrm.runtime.batch import (
     OUTPUT_FIELD,
     AtomicFile,
@@ -83,6 +82,7 @@ from ensrm.runtime.batch import (
 )
 from ensrm.runtime.best_of_n import choose
 from ensrm.runtime.config import ScorerConfig
+from ensrm.runtime.progress import JobProgress
 from ensrm.runtime.scores import Scores, parse_objective
 from ensrm.runtime.texts import as_text
 
@@ -661,7 +661,7 @@ def _score_jsonl(ray, config: ScorerConfig, files: list[Path], output: Path, *, 
                 if progress is not None:
                     progress(writer.scored, writer.rejected, time.perf_counter() - start)
         if seen != expected:
-            raise RuntimeError(f"Ray returned {seen:,} of the {expected:,} input records; nothing was written")
+            raise JobError(f"Ray returned {seen:,} of the {expected:,} input records; nothing was written")
         writer.close_group()
         if rejects is not None:
             rejects.commit()
@@ -686,49 +686,28 @@ def score_files(bundle: str | os.PathLike | ScorerConfig, input_path: str | os.P
                 max_task_retries: int = MAX_TASK_RETRIES, progress: JobProgress | None = None) -> RaySummary:
     """``ensrm score --ray``: score a JSONL file (or a directory of them) or Parquet on ``concurrency`` actors.
 
-    **JSONL** gets exactly the job of :func:`ensrm.runtime.batch.score_file`, with the same
-    arguments and a byte-identical OUTPUT file (and rejects file): the lines are read as text
-    and parsed and validated by ensrm (a record with a number for ``response``, a missing field
-    or a line that is not JSON is a bad record, ``on_bad_row="fail"`` or ``"skip"``, never a
-    crash of Ray's JSON reader, and no field is added that the input did not have), rows come
-    out in input order, best-of-n groups are runs of consecutive records with the same prompt
-    numbered from 0. ``chunk_size`` non-blank lines make one Ray batch; ``batch_size`` is pairs
-    per model call. For a directory, files are taken in name order, each with its own line numbers.
-
-    **Parquet** (typed columns) writes a new directory of ``output_format`` files (default: the
-    output's suffix, else Parquet) through :func:`score_dataset`; bad rows (a null or non-UTF-8
-    text) fail the job, or with ``on_bad_row="skip"`` are kept with ``ensrm.error`` set.
-
-    Either way nothing appears under ``output`` unless every row was scored: a killed actor is
-    restarted and its batch retried (``max_restarts``, ``max_task_retries``), every row comes
-    out exactly once, and when retries run out the job fails naming the cause. ``address`` is
-    passed to ``ray.init`` (``"auto"``, ``"ray://head:10001"``); without it a Ray already
-    initialised in this process is used, or a local one started.
+    **JSONL** gets the job of :func:`ensrm.runtime.batch.score_file`, same arguments, byte-identical
+    OUTPUT (and rejects): lines read as text and validated by ensrm (a wrong type, a missing field,
+    a line that is not JSON is a bad record, never a crash, and no field is added), input order,
+    best-of-n groups = runs of one prompt numbered from 0. ``chunk_size`` non-blank lines make one
+    Ray batch; ``batch_size`` is pairs per model call. A directory: files in name order.
+    **Parquet** writes a new directory of ``output_format`` files through :func:`score_dataset`
+    (``on_bad_row="skip"`` keeps a bad row with ``ensrm.error`` set).
+    Nothing appears under ``output`` unless every row was scored, exactly once: a killed actor is
+    restarted and its batch retried (``max_restarts``, ``max_task_retries``); past that,
+    :class:`~ensrm.errors.JobError`. ``address`` goes to ``ray.init``; without it a Ray already
+    initialised here is used, or a local one started.
 
     >>> score_files("bundles/default", "candidates.jsonl", "scored.jsonl", concurrency=2)  # doctest: +SKIP
     RaySummary(records=1000, files=1, ...)
     """
     ray = _ray()
     input_path, output = Path(input_path), Path(output)
-    if not input_path.exists():
-        raise FileNotFoundError(f"no such input: {input_path}")
-    in_format = file_format(input_path)
     policy = bad_row_policy(on_bad_row, skip_bad)
+    in_format, rejects_path = _check_files(input_path, output, output_format, policy, rejects_path, chunk_size)
     objective = parse_objective(objective, 10**9)  # names only here; head:K is checked against the bundle
     config = ScorerConfig.of(bundle, precision=precision, threads=threads, batch_size=batch_size, providers=providers)
     retries = _fault_tolerance(max_restarts, max_task_retries)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if in_format == "json":
-        if (output_format or FORMATS.get(output.suffix, "json")) != "json":
-            raise ValueError("JSONL input is scored into a JSONL file, as `ensrm score` does; name the output .jsonl")
-        rejects_path = check_job_paths(input_path, output, policy, rejects_path)
-    else:
-        if rejects_path is not None:
-            raise ValueError("`rejects_path` goes with JSONL input; Parquet rows marked bad stay in the output "
-                             "with ensrm.error set")
-        if output.exists():
-            raise ValueError(f"{output} exists; Ray writes a directory of files there, so give a new path")
     _check_bundle_here(config, objective)
     started = not ray.is_initialized()
     if started:
@@ -749,17 +728,45 @@ def score_files(bundle: str | os.PathLike | ScorerConfig, input_path: str | os.P
                               concurrency=concurrency, num_cpus=num_cpus, objective=objective, best_of_n=best_of_n,
                               response_filter=response_filter, mark=policy == "skip", retries=retries)
     except ray.exceptions.RayError as exc:
-        inner = ensrm_error(exc)
-        if inner is not None:
-            raise inner from None
-        cause = str(exc).strip().splitlines()
-        raise JobError(f"the Ray job failed ({type(exc).__name__}: {cause[0] if cause else 'no message'}) after "
-                       f"up to {max_restarts} actor restarts and {max_task_retries} retries per batch; nothing "
-                       f"was written to {output}") from exc
+        error = _job_error(exc, retries, output)
+        raise error from error.__cause__  # Ray's wrapper adds nothing but a worker traceback
     finally:
         ctx.execution_options.preserve_order, ctx.raise_original_map_exception = saved
         if started:
             ray.shutdown()
+
+
+def _job_error(exc: BaseException, retries: dict, output: Path) -> EnsrmError:
+    """What a failed Ray job raises: the worker's own ensrm error, or a :class:`JobError` naming Ray's cause."""
+    inner = ensrm_error(exc)
+    if inner is not None:
+        return inner
+    cause = str(exc).strip().splitlines()
+    error = JobError(f"the Ray job failed ({type(exc).__name__}: {cause[0] if cause else 'no message'}) after up "
+                     f"to {retries['max_restarts']} actor restarts and {retries['max_task_retries']} retries per "
+                     f"batch; nothing was written to {output}")
+    error.__cause__ = exc
+    return error
+
+
+def _check_files(input_path: Path, output: Path, output_format: str | None, policy: str,
+                 rejects_path: str | os.PathLike | None, chunk_size: int) -> tuple[str, Path | None]:
+    """The input's format and the rejects path, refusing what :func:`score_files` cannot write."""
+    if not input_path.exists():
+        raise FileNotFoundError(f"no such input: {input_path}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    in_format = file_format(input_path)
+    if in_format == "json":
+        if (output_format or FORMATS.get(output.suffix, "json")) != "json":
+            raise ValueError("JSONL input is scored into a JSONL file, as `ensrm score` does; name the output .jsonl")
+        return in_format, check_job_paths(input_path, output, policy, rejects_path)
+    if rejects_path is not None:
+        raise ValueError("`rejects_path` goes with JSONL input; Parquet rows marked bad stay in the output "
+                         "with ensrm.error set")
+    if output.exists():
+        raise ValueError(f"{output} exists; Ray writes a directory of files there, so give a new path")
+    return in_format, None
 
 
 def _score_parquet(ray, config: ScorerConfig, input_path: Path, output: Path, out_format: str, *, concurrency: int,
