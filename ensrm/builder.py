@@ -17,6 +17,8 @@ argument:
 
 This module imports neither torch nor onnx.
 
+(Not run by the doctests: it needs a bundle and reference records on disk.)
+
 >>> from ensrm.calibration.normalize import normalize_staged            # doctest: +SKIP
 >>> with BundleBuilder.update("bundles/rm") as build:                   # doctest: +SKIP
 ...     normalize_staged(build, "refs.jsonl")

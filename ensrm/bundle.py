@@ -36,6 +36,8 @@ def bundle_file(bundle_dir: str | os.PathLike, name: str) -> Path:
     ``../x``, absolute names and symlinks whose target lies outside the bundle are refused,
     so a manifest can never make the runtime read (or hash) a file elsewhere.
 
+    (Not run by the doctests: it needs a bundle on disk.)
+
     >>> bundle_file("bundles/rm", "../secrets.txt")             # doctest: +SKIP
     Traceback (most recent call last):
     ensrm.errors.BundleError: bundle file name '../secrets.txt' escapes the bundle directory ...
@@ -125,6 +127,8 @@ def load_spec(bundle_dir: str | os.PathLike, verify: str = "sha256") -> Ensemble
     ``verify="sha256"`` (default) hashes every listed file: about 1 s per GB. ``"size"`` only
     compares sizes (catches truncation and missing files, not same-size edits) for fast
     start-up of a bundle already checked once; ``"none"`` skips the files entirely.
+
+    (Not run by the doctests: it needs a bundle on disk.)
 
     >>> spec = load_spec("bundles/minilm", verify="size")   # doctest: +SKIP
     """
@@ -226,6 +230,8 @@ def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterato
     atomic) and is removed on any error or interruption. An existing target is replaced
     only with ``overwrite=True``, and is left untouched if the block fails. Leftovers of a
     killed earlier export are cleaned first (:func:`check_target`).
+
+    (Not run by the doctests: it needs a bundle on disk.)
 
     >>> with staged_bundle("bundles/minilm") as tmp:      # doctest: +SKIP
     ...     (tmp / "ensemble.json").write_text("{}")

@@ -124,8 +124,12 @@ def scoring_options(func):
 @click.option("--max-length", type=int, help="Longest sequence the bundle accepts (default: the model's).")
 @click.option("--padding-side", type=click.Choice(["right", "left"]),
               help="Padding the runtime uses (default: right for encoders, left for decoders).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest |ONNX - torch| accepted by the verification.")
+@click.option("--tolerance", type=float,
+              help="Largest |ONNX - torch| accepted by the verification (default: 1e-4 for fp32; for bf16/fp16 "
+                   "6%/2% of the largest head).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="What the model is loaded in and model.onnx holds: fp16 weights and products, or bf16 weights "
+                   "with fp32 products; heads, normalisation and aggregates stay fp32.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the checkpoint to run.")
 @click.option("--normalize-on", type=click.Path(exists=True, dir_okay=False),

@@ -83,8 +83,10 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, references: str | os.PathLik
     accuracy gate is run again on the reference records, because normalisation changes
     what ``min`` and ``uwo`` rank by. Engines built from the old graphs are dropped.
 
+    (Needs a bundle and reference records on disk, so not run by the doctests.)
+
     >>> spec = calibrate_bundle("bundles/rm", "refs.jsonl")       # doctest: +SKIP
-    >>> spec.normalization.records
+    >>> spec.normalization.records                                # doctest: +SKIP
     400
     """
     from ensrm.calibration.variants import regate_variants

@@ -7,6 +7,7 @@ A variant that fails its gate is not kept: its file is deleted and the manifest 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ensrm.builder import BundleBuilder
@@ -143,13 +144,16 @@ def regate_variants(build: BundleBuilder, records: list[dict]) -> None:
     build.spec = build.spec.with_variants(*judged)
 
 
-def add_variants(bundle_dir: str | os.PathLike, precisions, *, calibration=None, eval_on=None,
+def add_variants(bundle_dir: str | os.PathLike, precisions: str | Sequence[str], *,
+                 calibration: str | os.PathLike | None = None, eval_on: str | os.PathLike | None = None,
                  int8_mode: str = "static", gates: dict[str, Gate] | None = None, threads: int | None = None,
                  progress: Progress | None = None) -> EnsembleSpec:
     """Add (or redo) precision variants of an existing bundle, atomically.
 
+    (Needs a bundle and calibration records on disk, so not run by the doctests.)
+
     >>> spec = add_variants("bundles/rm", "int8", calibration="calib.jsonl")   # doctest: +SKIP
-    >>> spec.variants["int8"].accepted
+    >>> spec.variants["int8"].accepted                                         # doctest: +SKIP
     True
     """
     precisions = parse_precisions(precisions)
