@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ensrm.bundle import bundle_file, load_spec, staged_bundle, write_manifest
 from ensrm.errors import BundleError
-from ensrm.runtime.progress import Progress
+from ensrm.progress import Progress
 from ensrm.runtime.tensorrt_backend import ENGINE_DIR
 from ensrm.spec import MANIFEST_NAME, EnsembleSpec
 

@@ -17,7 +17,7 @@ from ensrm.builder import BundleBuilder
 from ensrm.bundle import sha256_file
 from ensrm.calibration.data import encoder_for, load_records, score_records
 from ensrm.errors import ExportError
-from ensrm.runtime.progress import Progress
+from ensrm.progress import Progress
 from ensrm.spec import EnsembleSpec, Normalization
 
 

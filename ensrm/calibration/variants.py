@@ -14,7 +14,7 @@ from ensrm.builder import BundleBuilder
 from ensrm.calibration.data import encoder_for, feed_batches, load_records, score_records, split_holdout
 from ensrm.calibration.gate import DEFAULT_GATES, Gate, evaluate, format_report, stress_check
 from ensrm.errors import ExportError
-from ensrm.runtime.progress import Progress
+from ensrm.progress import Progress
 from ensrm.spec import MODEL_FILES, EnsembleSpec, Variant
 
 PRECISIONS = tuple(p for p in MODEL_FILES if p != "fp32")

@@ -4,6 +4,8 @@ Needs ``pip install 'ensrm[ray]'``. The same code runs on a laptop (``ray.init()
 cluster (``ray.init(address="auto")`` or ``"ray://head:10001"``): Ray Data schedules the actors,
 ensrm only scores the batches it is handed.
 
+(The example needs a bundle and Ray: not run by the doctests.)
+
 >>> import ray
 >>> from ensrm.integrations.ray_data import score_dataset
 >>> ds = ray.data.read_parquet("candidates/")                                   # doctest: +SKIP
@@ -67,6 +69,7 @@ import numpy as np
 
 from ensrm._optional import require
 from ensrm.errors import BundleError, EnsrmError, InputError, JobError
+from ensrm.progress import JobProgress
 from ensrm.runtime.batch import (
     OUTPUT_FIELD,
     AtomicFile,
@@ -82,7 +85,6 @@ from ensrm.runtime.batch import (
 )
 from ensrm.runtime.best_of_n import choose
 from ensrm.runtime.config import ScorerConfig
-from ensrm.runtime.progress import JobProgress
 from ensrm.runtime.scores import Scores, parse_objective
 from ensrm.runtime.texts import as_text
 
@@ -151,6 +153,8 @@ class ScoreBatches:
     (:meth:`Scorer.score_texts`), so larger Ray batches pad less. ``threads=None`` takes the
     CPUs Ray assigned the actor. ``response_filter`` is the path of a saved
     :class:`~ensrm.runtime.filter.ResponseFilter`; ``key_column`` names rows in errors.
+
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> scored = ds.map_batches(ScoreBatches, fn_constructor_kwargs={"bundle": "/shared/rm"},
     ...                         batch_format="pyarrow", batch_size=1024, num_cpus=2,
@@ -323,6 +327,8 @@ def score_dataset(ds, bundle: str | os.PathLike | ScorerConfig, *, concurrency: 
     (:func:`mark_best_of_n`). Lazy, like every Ray Data transform: nothing runs until the result
     is consumed or written. See the module docstring for the columns added.
 
+    (The example needs a bundle and Ray: not run by the doctests.)
+
     >>> ray.init()                                                                # doctest: +SKIP
     >>> ds = ray.data.from_items([{"prompt": "Name a prime.", "response": "7"}])  # doctest: +SKIP
     >>> score_dataset(ds, "bundles/default").take(1)[0]["ens_score"]               # doctest: +SKIP
@@ -444,6 +450,8 @@ def mark_best_of_n(scored, objective: str = "uwo", group_column: str = "prompt",
     when given (e.g. the sample index of each candidate); without it, in the order Ray
     delivers the group, which is not fixed, so exact ties may then go either way.
 
+    (The example needs a bundle and Ray: not run by the doctests.)
+
     >>> marked = mark_best_of_n(score_dataset(ds, bundle), objective="wco", order_column="sample")  # doctest: +SKIP
     >>> best = marked.filter(lambda row: row["ens_chosen"])                                         # doctest: +SKIP
     """
@@ -460,6 +468,8 @@ def _keep_accepted(table):
 def accepted_rows(scored):
     """The rows a :class:`~ensrm.runtime.filter.ResponseFilter` accepted (``score_dataset(..., response_filter=PATH)``);
     rows marked bad are not accepted.
+
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> kept = accepted_rows(score_dataset(ds, bundle, response_filter="bundles/rm-filter.json"))  # doctest: +SKIP
     """
@@ -555,6 +565,8 @@ def ensrm_error(exc: BaseException) -> EnsrmError | None:
     ensrm's errors keep their class and fields through pickling, so the driver gets the worker's
     :class:`BadRowError` itself (:func:`score_files` asks Ray Data to raise the UDF's own
     exception; a caller of :func:`score_dataset` can pass whatever it catches here).
+
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> try:                                                            # doctest: +SKIP
     ...     score_dataset(ds, bundle).take_all()
@@ -697,6 +709,8 @@ def score_files(bundle: str | os.PathLike | ScorerConfig, input_path: str | os.P
     restarted and its batch retried (``max_restarts``, ``max_task_retries``); past that,
     :class:`~ensrm.errors.JobError`. ``address`` goes to ``ray.init``; without it a Ray already
     initialised here is used, or a local one started.
+
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> score_files("bundles/default", "candidates.jsonl", "scored.jsonl", concurrency=2)  # doctest: +SKIP
     RaySummary(records=1000, files=1, ...)

@@ -51,8 +51,8 @@ import numpy as np
 
 from ensrm.errors import InputError, InputFileError, JobError, OutputError
 from ensrm.jsonl import parse_record
+from ensrm.progress import JobProgress
 from ensrm.runtime.best_of_n import argmax_or_none
-from ensrm.runtime.progress import JobProgress
 from ensrm.runtime.scores import Scores, parse_objective
 
 FIELDS = ("prompt", "response")
@@ -60,7 +60,7 @@ OUTPUT_FIELD = "ensrm"
 BAD_ROW_POLICIES = ("fail", "skip")
 JOURNAL_VERSION = 1
 
-#: kept for code that imported it from here; the one definition is :data:`ensrm.runtime.progress.JobProgress`
+#: kept for code that imported it from here; the one definition is :data:`ensrm.progress.JobProgress`
 Progress = JobProgress
 
 
@@ -241,6 +241,8 @@ def chunks(path: str | os.PathLike, chunk_size: int, offset: int = 0,
     """Cut a file into chunks of ``chunk_size`` non-blank lines (from byte ``offset``, which is line
     ``first_line``); yields each chunk with its ``(line_number, raw_line)`` pairs. Streams.
 
+    (The example needs a records file: not run by the doctests.)
+
     >>> [c.lines for c, _ in chunks("records.jsonl", 1024)]      # doctest: +SKIP
     [1024, 1024, 17]
     """
@@ -311,6 +313,8 @@ def score_lines(scorer, items: list[tuple[int, bytes]], *, path: str | os.PathLi
     ``progress(scored, bad)``, when given, is called after every ``8 * batch_size`` pairs with
     this chunk's counts so far (so progress shows even on a slow machine).
 
+    (The example needs a bundle: not run by the doctests.)
+
     >>> [r.problem for r in score_lines(scorer, [(1, b'{"prompt": "Hi", "response": 5}')])]  # doctest: +SKIP
     ["field 'response' must be a string, found int"]
     """
@@ -354,8 +358,10 @@ def score_isolating(scorer, prompts: list[str], responses: list[str],
     only the bad pairs fail. Returns the scores of the pairs that scored, their indices, and the
     error message of each pair that did not.
 
+    (The example needs a bundle: not run by the doctests.)
+
     >>> scores, kept, failed = score_isolating(scorer, ["Hi"], ["Hello!"], 32)   # doctest: +SKIP
-    >>> kept, failed
+    >>> kept, failed  # doctest: +SKIP
     ([0], {})
     """
     try:
@@ -532,6 +538,8 @@ def score_file(scorer, input_path: str | os.PathLike, output_path: str | os.Path
     (``skip_bad=True`` is the older spelling of ``"skip"``). With ``resume`` a journal beside the
     output records every completed chunk; run again with the same arguments after an
     interruption and it continues there (the final file is identical to an uninterrupted run's).
+
+    (The example needs a bundle: not run by the doctests.)
 
     >>> summary = score_file(scorer, "candidates.jsonl", "scored.jsonl", best_of_n=True)  # doctest: +SKIP
     >>> summary.records, summary.groups                                                  # doctest: +SKIP
