@@ -44,9 +44,10 @@ class Scorer:
     engines under ``BUNDLE/engines/ort-<precision>``.
 
     A scorer may be shared by several threads; onnxruntime sessions are thread-safe.
+    (The examples are not run by the doctests: they need a bundle on disk.)
 
     >>> scorer = Scorer("bundles/minilm")                                   # doctest: +SKIP
-    >>> scorer.score_texts(["How do I boil an egg?"], ["Simmer it for 8 minutes."]).uwo
+    >>> scorer.score_texts(["How do I boil an egg?"], ["Simmer it for 8 minutes."]).uwo   # doctest: +SKIP
     array([0.73], dtype=float32)
     """
 
@@ -59,7 +60,7 @@ class Scorer:
 
     @classmethod
     def from_config(cls, config: ScorerConfig) -> Scorer:
-        """The scorer ``config`` describes.
+        """The scorer ``config`` describes (the example is not run by the doctests: it needs a bundle).
 
         >>> scorer = Scorer.from_config(ScorerConfig("bundles/default", threads=2))   # doctest: +SKIP
         """
@@ -103,8 +104,10 @@ class Scorer:
         ``max_batch_size`` run in slices with identical results. See
         :mod:`ensrm.runtime.inputs` for every rule; a violation raises :class:`InputError`.
 
+        Not run by the doctests (it needs a bundle and token ids):
+
         >>> s = scorer.score(ids, mask)                       # doctest: +SKIP
-        >>> s.heads.shape, s.uwo.shape
+        >>> s.heads.shape, s.uwo.shape                        # doctest: +SKIP
         ((4, 8), (4,))
         """
         feeds = check_inputs(self.spec, input_ids, attention_mask, token_type_ids)
@@ -134,6 +137,8 @@ class Scorer:
         With ``truncation`` (default) a pair longer than ``max_length`` loses tokens from its
         longer side (from the end for encoders, from the start for decoders, whose reward
         is read at the last token); without it such a pair raises :class:`InputError`.
+
+        Not run by the doctests (it needs a bundle):
 
         >>> scorer.score_texts(["Hi"], ["Hello! How can I help?"]).mean     # doctest: +SKIP
         """
@@ -165,6 +170,8 @@ class Scorer:
         the extra keywords TRL passes; see :mod:`ensrm.runtime.rewards` for how a
         conversation becomes text.
 
+        Not run by the doctests (it needs a bundle and TRL):
+
         >>> trainer = GRPOTrainer(model=..., reward_funcs=scorer.as_reward_function("uwo"))  # doctest: +SKIP
         """
         from ensrm.runtime.rewards import GRPORewardFunction
@@ -174,8 +181,10 @@ class Scorer:
     def as_token_reward_function(self, objective: str = "uwo"):
         """Token ids + mask in, one float32 reward per row out (for custom PPO loops).
 
+        Not run by the doctests (it needs a bundle and token ids):
+
         >>> reward = scorer.as_token_reward_function("wco")                 # doctest: +SKIP
-        >>> reward(input_ids, attention_mask).shape
+        >>> reward(input_ids, attention_mask).shape                          # doctest: +SKIP
         (16,)
         """
         from ensrm.runtime.rewards import TokenRewardFunction
