@@ -17,10 +17,10 @@ scope grows by a **sensitivity ranking driven by the gate's own metric**, comput
    that file on the held-out records (never seen by the search).
 
 The search runs on calibration records, the gate on held-out ones, so the scope is not fitted
-to the records that judge it.
+to the records that judge it. (The example is not run by the doctests: it needs a bundle and minutes.)
 
->>> method = quantize_openvino("b/model.onnx", "b/model.int8.xml", batches, search)   # doctest: +SKIP
->>> method["ignored_scope"][:2]
+>>> method = quantize_openvino("b/model.onnx", "b/model.int8.xml", batches, judge)   # doctest: +SKIP
+>>> method["ignored_scope"][:2]                                                      # doctest: +SKIP
 ['/encoder/layer.0/output/dense/MatMul', '/encoder/layer.1/output/dense/MatMul']
 """
 

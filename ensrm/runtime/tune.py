@@ -6,7 +6,7 @@ the machine: the CPU model, its instruction-set flags that change kernels (AVX-5
 AMX), the runtime versions and the manifest's sha256. ``Scorer(bundle, precision="auto")`` and
 ``backend="auto"`` read it; a file written on another machine, by other runtime versions or for
 another manifest is ignored with one :class:`TuneWarning`. Only precisions the bundle lists as
-accepted are ever timed or chosen.
+accepted are ever timed or chosen. (The example is not run by the doctests: it times a bundle.)
 
 >>> record = tune_bundle("bundles/default", threads=2, batches=(1, 32))     # doctest: +SKIP
 >>> record["choice"]["32"]                                                  # doctest: +SKIP
