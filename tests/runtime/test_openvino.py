@@ -72,7 +72,7 @@ def test_full_ensemble_matches_onnxruntime(checkpoints, tmp_path):
 def test_partial_trunk_matches_onnxruntime(checkpoints, tmp_path):
     transformers = pytest.importorskip("transformers")
     from ensrm.export.exporter import export_bundle
-    from ensrm.trunk import save_trunk
+    from ensrm.models.trunk import save_trunk
     from tests.export.test_trunk import make_trunk
 
     checkpoint = checkpoints("bert", 1)
