@@ -349,7 +349,7 @@ class _RateLine:
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Score on Ray Data (needs ensrm[ray]): INPUT is .jsonl/.parquet (or a directory of them), "
-                   "OUTPUT a new directory of files; see README 'Scoring on a cluster'.")
+                   "OUTPUT a new directory of files; see docs/guides/clusters.md.")
 @click.option("--ray-address", help="[--ray] Cluster to join: auto, ray://HOST:10001 (default: a local Ray).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="[--ray] Scoring actors: 1 CPU and 1 intra-op thread each (unless --threads); "
@@ -533,7 +533,7 @@ def triton_repo_command(bundle, output, max_batch, max_wait_ms, instances, kind,
 @_one_line_errors
 def serve_command(bundle, host, port, objective, filter_file, max_batch, max_wait_ms, max_queue, max_body_bytes,
                   max_pairs_per_request, api_key_file, scoring):
-    """Serve BUNDLE over HTTP with dynamic batching until SIGTERM (see README, Serving).
+    """Serve BUNDLE over HTTP with dynamic batching until SIGTERM (see docs/guides/serving.md).
 
     \b
     Examples:
