@@ -1,7 +1,14 @@
 """The command line: a thin click layer over the public functions.
 
 ``ens-export`` is the export alone; ``ensrm`` groups every command (``ensrm export`` is the
-same command as ``ens-export``). Errors print one line and exit with status 1.
+same command as ``ens-export``). Errors print one line; the exit status says whose they are:
+
+- **1**: the work failed (bad input, a damaged bundle, a full disk, a failed Ray job): every
+  :class:`~ensrm.errors.EnsrmError`, ``FileNotFoundError`` and ``ValueError`` a command raises.
+- **2**: a usage error, refused before any work: click's own (an unknown option, a bad value)
+  and options the library refuses up front (:func:`_usage`, e.g. ``--rejects`` without ``--skip-bad``).
+
+The mapping is by exception type (see :func:`_one_line_errors`), never by message text.
 """
 
 from __future__ import annotations
@@ -117,8 +124,12 @@ def scoring_options(func):
 @click.option("--max-length", type=int, help="Longest sequence the bundle accepts (default: the model's).")
 @click.option("--padding-side", type=click.Choice(["right", "left"]),
               help="Padding the runtime uses (default: right for encoders, left for decoders).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest |ONNX - torch| accepted by the verification.")
+@click.option("--tolerance", type=float,
+              help="Largest |ONNX - torch| accepted by the verification (default: 1e-4 for fp32; for bf16/fp16 "
+                   "6%/2% of the largest head).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="What the model is loaded in and model.onnx holds: fp16 weights and products, or bf16 weights "
+                   "with fp32 products; heads, normalisation and aggregates stay fp32.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the checkpoint to run.")
 @click.option("--normalize-on", type=click.Path(exists=True, dir_okay=False),
@@ -344,12 +355,15 @@ class _RateLine:
 @click.option("--skip-bad", is_flag=True, help="Write malformed records to a rejects file instead of stopping.")
 @click.option("--rejects", type=click.Path(dir_okay=False),
               help="Rejects file for --skip-bad (default: OUTPUT with .rejects.jsonl).")
-@click.option("--chunk-size", type=int, default=1024, show_default=True,
-              help="Records read and scored at a time; bounds memory.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Non-blank lines read and scored at a time (one Ray batch with --ray); bounds memory.")
+@click.option("--resume", is_flag=True,
+              help="Keep a journal beside OUTPUT after every chunk; run the same command again after an "
+                   "interruption and it continues from the last completed chunk.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--ray", "use_ray", is_flag=True,
-              help="Score on Ray Data (needs ensrm[ray]): INPUT is .jsonl/.parquet (or a directory of them), "
-                   "OUTPUT a new directory of files; see docs/guides/clusters.md.")
+              help="Score on Ray Data (needs ensrm[ray]): a .jsonl INPUT gives the same OUTPUT (and rejects) "
+                   "as without --ray; a .parquet INPUT (or a directory of them) a new directory of files.")
 @click.option("--ray-address", help="[--ray] Cluster to join: auto, ray://HOST:10001 (default: a local Ray).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="[--ray] Scoring actors: 1 CPU and 1 intra-op thread each (unless --threads); "
@@ -357,7 +371,7 @@ class _RateLine:
 @scoring_options
 @_one_line_errors
 def score_command(bundle, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects, chunk_size,
-                  quiet, use_ray, ray_address, concurrency, scoring):
+                  resume, quiet, use_ray, ray_address, concurrency, scoring):
     """Score a JSONL file of {"prompt", "response"} records into OUTPUT.jsonl.
 
     Every input field is kept; an "ensrm" field is added with the per-head scores, the
@@ -370,39 +384,39 @@ def score_command(bundle, input_file, output, objective, best_of_n, filter_file,
       ensrm score bundles/default replies.jsonl -o decided.jsonl --filter bundles/default-filter.json --skip-bad
     """
     from ensrm.runtime.batch import check_rejects_option, score_file
-    from ensrm.runtime.filter import ResponseFilter
     from ensrm.runtime.scorer import Scorer
 
     with _usage():
         check_rejects_option(skip_bad, rejects)
     config = scoring(bundle)
+    job = {"objective": objective, "best_of_n": best_of_n, "response_filter": filter_file,
+           "on_bad_row": "skip" if skip_bad else "fail", "rejects_path": rejects, "chunk_size": chunk_size}
     if use_ray:
-        _score_on_ray(config, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects,
-                      ray_address, concurrency)
+        if resume:
+            raise click.UsageError("--resume goes without --ray (on Ray, a failed actor's batch is retried instead)")
+        _score_on_ray(config, input_file, output, job, ray_address, concurrency, quiet)
         return
     if ray_address is not None or concurrency != 1:
         raise click.UsageError("--ray-address and --concurrency go with --ray")
     scorer = Scorer.from_config(config)
-    response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
     progress = _RateLine(enabled=not quiet)
     try:
-        summary = score_file(scorer, input_file, output, objective=objective, batch_size=config.batch_size,
-                             best_of_n=best_of_n, response_filter=response_filter, skip_bad=skip_bad,
-                             rejects_path=rejects, chunk_size=chunk_size, progress=progress)
+        summary = score_file(scorer, input_file, output, batch_size=config.batch_size, progress=progress,
+                             resume=resume, **job)
     finally:
         progress.close()
     click.echo(summary.describe())
 
 
-def _score_on_ray(config, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects, ray_address,
-                  concurrency):
+def _score_on_ray(config, input_file, output, job, ray_address, concurrency, quiet):
     from ensrm.integrations.ray_data import score_files
 
-    if rejects is not None:
-        raise click.UsageError("--rejects does not go with --ray: with --skip-bad, bad rows stay in OUTPUT "
-                               "with ensrm.error set")
-    summary = score_files(config, input_file, output, address=ray_address, concurrency=concurrency,
-                          objective=objective, best_of_n=best_of_n, response_filter=filter_file, skip_bad=skip_bad)
+    progress = _RateLine(enabled=not quiet)
+    try:
+        summary = score_files(config, input_file, output, address=ray_address, concurrency=concurrency,
+                              progress=progress, **job)
+    finally:
+        progress.close()
     click.echo(summary.describe())
 
 

@@ -18,7 +18,7 @@ BENCHMARKS = PACKAGE.parent / "benchmarks"
 #: export/calibration/train -> cli), with the places it leaves open decided:
 #:
 #: - ``foundation``: errors and spec, the package root (``import ensrm``: numpy + stdlib), and the
-#:   stdlib-only helpers everything may use (``_optional``, ``_hf``, ``jsonl``, ``data``: synthetic text);
+#:   stdlib-only helpers everything may use (``_optional``, ``_hf``, ``jsonl``, ``progress``, ``data``: synthetic text);
 #: - ``builder`` (a bundle written into a staging directory, engines built beside it) sits with the
 #:   runtime it reads bundles back with;
 #: - ``models`` (the torch modules a bundle is traced from: heads, full ensembles, the partial trunk;
@@ -34,7 +34,7 @@ BENCHMARKS = PACKAGE.parent / "benchmarks"
 #: covers a module decides its layer, and every module must be covered.
 LAYERS = [
     ("foundation", ["ensrm", "ensrm.errors", "ensrm.spec", "ensrm._optional", "ensrm._hf", "ensrm.jsonl",
-                    "ensrm.data"]),
+                    "ensrm.progress", "ensrm.data"]),
     ("bundle", ["ensrm.bundle"]),
     ("runtime", ["ensrm.runtime", "ensrm.builder"]),
     ("serve/integrations", ["ensrm.serve", "ensrm.integrations"]),
