@@ -229,3 +229,15 @@ def test_readme_headline_numbers_are_the_performance_pages():
     numbers = re.findall(r"\d+\.\d+", table)
     page = (ROOT / "docs" / "benchmarks" / "performance.md").read_text(encoding="utf-8")
     assert len(numbers) >= 8 and [n for n in numbers if n not in page] == []
+
+
+def test_every_error_class_is_in_the_reference():
+    import inspect
+
+    import ensrm.errors
+
+    classes = [name for name, obj in vars(ensrm.errors).items()
+               if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == "ensrm.errors"]
+    api = (ROOT / "docs" / "reference" / "api.md").read_text(encoding="utf-8")
+    errors = (ROOT / "docs" / "reference" / "errors.md").read_text(encoding="utf-8")
+    assert [name for name in classes if f"::: ensrm.errors.{name}\n" not in api or f"| `{name}` |" not in errors] == []
