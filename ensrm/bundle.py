@@ -8,6 +8,7 @@ checks every file the manifest lists, so a truncated or altered file is reported
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ensrm.errors import BundleError
+from ensrm.errors import BundleError, EnsrmError, OutputError
 from ensrm.spec import MANIFEST_NAME, MODEL_FILES, EnsembleSpec, FileEntry
 
 VERIFY_MODES = ("sha256", "size", "none")
@@ -160,6 +161,8 @@ def write_manifest(bundle_dir: str | os.PathLike, spec: EnsembleSpec) -> Ensembl
 
 
 _STAGING, _OLD = "staging", "old"
+#: the errors of a write that found no room: disk full, quota exceeded, file too large, read-only
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -251,6 +254,10 @@ def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterato
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL and not isinstance(exc, EnsrmError):
+            raise OutputError(target, exc) from exc  # names the bundle, not a file in the staging directory
+        raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

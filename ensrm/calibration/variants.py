@@ -7,16 +7,16 @@ A variant that fails its gate is not kept: its file is deleted and the manifest 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ensrm.builder import BundleBuilder
 from ensrm.calibration.data import encoder_for, feed_batches, load_records, score_records, split_holdout
 from ensrm.calibration.gate import DEFAULT_GATES, Gate, evaluate, format_report, stress_check
 from ensrm.errors import ExportError
+from ensrm.progress import Progress
 from ensrm.spec import MODEL_FILES, EnsembleSpec, Variant
 
-Progress = Callable[[str], None]
 PRECISIONS = tuple(p for p in MODEL_FILES if p != "fp32")
 #: Calibration batches fed to the INT8 calibrator (MinMax needs no more to settle).
 MAX_CALIBRATION_RECORDS = 512

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ensrm.builder import BundleBuilder
 from ensrm.bundle import check_target
+from ensrm.errors import ExportError
 from ensrm.export.settings import ExportSettings
 from ensrm.spec import EnsembleSpec
 
@@ -38,6 +39,10 @@ def export_bundle(sources: Sequence[str | Path], output: str | Path, settings: E
     accepted fp16/int8 variant (needs a GPU and ``ensrm[tensorrt]``; checked before the export
     starts). ``cpu_graph`` (default) adds ``model.cpu.onnx``, onnxruntime's fused CPU form of the
     graph, verified against ``model.onnx`` (:mod:`ensrm.export.fused`); ``False`` skips the step.
+    ``dtype`` (``bf16``, ``fp16``) loads the model in that dtype and keeps it in ``model.onnx``
+    (:mod:`ensrm.export.dtypes`), verified against torch in the same dtype; such a graph gets no
+    ``model.cpu.onnx`` and no precision variants. Before anything is written, the export is refused
+    when its estimated peak memory exceeds what is available (:mod:`ensrm.export.memory`).
 
     (Not run by the doctests: it needs a checkpoint on disk and takes seconds to minutes.)
 
@@ -46,7 +51,13 @@ def export_bundle(sources: Sequence[str | Path], output: str | Path, settings: E
     >>> export_bundle(["checkpoints/rm"], "bundles/rm", ExportSettings(pooling="mean"))  # doctest: +SKIP
     """
     settings = (settings or ExportSettings()).replace(**options)
+    if settings.dtype != "fp32":  # onnxruntime's CPU fusions start from an fp32 graph
+        settings = settings.replace(cpu_graph=False)
     precisions = _check_options(output, overwrite, settings)
+    from ensrm.export.memory import check_export_memory
+
+    # before the staging directory and the weights: refuse what cannot fit, naming the numbers
+    check_export_memory([Path(s) for s in sources if Path(s).is_dir()], settings.dtype)
     steps = 4 + (settings.normalize_on is not None) + bool(precisions) + bool(settings.cpu_graph)
     with BundleBuilder.new(output, overwrite=overwrite, threads=settings.threads, progress=progress,
                            steps=steps) as build:
@@ -67,6 +78,10 @@ def _check_options(output, overwrite: bool, settings: ExportSettings) -> tuple[s
 
     check_target(output, overwrite)
     precisions = parse_precisions(settings.precisions)
+    if precisions and settings.dtype != "fp32":
+        raise ExportError(f"precision variants ({', '.join(precisions)}) are made from an fp32 graph; "
+                          f"`dtype={settings.dtype!r}` writes a {settings.dtype} graph already: "
+                          "export with one or the other")
     if settings.tensorrt_batches:
         from ensrm.export.tensorrt_engine import check_int8_mode, check_tensorrt, profile_ranges
 
@@ -92,7 +107,7 @@ def _graph_steps(build: BundleBuilder, settings: ExportSettings, precisions: tup
     if settings.cpu_graph:
         from ensrm.export.fused import fuse_cpu_graph
 
-        fuse_cpu_graph(build, tolerance=settings.tolerance)
+        fuse_cpu_graph(build, tolerance=settings.verify_tolerance)
     if precisions:
         from ensrm.calibration.variants import build_variants
 
@@ -108,11 +123,11 @@ def _export_steps(build: BundleBuilder, sources, settings: ExportSettings) -> No
 
     source = load_source(sources, heads=settings.heads, tokenizer=settings.tokenizer, pooling=settings.pooling,
                          max_length=settings.max_length, attn_implementation=settings.attn_implementation,
-                         trust_remote_code=settings.trust_remote_code)
+                         trust_remote_code=settings.trust_remote_code, dtype=settings.dtype)
     spec = spec_for(source, uwo_lambda=settings.uwo_lambda,
                     padding_side=padding_side_for(source, settings.padding_side))
     for note in check_source(source.module, source.tokenizer, spec):  # torch and ONNX would agree on garbage too
         build.note(note)
     build.step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
-               f"pooling {source.pooling}, max length {source.max_length}")
-    trace_and_verify(build, source, spec, tolerance=settings.tolerance)
+               f"pooling {source.pooling}, max length {source.max_length}, {source.dtype}")
+    trace_and_verify(build, source, spec, tolerance=settings.verify_tolerance)

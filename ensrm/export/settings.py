@@ -4,8 +4,8 @@
 builds them once and reuses them for several sources, or changes one field with :meth:`replace`.
 
 >>> settings = ExportSettings(pooling="mean", precisions="fp16,int8", calibration="calib.jsonl")
->>> settings.replace(uwo_lambda=1.0).uwo_lambda, settings.tolerance
-(1.0, 0.0001)
+>>> settings.replace(uwo_lambda=1.0).uwo_lambda, settings.dtype
+(1.0, 'fp32')
 >>> ExportSettings(uwo_lambda=-1)
 Traceback (most recent call last):
 ...
@@ -34,9 +34,12 @@ class ExportSettings:
     - **the source**: ``heads`` (a ``heads.safetensors`` for a base model), ``tokenizer`` (a
       directory to take the tokenizer from when the source has none), ``pooling``, ``max_length``,
       ``padding_side``, ``attn_implementation``, ``trust_remote_code``;
-    - **the graph**: ``uwo_lambda`` (the UWO penalty baked into ``ens_uwo``), ``tolerance`` (largest
-      head difference from torch that verification accepts), ``cpu_graph`` (also write
-      ``model.cpu.onnx``, onnxruntime's fused CPU form), ``threads`` (onnxruntime threads while checking);
+    - **the graph**: ``dtype`` (``fp32``, ``bf16`` or ``fp16``: what the model is loaded in and
+      ``model.onnx`` holds, :mod:`ensrm.export.dtypes`), ``uwo_lambda`` (the UWO penalty baked into
+      ``ens_uwo``), ``tolerance`` (largest head difference from torch that verification accepts;
+      ``None``: 1e-4 for fp32, for bf16/fp16 a share of the largest head, recorded in the manifest),
+      ``cpu_graph`` (also write ``model.cpu.onnx``, onnxruntime's fused CPU form), ``threads``
+      (onnxruntime threads while checking);
     - **calibration**: ``normalize_on`` (JSONL records for the per-head normalisation);
     - **precision variants**: ``precisions`` (``"fp16,int8"`` or a sequence), ``calibration`` and
       ``eval_on`` (JSONL records), ``int8_mode``, ``gates`` (accuracy-gate thresholds);
@@ -51,7 +54,8 @@ class ExportSettings:
     attn_implementation: str = "eager"
     trust_remote_code: bool = False
     uwo_lambda: float = 0.5
-    tolerance: float = 1e-4
+    tolerance: float | None = None
+    dtype: str = "fp32"
     cpu_graph: bool = True
     threads: int | None = None
     normalize_on: PathLike | None = None
@@ -65,8 +69,18 @@ class ExportSettings:
     def __post_init__(self) -> None:
         if self.uwo_lambda < 0:
             raise ExportError(f"`uwo_lambda` must be >= 0, got {self.uwo_lambda}")
+        if self.dtype not in ("fp32", "bf16", "fp16"):
+            raise ExportError(f"`dtype` must be one of fp32, bf16, fp16, got {self.dtype!r}")
         if self.tensorrt_batches is not None:  # a tuple, so the settings compare and print as given
             object.__setattr__(self, "tensorrt_batches", tuple(self.tensorrt_batches))
+
+    @property
+    def verify_tolerance(self) -> float | None:
+        """The tolerance verification applies: as given, else 1e-4 for fp32 and ``None`` (the dtype's
+        default relative to the largest head, :data:`ensrm.export.dtypes.RELATIVE_TOLERANCE`) otherwise."""
+        if self.tolerance is not None:
+            return self.tolerance
+        return 1e-4 if self.dtype == "fp32" else None
 
     def replace(self, **changes) -> ExportSettings:
         """A copy with ``changes``; an unknown name raises ``TypeError`` as a misspelt keyword would."""

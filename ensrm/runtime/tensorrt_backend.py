@@ -127,4 +127,6 @@ def load_backend(config, spec, precision: str) -> TensorRTBackend:
     from ensrm.bundle import variant_file
 
     variant_file(config.bundle_dir, spec, precision)  # an engine is only ever built from an accepted variant
-    return TensorRTBackend(engine_path(config.bundle_dir, precision))
+    # a half-precision model.onnx (ens-export --dtype) is built into an engine named by its dtype
+    dtype = spec.dtype if precision == "fp32" else precision
+    return TensorRTBackend(engine_path(config.bundle_dir, dtype))
