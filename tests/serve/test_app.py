@@ -108,13 +108,40 @@ def test_get_reward_takes_openrlhf_requests(scorer, make_client):
     expected = scorer.score_texts(PROMPTS, RESPONSES)
     close(body["rewards"], expected.uwo)
     assert body["scores"] == body["rewards"]
-    close(body["extra_logs"]["ens_std"], expected.std)
+    # flat floats only: OpenRLHF 0.8.x torch.cat's extra_logs, which fails on anything JSON carries
+    assert set(body) == {"rewards", "scores"} and all(type(x) is float for x in body["rewards"])
+    assert answer.headers["X-Ensrm-Bundle"] == client.get("/v1/info").json()["fingerprint"]
     # Older clients send only "query": the whole text is scored as the response to an empty prompt.
     old = client.post("/get_reward", json={"query": queries}).json()
     close(old["rewards"], scorer.score_texts([""] * len(queries), queries).uwo)
-    # A prompt that does not begin its query is not cut out of it.
+    # A prompt that is nowhere in its query is not cut out of it, and is counted.
     odd = client.post("/get_reward", json={"query": queries[:1], "prompts": ["not a prefix"]}).json()
     close(odd["rewards"], scorer.score_texts([""], queries[:1]).uwo)
+    assert metric(client, "ensrm_unsplit_queries_total") == 1
+
+
+def test_get_reward_finds_the_response_after_a_truncated_prompt(scorer, make_client):
+    """The trainer kept the prompt's last tokens: the query starts inside the prompt (or after a BOS text)."""
+    client = make_client(scorer)
+    prompt = "You are a careful assistant. Context: " + "the river rises in spring. " * 6 + "Question: why?"
+    response = " Snow melts in the mountains upstream."
+    kept = prompt[len(prompt) // 2:]  # what survived a left truncation
+    payload = {"query": [kept + response, "<s>" + prompt + response], "prompts": [prompt, prompt]}
+    body = client.post("/get_reward", json=payload).json()
+    close(body["rewards"], scorer.score_texts([kept, "<s>" + prompt], [response, response]).uwo)
+    assert metric(client, "ensrm_unsplit_queries_total") == 0
+
+
+def test_split_query_rule():
+    from ensrm.serve.queries import split_query
+
+    prompt = "System: be brief. User: " + "tell me about tides. " * 5 + "Assistant:"
+    assert split_query(prompt + " Moon.", prompt) == (prompt, " Moon.")
+    for cut in (1, 10, len(prompt) - 16):  # every left truncation down to MIN_SUFFIX characters
+        assert split_query(prompt[cut:] + " Moon.", prompt) == (prompt[cut:], " Moon.")
+    assert split_query(prompt[-5:] + " Moon.", prompt) is None  # too short to tell from chance
+    assert split_query("<|begin_of_text|>" + prompt + " Moon.", prompt)[1] == " Moon."
+    assert split_query("Moon.", "") is None
 
 
 def test_health_ready_info_and_metrics(scorer, make_client):
