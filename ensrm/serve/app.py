@@ -406,7 +406,17 @@ class _Service:
         return {"status": "ready"}
 
     async def admin_reload(self, request: Request):
-        """``POST /v1/admin/reload`` with ``{"bundle": PATH}`` (optional: the current path, rewritten)."""
+        """``POST /v1/admin/reload`` with ``{"bundle": PATH}`` (optional: the current path, rewritten).
+
+        Needs the API key when the server has one; without one, only loopback clients may reload.
+        """
+        if self.settings.api_key is None:
+            from ensrm.serve.server import is_loopback
+
+            client = request.client.host if request.client else ""
+            if not is_loopback(client):
+                raise ApiError(403, "unauthorized", "reloading needs an API key (--api-key-file) when the client is "
+                               "not on this machine", kind="forbidden")
         raw = await request.body()
         data = {}
         if raw.strip():
