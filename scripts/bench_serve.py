@@ -197,44 +197,54 @@ class InProcess:
         self.scorer.score_texts([p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
         return len(pairs) / (time.perf_counter() - start)
 
-    def single_ms(self, pairs) -> list[float]:
-        times = []
-        for p, r in pairs:
-            start = time.perf_counter()
-            self.scorer.score_texts([p], [r])
-            times.append((time.perf_counter() - start) * 1000)
-        return times
 
 
-def lean_single(url: str, pairs, reference: np.ndarray, n: int) -> dict:
-    """``n`` sequential one-pair ``/v1/score`` calls on one keep-alive ``http.client`` connection.
+def lean_single(local: InProcess, server: Server, pairs, reference: np.ndarray, n: int) -> dict:
+    """``n`` one-pair ``/v1/score`` calls on one keep-alive ``http.client`` connection, each
+    right after ``score_texts`` on the same pair in this process (interleaved call by call, so
+    a shared machine's changing load hits both alike).
 
-    Returns wall-clock latencies and this client's own CPU time per call (``time.thread_time``:
-    building the request, writing it, parsing the answer), so its cost is known, not guessed.
+    Besides wall-clock times it records CPU time, which a busy machine's scheduling delays do
+    not inflate: this client's own per call (``time.thread_time``: building the request,
+    writing it, parsing the answer), the in-process ``score_texts`` per call (process CPU, its
+    runtime threads included), and the server process's per call (``psutil``, before and after).
     """
     import http.client
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    import psutil
+
+    parts = urlsplit(server.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     bodies = [json.dumps({"prompts": [p], "responses": [r]}).encode() for p, r in pairs[:n]]
     headers = {"Content-Type": "application/json"}
-    wall, cpu, worst = [], [], 0.0
-    for i, body in enumerate([bodies[0], *bodies]):  # the first call opens the connection, untimed
+    proc = psutil.Process(server.proc.pid)
+    wall, cpu, local_wall, local_cpu, worst = [], [], [], [], 0.0
+    server_cpu = 0.0
+    conn.request("POST", "/v1/score", bodies[0], headers)  # opens the connection, untimed
+    conn.getresponse().read()
+    for i, body in enumerate(bodies):
+        p, r = pairs[i]
+        start, start_cpu = time.perf_counter(), time.process_time()
+        local.scorer.score_texts([p], [r])
+        local_wall.append((time.perf_counter() - start) * 1000)
+        local_cpu.append((time.process_time() - start_cpu) * 1000)
+        before = sum(proc.cpu_times()[:2])
         start, start_cpu = time.perf_counter(), time.thread_time()
         conn.request("POST", "/v1/score", body, headers)
         answer = conn.getresponse()
         data = answer.read()
         seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - start_cpu
+        server_cpu += sum(proc.cpu_times()[:2]) - before
         if answer.status != 200:
             raise RuntimeError(f"one-pair call answered {answer.status}: {data[:200]!r}")
-        if i:
-            wall.append(seconds * 1000)
-            cpu.append(cpu_seconds * 1000)
-            got = np.asarray(json.loads(data)["heads"][0])
-            worst = max(worst, float(np.max(np.abs(got - reference[i - 1]))))
+        wall.append(seconds * 1000)
+        cpu.append(cpu_seconds * 1000)
+        got = np.asarray(json.loads(data)["heads"][0])
+        worst = max(worst, float(np.max(np.abs(got - reference[i]))))
     conn.close()
-    return {"wall_ms": wall, "client_cpu_ms": cpu, "max_abs_diff": worst}
+    return {"wall_ms": wall, "client_cpu_ms": cpu, "local_wall_ms": local_wall, "local_cpu_ms": local_cpu,
+            "server_cpu_ms_per_call": server_cpu * 1000 / n, "max_abs_diff": worst}
 
 
 def profile_stages(local: InProcess, pairs, n: int = 200) -> dict:
@@ -291,14 +301,14 @@ def paired_rounds(local: InProcess, server: Server, pairs, reference, rounds: in
         local_rate.append(local.throughput(pairs[:n]))
         served.append(run_load(server, pairs, reference, 32, 1, n, seconds))
         if with_single:
-            local_single += local.single_ms(pairs[:30])
-            served_single.append(lean_single(server.url, pairs, reference, 30))
+            served_single.append(lean_single(local, server, pairs, reference, 40))
     out = {"in_process_batch32_pairs_per_s": float(np.median(local_rate)), "in_process_runs": local_rate,
            "server_32x1_pairs_per_s": float(np.median([r["pairs_per_s"] for r in served])), "server_runs": served}
     out["ratio"] = out["server_32x1_pairs_per_s"] / out["in_process_batch32_pairs_per_s"]
     if with_single:
         wall = [x for r in served_single for x in r["wall_ms"]]
         cpu = [x for r in served_single for x in r["client_cpu_ms"]]
+        local_single = [x for r in served_single for x in r["local_wall_ms"]]
         out["in_process_single_p50_ms"] = float(np.percentile(local_single, 50))
         out["in_process_single_p99_ms"] = float(np.percentile(local_single, 99))
         out["server_single_p50_ms"] = float(np.percentile(wall, 50))
@@ -306,6 +316,9 @@ def paired_rounds(local: InProcess, server: Server, pairs, reference, rounds: in
         out["client_cpu_p50_ms"] = float(np.percentile(cpu, 50))
         out["overhead_p50_ms"] = out["server_single_p50_ms"] - out["in_process_single_p50_ms"]
         out["overhead_less_client_p50_ms"] = out["overhead_p50_ms"] - out["client_cpu_p50_ms"]
+        out["in_process_cpu_ms_per_call"] = float(np.mean([x for r in served_single for x in r["local_cpu_ms"]]))
+        out["server_cpu_ms_per_call"] = float(np.mean([r["server_cpu_ms_per_call"] for r in served_single]))
+        out["server_cpu_overhead_ms"] = out["server_cpu_ms_per_call"] - out["in_process_cpu_ms_per_call"]
         out["single_max_abs_diff"] = max(r["max_abs_diff"] for r in served_single)
     return out
 
@@ -337,6 +350,10 @@ def markdown(report: dict) -> str:
               f"{d['in_process_single_p50_ms']:.2f} ({d['in_process_single_p99_ms']:.1f}) ms | overhead "
               f"{d['overhead_p50_ms']:.2f} ms (less the client's CPU: {d['overhead_less_client_p50_ms']:.2f} ms) | "
               f"<= 2 ms | {'yes' if d['overhead_p50_ms'] <= 2 else 'no'} |",
+              f"| the same pairs, CPU time per one-pair call: server process {d['server_cpu_ms_per_call']:.2f} ms, "
+              f"in-process score_texts {d['in_process_cpu_ms_per_call']:.2f} ms (scheduling delays excluded) | "
+              f"server CPU overhead {d['server_cpu_overhead_ms']:.2f} ms | <= 2 ms | "
+              f"{'yes' if d['server_cpu_overhead_ms'] <= 2 else 'no'} |",
               f"| every answer equals the serial in-process score of its own pairs (<= 1e-6) | {t['answers']} answers: "
               f"{t['mismatched']} mismatched, {t['lost']} lost, max diff {t['max_abs_diff']:.1e} | 0, 0 | "
               f"{'yes' if ok else 'no'} |"]

@@ -148,10 +148,8 @@ class _Service:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def _model(self, scorer) -> _Model:
-        model = _Model(scorer, self.settings, manifest_fingerprint(scorer.bundle_dir), str(scorer.bundle_dir),
-                       self.metrics.observe_batch, self._queue_changed)
-        self.metrics.bundle.labels(model.fingerprint, model.bundle).set(0)
-        return model
+        return _Model(scorer, self.settings, manifest_fingerprint(scorer.bundle_dir), str(scorer.bundle_dir),
+                      self.metrics.observe_batch, self._queue_changed)
 
     def _queue_changed(self, _pairs: int) -> None:
         self.metrics.queue_depth.set(sum(m.batcher.queued_pairs for m in self.models) if self.models else _pairs)
@@ -201,7 +199,7 @@ class _Service:
                 before = await asyncio.to_thread(manifest_fingerprint, path)
                 scorer = await asyncio.to_thread(self.loader, path)
                 model = self._model(scorer)
-            except (EnsrmError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the loader raised, the old bundle keeps serving
                 self.metrics.reloads.labels("failed").inc()
                 log.error("reload of %s failed, still serving %s: %s", path, self.model.fingerprint, exc)
                 raise ReloadFailed(f"the bundle at {path} did not load: {exc}") from None
@@ -420,7 +418,10 @@ class _Service:
         raw = await request.body()
         data = {}
         if raw.strip():
-            data = json.loads(raw) if raw.strip().startswith(b"{") else None
+            try:
+                data = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                data = None
             if not isinstance(data, dict):
                 raise ApiError(400, "bad_input", "the body must be empty or a JSON object {\"bundle\": PATH}",
                                field="body", expected="a JSON object", actual="other")
