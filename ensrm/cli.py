@@ -1,7 +1,14 @@
 """The command line: a thin click layer over the public functions.
 
 ``ens-export`` is the export alone; ``ensrm`` groups every command (``ensrm export`` is the
-same command as ``ens-export``). Errors print one line and exit with status 1.
+same command as ``ens-export``). Errors print one line; the exit status says whose they are:
+
+- **1**: the work failed (bad input, a damaged bundle, a full disk, a failed Ray job): every
+  :class:`~ensrm.errors.EnsrmError`, ``FileNotFoundError`` and ``ValueError`` a command raises.
+- **2**: a usage error, refused before any work: click's own (an unknown option, a bad value)
+  and options the library refuses up front (:func:`_usage`, e.g. ``--rejects`` without ``--skip-bad``).
+
+The mapping is by exception type (see :func:`_one_line_errors`), never by message text.
 """
 
 from __future__ import annotations
@@ -117,8 +124,12 @@ def scoring_options(func):
 @click.option("--max-length", type=int, help="Longest sequence the bundle accepts (default: the model's).")
 @click.option("--padding-side", type=click.Choice(["right", "left"]),
               help="Padding the runtime uses (default: right for encoders, left for decoders).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest |ONNX - torch| accepted by the verification.")
+@click.option("--tolerance", type=float,
+              help="Largest |ONNX - torch| accepted by the verification (default: 1e-4 for fp32; for bf16/fp16 "
+                   "6%/2% of the largest head).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="What the model is loaded in and model.onnx holds: fp16 weights and products, or bf16 weights "
+                   "with fp32 products; heads, normalisation and aggregates stay fp32.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the checkpoint to run.")
 @click.option("--normalize-on", type=click.Path(exists=True, dir_okay=False),
@@ -144,9 +155,7 @@ def scoring_options(func):
               help="Also write model.cpu.onnx, onnxruntime's fused CPU form of the graph (verified against "
                    "model.onnx; the Scorer runs it on the CPU provider).")
 @_one_line_errors
-def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_length, padding_side, tolerance,
-                   overwrite, trust_remote_code, normalize_on, precisions, calibration, eval_on, int8_mode,
-                   min_spearman, min_top1, tensorrt_batches, cpu_graph):
+def export_command(sources, output, overwrite, min_spearman, min_top1, tensorrt_batches, **settings):
     """Export a reward model into a bundle: one ONNX graph with the ensemble aggregates.
 
     SOURCE is a local Hugging Face *ForSequenceClassification checkpoint with K labels
@@ -166,14 +175,12 @@ def export_command(sources, output, heads, tokenizer, pooling, uwo_lambda, max_l
     """
     from ensrm.calibration.gate import gates_with
     from ensrm.export.exporter import export_bundle
+    from ensrm.export.settings import ExportSettings
 
-    spec = export_bundle(list(sources), output, heads=heads, tokenizer=tokenizer, pooling=pooling,
-                         uwo_lambda=uwo_lambda, max_length=max_length, padding_side=padding_side, tolerance=tolerance,
-                         overwrite=overwrite, trust_remote_code=trust_remote_code, normalize_on=normalize_on,
-                         precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
-                         gates=gates_with(min_spearman, min_top1),
-                         tensorrt_batches=_parse_batches(tensorrt_batches) if tensorrt_batches else None,
-                         cpu_graph=cpu_graph, progress=_echo_err)
+    # the options not named above are ExportSettings fields, by the same names
+    export = ExportSettings(**settings, gates=gates_with(min_spearman, min_top1),
+                            tensorrt_batches=_parse_batches(tensorrt_batches) if tensorrt_batches else None)
+    spec = export_bundle(list(sources), output, export, overwrite=overwrite, progress=_echo_err)
     click.echo(f"bundle {output}: {spec.describe()}")
 
 
@@ -275,11 +282,9 @@ def build_engine_command(bundle, precision, batch_sizes, timing_cache):
                    "default model).")
 @click.option("--quick", is_flag=True, help="A smaller grid and fewer rounds (a first look, a few minutes).")
 @click.option("--suite", "suites", multiple=True,
-              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency", "trunk"]),
-              help="Run only these suites (repeatable; default: all but trunk). latency: batch 1-8 of real-length "
-                   "pairs, p50/p99 per call, 1 thread and all cores. trunk: the partially shared trunk's time and "
-                   "memory against member layers m = 0, 1, 2, L/2, L (K = 4, linear fit, trunk.png; alone it needs "
-                   "no bundle and its checkpoint defaults to MiniLM-L6).")
+              type=click.Choice(["compare", "grid", "ceiling", "runtime", "latency"]),
+              help="Run only these suites (repeatable; default: all). latency: batch 1-8 of real-length "
+                   "pairs, p50/p99 per call, 1 thread and all cores.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Where the comparison models are built and kept (default: ~/.cache/ensrm/bench).")
 @scoring_options
@@ -288,13 +293,13 @@ def bench_command(output, bundle, checkpoint, quick, suites, cache_dir, scoring)
     """Measure the bundle against PyTorch eager, full ensembles, a plain export and the CPU's MatMul rate.
 
     Every configuration runs in a fresh process, interleaved over rounds; results are
-    medians. Writes bench.json, bench.png and bench.md (each target with pass/fail).
+    medians. Writes bench.json, bench.png and bench.md (the results tables). The project's own
+    targets (pass/fail) and experiment suites are in the repository: python -m benchmarks.
 
     \b
     Examples:
       ensrm bench --quick
       ensrm bench --bundle bundles/default -o artifacts/bench
-      ensrm bench --suite trunk -o benchmarks/results/trunk
     """
     from ensrm.bench import run_benchmarks
 
@@ -350,12 +355,15 @@ class _RateLine:
 @click.option("--skip-bad", is_flag=True, help="Write malformed records to a rejects file instead of stopping.")
 @click.option("--rejects", type=click.Path(dir_okay=False),
               help="Rejects file for --skip-bad (default: OUTPUT with .rejects.jsonl).")
-@click.option("--chunk-size", type=int, default=1024, show_default=True,
-              help="Records read and scored at a time; bounds memory.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Non-blank lines read and scored at a time (one Ray batch with --ray); bounds memory.")
+@click.option("--resume", is_flag=True,
+              help="Keep a journal beside OUTPUT after every chunk; run the same command again after an "
+                   "interruption and it continues from the last completed chunk.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--ray", "use_ray", is_flag=True,
-              help="Score on Ray Data (needs ensrm[ray]): INPUT is .jsonl/.parquet (or a directory of them), "
-                   "OUTPUT a new directory of files; see README 'Scoring on a cluster'.")
+              help="Score on Ray Data (needs ensrm[ray]): a .jsonl INPUT gives the same OUTPUT (and rejects) "
+                   "as without --ray; a .parquet INPUT (or a directory of them) a new directory of files.")
 @click.option("--ray-address", help="[--ray] Cluster to join: auto, ray://HOST:10001 (default: a local Ray).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="[--ray] Scoring actors: 1 CPU and 1 intra-op thread each (unless --threads); "
@@ -363,7 +371,7 @@ class _RateLine:
 @scoring_options
 @_one_line_errors
 def score_command(bundle, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects, chunk_size,
-                  quiet, use_ray, ray_address, concurrency, scoring):
+                  resume, quiet, use_ray, ray_address, concurrency, scoring):
     """Score a JSONL file of {"prompt", "response"} records into OUTPUT.jsonl.
 
     Every input field is kept; an "ensrm" field is added with the per-head scores, the
@@ -376,39 +384,39 @@ def score_command(bundle, input_file, output, objective, best_of_n, filter_file,
       ensrm score bundles/default replies.jsonl -o decided.jsonl --filter bundles/default-filter.json --skip-bad
     """
     from ensrm.runtime.batch import check_rejects_option, score_file
-    from ensrm.runtime.filter import ResponseFilter
     from ensrm.runtime.scorer import Scorer
 
     with _usage():
         check_rejects_option(skip_bad, rejects)
     config = scoring(bundle)
+    job = {"objective": objective, "best_of_n": best_of_n, "response_filter": filter_file,
+           "on_bad_row": "skip" if skip_bad else "fail", "rejects_path": rejects, "chunk_size": chunk_size}
     if use_ray:
-        _score_on_ray(config, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects,
-                      ray_address, concurrency)
+        if resume:
+            raise click.UsageError("--resume goes without --ray (on Ray, a failed actor's batch is retried instead)")
+        _score_on_ray(config, input_file, output, job, ray_address, concurrency, quiet)
         return
     if ray_address is not None or concurrency != 1:
         raise click.UsageError("--ray-address and --concurrency go with --ray")
     scorer = Scorer.from_config(config)
-    response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
     progress = _RateLine(enabled=not quiet)
     try:
-        summary = score_file(scorer, input_file, output, objective=objective, batch_size=config.batch_size,
-                             best_of_n=best_of_n, response_filter=response_filter, skip_bad=skip_bad,
-                             rejects_path=rejects, chunk_size=chunk_size, progress=progress)
+        summary = score_file(scorer, input_file, output, batch_size=config.batch_size, progress=progress,
+                             resume=resume, **job)
     finally:
         progress.close()
     click.echo(summary.describe())
 
 
-def _score_on_ray(config, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects, ray_address,
-                  concurrency):
+def _score_on_ray(config, input_file, output, job, ray_address, concurrency, quiet):
     from ensrm.integrations.ray_data import score_files
 
-    if rejects is not None:
-        raise click.UsageError("--rejects does not go with --ray: with --skip-bad, bad rows stay in OUTPUT "
-                               "with ensrm.error set")
-    summary = score_files(config, input_file, output, address=ray_address, concurrency=concurrency,
-                          objective=objective, best_of_n=best_of_n, response_filter=filter_file, skip_bad=skip_bad)
+    progress = _RateLine(enabled=not quiet)
+    try:
+        summary = score_files(config, input_file, output, address=ray_address, concurrency=concurrency,
+                              progress=progress, **job)
+    finally:
+        progress.close()
     click.echo(summary.describe())
 
 
@@ -451,9 +459,7 @@ def _score_on_ray(config, input_file, output, objective, best_of_n, filter_file,
                    "[joint, --member-layers] The members' pooling (default mean; last for decoders).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no report on stderr.")
 @_one_line_errors
-def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label_noise, eval_fraction, max_length,
-                  batch_size, uwo_lambda, epochs, lr, head_lr, resume, member_layers, trunk_lr, l2, max_iter,
-                  feature_cache, pooling, quiet):
+def train_command(base_model, prefs, output, quiet, **options):
     """Train K Bradley-Terry reward heads on BASE_MODEL from PREFS (JSONL) into a checkpoint.
 
     BASE_MODEL is a local Hugging Face checkpoint (a bare encoder/decoder or a sequence
@@ -473,16 +479,11 @@ def train_command(base_model, prefs, output, heads, mode, seed, bootstrap, label
       ensrm train minilm/ prefs.jsonl -o checkpoints/mean-rm --pooling mean --l2 0.1
       ens-export checkpoints/mean-rm --heads checkpoints/mean-rm/heads.safetensors --pooling mean -o bundles/mean-rm
     """
-    from ensrm.train.trainer import TrainSettings, train_with_settings
+    from ensrm.train.trainer import TrainSettings, train_reward_model
 
-    with _usage():
-        settings = TrainSettings.create(
-            heads=heads, mode=mode, seed=seed, bootstrap=bootstrap, label_noise=label_noise,
-            eval_fraction=eval_fraction, max_length=max_length, batch_size=batch_size, uwo_lambda=uwo_lambda,
-            epochs=epochs, lr=lr, head_lr=head_lr, resume=resume, l2=l2, max_iter=max_iter,
-            feature_cache=feature_cache, pooling=pooling, member_layers=member_layers, trunk_lr=trunk_lr,
-            progress=not quiet)
-    click.echo(train_with_settings(base_model, prefs, output, settings).headline())
+    with _usage():  # the options not named above are TrainSettings.create's keywords, by the same names
+        settings = TrainSettings.create(**options, progress=not quiet)
+    click.echo(train_reward_model(base_model, prefs, output, settings).headline())
 
 
 @click.command("triton-repo")

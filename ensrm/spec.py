@@ -30,6 +30,10 @@ FUSED_FILES = {"CPUExecutionProvider": "model.cpu.onnx"}
 INT8_MODES = ("static", "per-token", "dynamic")
 
 ARCHITECTURES = ("encoder", "decoder")
+#: What ``model.onnx``'s weights are stored in (``ens-export --dtype``); inputs and outputs are int64 and
+#: float32 whatever it is. ``fp16``: fp16 weights and matrix products; ``bf16``: bf16 weights, fp32
+#: arithmetic (:mod:`ensrm.export.dtypes`).
+GRAPH_DTYPES = ("fp32", "bf16", "fp16")
 POOLINGS = ("cls", "mean", "last")
 PADDING_SIDES = ("right", "left")
 
@@ -210,6 +214,8 @@ class EnsembleSpec:
     truncation_side: str = "right"
     producer: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: the dtype of ``model.onnx``'s weights (:data:`GRAPH_DTYPES`); manifests without it are fp32
+    dtype: str = "fp32"
 
     def __post_init__(self):
         if self.num_heads < 1:
@@ -218,6 +224,8 @@ class EnsembleSpec:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.dtype not in GRAPH_DTYPES:
+            raise ValueError(f"dtype must be one of {GRAPH_DTYPES}, got {self.dtype!r}")
         if self.padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
         if tuple(self.inputs[:2]) != INPUT_NAMES[:2] or not set(self.inputs) <= set(INPUT_NAMES):
@@ -248,8 +256,9 @@ class EnsembleSpec:
 
     def describe(self) -> str:
         """One line for a terminal: heads, model, inputs and the precisions that can be run."""
+        graph = "" if self.dtype == "fp32" else f", graph dtype {self.dtype}"
         return (f"{self.num_heads} heads, {self.model_type} {self.architecture}, inputs {', '.join(self.inputs)}, "
-                f"precisions {', '.join(self.usable_precisions)}")
+                f"precisions {', '.join(self.usable_precisions)}{graph}")
 
     @property
     def usable_precisions(self) -> tuple[str, ...]:
@@ -270,6 +279,8 @@ class EnsembleSpec:
         data["variants"] = {precision: variant.to_dict() for precision, variant in self.variants.items()}
         if not self.fused:  # a bundle without one writes the manifest it always did
             del data["fused"]
+        if self.dtype == "fp32":  # likewise an fp32 graph: manifests before --dtype write back unchanged
+            del data["dtype"]
         return data
 
     def to_json(self) -> str:

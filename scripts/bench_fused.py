@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensrm.bench.harness import interleave, load_average
+from ensrm.bench import interleave, load_average
 from ensrm.bundle import load_spec, write_manifest
 
 
@@ -90,7 +90,7 @@ def main() -> None:
 
 
 def realistic(args) -> None:
-    from ensrm.bench.suites import BenchConfig, latency_calls
+    from ensrm.bench import BenchConfig, latency_calls
 
     spec = load_spec(args.bundle, verify="size")
     portable = portable_copy(args.bundle, args.portable or args.bundle.with_name(args.bundle.name + "-portable"))

@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _records(out: Path) -> dict[str, Path]:
-    from ensrm.bench.models import precision_records
+    from ensrm.bench import precision_records
     from ensrm.data.synthetic import generate_references
     from ensrm.jsonl import write_records
 

@@ -419,7 +419,7 @@ def main(argv=None) -> int:
     # A bench stopped with SIGTERM still stops its servers (the finally blocks run).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from ensrm.bench.suites import machine_info
+    from ensrm.bench import machine_info
     from ensrm.data.synthetic import generate_candidates
     from ensrm.demo import ensure_default_bundle
 

@@ -70,9 +70,9 @@ def sdpa23(checkpoint: Path, bundle: Path, work: Path) -> Path:
     """The bundle's own trace, with sdpa attention and opset 23 instead of eager and 18."""
     import torch
 
-    from ensrm.export.graph import RAW_OUTPUT, append_aggregation
     from ensrm.export.prune import prune_to_pooled_token
     from ensrm.export.sources import load_source
+    from ensrm.models.graph import RAW_OUTPUT, append_aggregation
 
     spec = load_spec(bundle, verify="size")
     source = load_source([checkpoint], max_length=spec.max_length, attn_implementation="sdpa")

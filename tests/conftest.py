@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -69,3 +71,23 @@ def minilm_bundle(minilm_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "minilm"
     export_bundle([minilm_checkpoint], out, max_length=128, progress=None)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``ensrm demo`` run once per session: ``.output``, ``.checkpoint``, ``.bundle`` (``bundles/default``).
+
+    The docs examples (tests/docs) run against this bundle. ``ENSRM_TEST_DEMO_DIR=DIR`` runs the demo
+    in DIR instead of a fresh directory, reusing a default model and bundle built there before
+    (the demo builds each only if absent; a first build takes minutes).
+    """
+    pytest.importorskip("torch")
+    from click.testing import CliRunner
+
+    from ensrm.cli import main
+
+    root = Path(os.environ.get("ENSRM_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo"))
+    checkpoint, bundle = root / "checkpoints" / "default", root / "bundles" / "default"
+    result = CliRunner().invoke(main, ["demo", "--checkpoint", str(checkpoint), "--bundle", str(bundle)])
+    assert result.exit_code == 0, result.output
+    return SimpleNamespace(output=result.output, checkpoint=checkpoint, bundle=bundle)

@@ -12,10 +12,9 @@ from ensrm.cli import main
 pytest.importorskip("torch")
 
 
-def test_demo_builds_exports_and_scores(tmp_path):
-    checkpoint, bundle = tmp_path / "ckpt", tmp_path / "bundle"
-    result = CliRunner().invoke(main, ["demo", "--checkpoint", str(checkpoint), "--bundle", str(bundle)])
-    assert result.exit_code == 0, result.output
+def test_demo_builds_exports_and_scores(demo_run):
+    # demo_run (tests/conftest.py) is the session's one `ensrm demo` run; the docs examples use its bundle.
+    result, checkpoint, bundle = demo_run, demo_run.checkpoint, demo_run.bundle
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 8
     manifest = json.loads((bundle / "ensemble.json").read_text())

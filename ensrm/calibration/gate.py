@@ -36,14 +36,17 @@ def gates_with(min_spearman: float | None = None, min_top1: float | None = None,
 def stress_batches(spec: EnsembleSpec, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Inputs that make fp16 overflow if anything will: full-length sequences and degenerate ones.
 
+    (Not run by the doctests: it needs a bundle's spec.)
+
     >>> [b["input_ids"].shape for b in stress_batches(spec)]        # doctest: +SKIP
     [(4, 128), (2, 1), (2, 128)]
     """
     rng = np.random.default_rng(seed)
     low = min(1000, spec.vocab_size // 2)  # skip the special tokens at the start of most vocabularies
-    full = rng.integers(low, spec.vocab_size, size=(4, spec.max_length))  # [4, max_length]
+    length = stress_length(spec)
+    full = rng.integers(low, spec.vocab_size, size=(4, length))  # [4, length]
     single = rng.integers(low, spec.vocab_size, size=(2, 1))
-    repeated = np.full((2, spec.max_length), low, dtype=np.int64)
+    repeated = np.full((2, length), low, dtype=np.int64)
     repeated[1] = spec.vocab_size - 1
     batches = []
     for ids in (full, single, repeated):
@@ -57,6 +60,14 @@ def stress_batches(spec: EnsembleSpec, seed: int = 0) -> list[dict[str, np.ndarr
     return batches
 
 
+def stress_length(spec: EnsembleSpec) -> int:
+    """The stress battery's full length: the bundle's maximum, or the longest four rows of which fit
+    the activation budget (a 32k-position decoder would need hundreds of GB at its maximum)."""
+    from ensrm.export.memory import STRESS_SHAPE, activation_budget, fitting_length
+
+    return fitting_length(STRESS_SHAPE, spec.max_length, activation_budget() // 4)
+
+
 def stress_check(backend, spec: EnsembleSpec) -> dict:
     """Run the stress battery; report whether every output was finite."""
     bad = []
@@ -66,7 +77,7 @@ def stress_check(backend, spec: EnsembleSpec) -> dict:
             if not np.isfinite(value).all():
                 bad.append(f"{name} at shape {list(feeds['input_ids'].shape)}")
     return {"finite": not bad, "non_finite": bad, "batches": len(stress_batches(spec)),
-            "max_length": spec.max_length}
+            "max_length": stress_length(spec)}
 
 
 def evaluate(reference: Scores, candidate: Scores, stress: dict, gate: Gate) -> dict:

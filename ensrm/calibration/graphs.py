@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ensrm._optional import require
-from ensrm.export.graph import NODE_PREFIX, RAW_OUTPUT
+from ensrm.models.graph import NODE_PREFIX, RAW_OUTPUT
 
 onnx = require("onnx", "export")
 

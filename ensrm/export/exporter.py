@@ -14,6 +14,7 @@ from pathlib import Path
 from ensrm.builder import BundleBuilder
 from ensrm.bundle import check_target
 from ensrm.errors import ExportError
+from ensrm.export.settings import ExportSettings
 from ensrm.spec import EnsembleSpec
 
 Progress = Callable[[str], None]
@@ -23,79 +24,70 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def export_bundle(
-    sources: Sequence[str | Path],
-    output: str | Path,
-    *,
-    heads: str | Path | None = None,
-    tokenizer: str | Path | None = None,
-    pooling: str | None = None,
-    uwo_lambda: float = 0.5,
-    max_length: int | None = None,
-    padding_side: str | None = None,
-    tolerance: float = 1e-4,
-    overwrite: bool = False,
-    attn_implementation: str = "eager",
-    trust_remote_code: bool = False,
-    threads: int | None = None,
-    normalize_on: str | Path | None = None,
-    precisions=(),
-    calibration: str | Path | None = None,
-    eval_on: str | Path | None = None,
-    int8_mode: str = "static",
-    gates: dict | None = None,
-    tensorrt_batches: Sequence[int] | None = None,
-    cpu_graph: bool = True,
-    progress: Progress | None = _stderr,
-) -> EnsembleSpec:
+def export_bundle(sources: Sequence[str | Path], output: str | Path, settings: ExportSettings | None = None, *,
+                  overwrite: bool = False, progress: Progress | None = _stderr, **options) -> EnsembleSpec:
     """Export a reward model (or a full ensemble) into a verified bundle directory.
 
-    The bundle appears at ``output`` only once it is complete and verified; on any error
-    nothing is left behind and an existing bundle is untouched. ``tokenizer`` is a directory to
-    take the tokenizer from when the source has none (e.g. its base model); it must fit the model.
-    ``normalize_on`` (JSONL prompt/response records) calibrates the per-head normalisation;
-    ``precisions`` (``"fp16,int8"``) adds variants, each kept only if it passes its accuracy gate
-    on held-out records (``eval_on``, else a quarter of ``calibration``). ``tensorrt_batches``
-    (``(1, 8, 32)``) then builds a TensorRT engine of each accepted fp16/int8 variant (needs a GPU
-    and ``ensrm[tensorrt]``; checked before the export starts). ``cpu_graph`` (default) adds
-    ``model.cpu.onnx``, onnxruntime's fused CPU form of the graph, verified against ``model.onnx``
-    (:mod:`ensrm.export.fused`); ``False`` skips the step.
+    ``settings`` (:class:`~ensrm.export.settings.ExportSettings`) says how; ``options`` are its
+    fields given as keywords (``export_bundle(src, out, pooling="mean")``), applied over
+    ``settings`` when both are given. The bundle appears at ``output`` only once it is complete
+    and verified; on any error nothing is left behind and an existing bundle is untouched (it is
+    replaced only with ``overwrite``). ``normalize_on`` (JSONL prompt/response records) calibrates
+    the per-head normalisation; ``precisions`` (``"fp16,int8"``) adds variants, each kept only if
+    it passes its accuracy gate on held-out records (``eval_on``, else a quarter of
+    ``calibration``). ``tensorrt_batches`` (``(1, 8, 32)``) then builds a TensorRT engine of each
+    accepted fp16/int8 variant (needs a GPU and ``ensrm[tensorrt]``; checked before the export
+    starts). ``cpu_graph`` (default) adds ``model.cpu.onnx``, onnxruntime's fused CPU form of the
+    graph, verified against ``model.onnx`` (:mod:`ensrm.export.fused`); ``False`` skips the step.
+    ``dtype`` (``bf16``, ``fp16``) loads the model in that dtype and keeps it in ``model.onnx``
+    (:mod:`ensrm.export.dtypes`), verified against torch in the same dtype; such a graph gets no
+    ``model.cpu.onnx`` and no precision variants. Before anything is written, the export is refused
+    when its estimated peak memory exceeds what is available (:mod:`ensrm.export.memory`).
+
+    (Not run by the doctests: it needs a checkpoint on disk and takes seconds to minutes.)
 
     >>> export_bundle(["checkpoints/rm"], "bundles/rm").num_heads     # doctest: +SKIP
     8
+    >>> export_bundle(["checkpoints/rm"], "bundles/rm", ExportSettings(pooling="mean"))  # doctest: +SKIP
     """
-    precisions = _check_options(output, overwrite, uwo_lambda, precisions, int8_mode, tensorrt_batches)
-    steps = 4 + (normalize_on is not None) + bool(precisions) + bool(cpu_graph)
-    with BundleBuilder.new(output, overwrite=overwrite, threads=threads, progress=progress, steps=steps) as build:
-        _export_steps(build, sources, heads=heads, tokenizer=tokenizer, pooling=pooling, max_length=max_length,
-                      attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
-                      uwo_lambda=uwo_lambda, padding_side=padding_side, tolerance=tolerance)
-        _graph_steps(build, normalize_on=normalize_on, cpu_graph=cpu_graph, tolerance=tolerance,
-                     precisions=precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode, gates=gates)
+    settings = (settings or ExportSettings()).replace(**options)
+    if settings.dtype != "fp32":  # onnxruntime's CPU fusions start from an fp32 graph
+        settings = settings.replace(cpu_graph=False)
+    precisions = _check_options(output, overwrite, settings)
+    from ensrm.export.memory import check_export_memory
+
+    # before the staging directory and the weights: refuse what cannot fit, naming the numbers
+    check_export_memory([Path(s) for s in sources if Path(s).is_dir()], settings.dtype)
+    steps = 4 + (settings.normalize_on is not None) + bool(precisions) + bool(settings.cpu_graph)
+    with BundleBuilder.new(output, overwrite=overwrite, threads=settings.threads, progress=progress,
+                           steps=steps) as build:
+        _export_steps(build, sources, settings)
+        _graph_steps(build, settings, precisions)
         build.step(f"wrote bundle {Path(output)}")
     _warn_uncalibrated(build.spec, progress)
-    if tensorrt_batches:
+    if settings.tensorrt_batches:
         from ensrm.export.tensorrt_engine import build_engines
 
-        build_engines(output, batch_sizes=tensorrt_batches, progress=progress)
+        build_engines(output, batch_sizes=settings.tensorrt_batches, progress=progress)
     return build.spec
 
 
-def _check_options(output, overwrite: bool, uwo_lambda: float, precisions, int8_mode: str,
-                   tensorrt_batches) -> tuple[str, ...]:
+def _check_options(output, overwrite: bool, settings: ExportSettings) -> tuple[str, ...]:
     """Everything that can be refused before the slow work; returns the parsed precisions."""
     from ensrm.calibration.variants import parse_precisions
 
-    if uwo_lambda < 0:
-        raise ExportError(f"`uwo_lambda` must be >= 0, got {uwo_lambda}")
     check_target(output, overwrite)
-    precisions = parse_precisions(precisions)
-    if tensorrt_batches:
+    precisions = parse_precisions(settings.precisions)
+    if precisions and settings.dtype != "fp32":
+        raise ExportError(f"precision variants ({', '.join(precisions)}) are made from an fp32 graph; "
+                          f"`dtype={settings.dtype!r}` writes a {settings.dtype} graph already: "
+                          "export with one or the other")
+    if settings.tensorrt_batches:
         from ensrm.export.tensorrt_engine import check_int8_mode, check_tensorrt, profile_ranges
 
-        profile_ranges(tensorrt_batches)
+        profile_ranges(settings.tensorrt_batches)
         if "int8" in precisions:
-            check_int8_mode(int8_mode)
+            check_int8_mode(settings.int8_mode)
         check_tensorrt()  # before the export, not after minutes of it
     return precisions
 
@@ -106,35 +98,36 @@ def _warn_uncalibrated(spec: EnsembleSpec, progress: Progress | None) -> None:
                  "compare raw head offsets; calibrate with `normalize_on=REFS.jsonl`")
 
 
-def _graph_steps(build: BundleBuilder, *, normalize_on, cpu_graph: bool, tolerance: float, precisions, calibration,
-                 eval_on, int8_mode: str, gates) -> None:
+def _graph_steps(build: BundleBuilder, settings: ExportSettings, precisions: tuple[str, ...]) -> None:
     """Normalise, add the fused CPU graph (after: it takes the constants), add the precision variants."""
-    if normalize_on is not None:
+    if settings.normalize_on is not None:
         from ensrm.calibration.normalize import normalize_staged
 
-        normalize_staged(build, normalize_on)
-    if cpu_graph:
+        normalize_staged(build, settings.normalize_on)
+    if settings.cpu_graph:
         from ensrm.export.fused import fuse_cpu_graph
 
-        fuse_cpu_graph(build, tolerance=tolerance)
+        fuse_cpu_graph(build, tolerance=settings.verify_tolerance)
     if precisions:
         from ensrm.calibration.variants import build_variants
 
-        build_variants(build, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode, gates=gates)
+        build_variants(build, precisions, calibration=settings.calibration, eval_on=settings.eval_on,
+                       int8_mode=settings.int8_mode, gates=settings.gates)
 
 
-def _export_steps(build: BundleBuilder, sources, *, heads, tokenizer, pooling, max_length, attn_implementation,
-                  trust_remote_code, uwo_lambda, padding_side, tolerance) -> None:
+def _export_steps(build: BundleBuilder, sources, settings: ExportSettings) -> None:
     """Load the source, check it, trace and verify it: the steps only a new bundle has."""
     from ensrm.export.checks import check_source
     from ensrm.export.sources import load_source
     from ensrm.export.trace import padding_side_for, spec_for, trace_and_verify
 
-    source = load_source(sources, heads=heads, tokenizer=tokenizer, pooling=pooling, max_length=max_length,
-                         attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-    spec = spec_for(source, uwo_lambda=uwo_lambda, padding_side=padding_side_for(source, padding_side))
+    source = load_source(sources, heads=settings.heads, tokenizer=settings.tokenizer, pooling=settings.pooling,
+                         max_length=settings.max_length, attn_implementation=settings.attn_implementation,
+                         trust_remote_code=settings.trust_remote_code, dtype=settings.dtype)
+    spec = spec_for(source, uwo_lambda=settings.uwo_lambda,
+                    padding_side=padding_side_for(source, settings.padding_side))
     for note in check_source(source.module, source.tokenizer, spec):  # torch and ONNX would agree on garbage too
         build.note(note)
     build.step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
-               f"pooling {source.pooling}, max length {source.max_length}")
-    trace_and_verify(build, source, spec, tolerance=tolerance)
+               f"pooling {source.pooling}, max length {source.max_length}, {source.dtype}")
+    trace_and_verify(build, source, spec, tolerance=settings.verify_tolerance)

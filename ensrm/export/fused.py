@@ -65,14 +65,20 @@ def verification_batches(staging: Path, spec: EnsembleSpec) -> list[dict[str, np
     from ensrm.runtime.texts import TextEncoder
 
     pairs = [(p, r) for p in _PROMPTS for r in _RESPONSES]
+    # the sizes the verification found to fit in memory (recorded when below the bundle's maximum)
+    checks = spec.variants["fp32"].checks if "fp32" in spec.variants else {}
+    length = int(checks.get("length_cap", spec.max_length))
+    rows = int(checks.get("rows_per_run", len(pairs)))
     encodings = TextEncoder(staging, spec).encode([p for p, _ in pairs], [r for _, r in pairs])
-    items = [{"input_ids": np.asarray(e.ids, dtype=np.int64)}
-             | ({"token_type_ids": np.asarray(e.type_ids, dtype=np.int64)} if spec.uses_token_type_ids else {})
+    items = [{"input_ids": np.asarray(e.ids[-length:] if spec.truncation_side == "left" else e.ids[:length],
+                                      dtype=np.int64)}
+             | ({"token_type_ids": np.asarray(e.type_ids[:length], dtype=np.int64)} if spec.uses_token_type_ids else {})
              for e in encodings]
     sides = ["right", "left"] if spec.architecture == "decoder" else ["right"]
     order = list(range(len(items)))
     chunks = [order, order[::-1][: len(order) // 2], order[len(order) // 2:], order[:1]]
-    return [pad_batch([items[i] for i in chunk], spec, side) for side in sides for chunk in chunks]
+    return [pad_batch([items[i] for i in chunk[start:start + rows]], spec, side)
+            for side in sides for chunk in chunks for start in range(0, len(chunk), rows)]
 
 
 def compare_graphs(portable: Path, fused: Path, batches: list[dict[str, np.ndarray]], tolerance: float,
@@ -153,6 +159,8 @@ def refresh_fused(build: BundleBuilder) -> None:
 def add_cpu_graph(bundle_dir, *, tolerance: float = 1e-4, threads: int | None = None,
                   progress: Progress | None = None) -> EnsembleSpec:
     """Add (or write again) the fused CPU graph of an existing bundle, atomically (engines are dropped).
+
+    (Not run by the doctests: it needs a bundle on disk.)
 
     >>> add_cpu_graph("bundles/rm").fused["CPUExecutionProvider"].file     # doctest: +SKIP
     'model.cpu.onnx'

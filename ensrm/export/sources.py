@@ -5,7 +5,7 @@ Three kinds of local source, all ending in a module ``(ids, mask[, types]) -> [b
 - a Hugging Face ``*ForSequenceClassification`` checkpoint with ``num_labels = K``;
 - a base checkpoint plus ``heads.safetensors`` (``weight [K, hidden]``, ``bias [K]``) and a pooling;
 - several single- or multi-head classifiers (a full ensemble) sharing one tokenizer;
-- a partially shared trunk (:mod:`ensrm.trunk`): K members sharing their first layers, as one
+- a partially shared trunk (:mod:`ensrm.models.trunk`): K members sharing their first layers, as one
   source, or several of them as the members of a full ensemble.
 """
 
@@ -21,9 +21,9 @@ from pickle import UnpicklingError  # the exception only, raised by transformers
 from ensrm._hf import quiet_transformers
 from ensrm._optional import require
 from ensrm.errors import ExportError
-from ensrm.export import modules
 from ensrm.export.checks import check_loaded_weights, require_tokenizer_files, tokenizer_files
-from ensrm.trunk import is_decoder, is_trunk_checkpoint, load_trunk  # noqa: F401 - is_decoder re-exported
+from ensrm.models import modules
+from ensrm.models.trunk import is_decoder, is_trunk_checkpoint, load_trunk  # noqa: F401 - is_decoder re-exported
 
 torch = require("torch", "export")
 transformers = require("transformers", "export")
@@ -52,6 +52,7 @@ class LoadedSource:
     tokenizer_dir: Path  # where the tokenizer was loaded from
     fingerprint: str
     member_layers: int = 0  # a partial trunk's layers per member (0: every layer shared)
+    dtype: str = "fp32"  # the dtype the weights were loaded in, which the graph keeps (ensrm.export.dtypes)
 
 
 def _uses_token_type_ids(model) -> bool:
@@ -103,23 +104,29 @@ def _load_tokenizer(path: Path, trust_remote_code: bool, given: bool = False):
     return tokenizer
 
 
-def _from_pretrained(auto_class, path: Path, attn: str, trust_remote_code: bool):
-    """Load weights; a pickle (``.bin``) checkpoint goes through transformers' ``weights_only`` loader,
+def _from_pretrained(auto_class, path: Path, attn: str, trust_remote_code: bool, dtype: str = "fp32"):
+    """Load weights in ``dtype`` (straight from the file's dtype, never through an fp32 copy);
+    sharded safetensors (``model-0000x-of-0000y.safetensors`` + index) load like one file.
+    A pickle (``.bin``) checkpoint goes through transformers' ``weights_only`` loader,
     which refuses anything but tensors, so a malicious checkpoint fails here instead of running code."""
+    from ensrm.export.dtypes import torch_dtype
+    from ensrm.models.modules import float32_heads
+
     try:
-        model, info = auto_class.from_pretrained(path, dtype=torch.float32, attn_implementation=attn,
+        model, info = auto_class.from_pretrained(path, dtype=torch_dtype(dtype), attn_implementation=attn,
                                                  trust_remote_code=trust_remote_code, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, UnpicklingError) as exc:
         raise ExportError(f"cannot load the weights of {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
                           "ensrm reads safetensors, or .bin files holding tensors only") from None
     check_loaded_weights(path, info)
-    return model.eval()
+    return float32_heads(model).eval()
 
 
-def _classifier(path: Path, attn: str, trust_remote_code: bool):
+def _classifier(path: Path, attn: str, trust_remote_code: bool, dtype: str = "fp32"):
     """``(module, config, architecture, uses_token_type_ids, heads)`` of a classifier or partial-trunk member."""
     _check_dir(path)
     if is_trunk_checkpoint(path):
+        _fp32_only(path, dtype)
         trunk = _trunk(path, attn, trust_remote_code)
         return trunk, trunk.base.config, "decoder" if trunk.decoder else "encoder", trunk.uses_token_type_ids, \
             trunk.num_members
@@ -130,12 +137,17 @@ def _classifier(path: Path, attn: str, trust_remote_code: bool):
             f"{path} holds {', '.join(archs) or config.model_type}, not a *ForSequenceClassification model; "
             "for a base model pass `heads=heads.safetensors` and `pooling=cls|mean|last`"
         )
-    model = _from_pretrained(transformers.AutoModelForSequenceClassification, path, attn, trust_remote_code)
+    model = _from_pretrained(transformers.AutoModelForSequenceClassification, path, attn, trust_remote_code, dtype)
     heads = int(config.num_labels)
     if is_decoder(config):
         return modules.DecoderClassifier(model).eval(), config, "decoder", False, heads
     uses_types = _uses_token_type_ids(model)
     return modules.EncoderClassifier(model, uses_types).eval(), config, "encoder", uses_types, heads
+
+
+def _fp32_only(path: Path, dtype: str) -> None:
+    if dtype != "fp32":
+        raise ExportError(f"{path} is a partial trunk, which exports in fp32 only (asked for `dtype={dtype!r}`)")
 
 
 def _trunk(path: Path, attn: str, trust_remote_code: bool):
@@ -175,15 +187,18 @@ def _load_heads(path: Path, hidden: int):
 
 def load_source(sources: list[str | Path], heads: str | Path | None = None, pooling: str | None = None,
                 max_length: int | None = None, attn_implementation: str = "eager",
-                trust_remote_code: bool = False, tokenizer: str | Path | None = None) -> LoadedSource:
-    """Load one of the three source kinds (see the module docstring).
+                trust_remote_code: bool = False, tokenizer: str | Path | None = None,
+                dtype: str = "fp32") -> LoadedSource:
+    """Load one of the three source kinds (see the module docstring), its weights in ``dtype``.
 
     One directory is a sequence classifier, or a base model when ``heads`` is given; several
     directories are a full ensemble. ``max_length`` caps the model's own limit. The tokenizer
     comes from the (first) source directory, or from the directory ``tokenizer`` when given.
 
+    (Needs a checkpoint on disk, so not run by the doctests.)
+
     >>> src = load_source(["checkpoints/rm"])            # doctest: +SKIP
-    >>> src.num_heads, src.architecture
+    >>> src.num_heads, src.architecture                  # doctest: +SKIP
     (8, 'encoder')
     """
     paths = [Path(s) for s in sources]
@@ -198,13 +213,16 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
     with quiet_transformers():
         if heads is not None:
             source = load_base_with_heads(paths[0], Path(heads), pooling, attn_implementation, trust_remote_code,
-                                          tokenizer=given)
+                                          tokenizer=given, dtype=dtype)
         elif len(paths) == 1 and is_trunk_checkpoint(paths[0]):
+            _fp32_only(paths[0], dtype)
             source = load_partial_trunk(paths[0], attn_implementation, trust_remote_code, tokenizer=given)
         elif len(paths) == 1:
-            source = load_sequence_classifier(paths[0], attn_implementation, trust_remote_code, tokenizer=given)
+            source = load_sequence_classifier(paths[0], attn_implementation, trust_remote_code, tokenizer=given,
+                                              dtype=dtype)
         else:
-            source = load_full_ensemble(paths, attn_implementation, trust_remote_code, tokenizer=given)
+            source = load_full_ensemble(paths, attn_implementation, trust_remote_code, tokenizer=given, dtype=dtype)
+    source = dataclasses.replace(source, dtype=dtype)
     if max_length is not None:
         if max_length < 1 or max_length > source.max_length:
             raise ExportError(f"`max_length` must be between 1 and the model's limit {source.max_length}, "
@@ -214,9 +232,9 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
 
 
 def load_sequence_classifier(path: Path, attn_implementation: str = "eager", trust_remote_code: bool = False,
-                             tokenizer: Path | None = None) -> LoadedSource:
+                             tokenizer: Path | None = None, dtype: str = "fp32") -> LoadedSource:
     """A ``*ForSequenceClassification`` checkpoint with ``num_labels = K``: K heads, its own pooling."""
-    module, config, architecture, uses_types, _ = _classifier(path, attn_implementation, trust_remote_code)
+    module, config, architecture, uses_types, _ = _classifier(path, attn_implementation, trust_remote_code, dtype)
     loaded, tokenizer_dir = _tokenizer_of(path, tokenizer, trust_remote_code)
     return LoadedSource(
         module=module, kind="sequence-classifier", architecture=architecture, model_type=config.model_type,
@@ -228,13 +246,14 @@ def load_sequence_classifier(path: Path, attn_implementation: str = "eager", tru
 
 
 def load_base_with_heads(path: Path, heads: Path, pooling: str | None = None, attn_implementation: str = "eager",
-                         trust_remote_code: bool = False, tokenizer: Path | None = None) -> LoadedSource:
+                         trust_remote_code: bool = False, tokenizer: Path | None = None,
+                         dtype: str = "fp32") -> LoadedSource:
     """A base encoder/decoder plus ``heads.safetensors`` (``weight [K, hidden]``, ``bias [K]``) and a pooling."""
     _check_dir(path)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     decoder = is_decoder(config)
     pooling = pooling or ("last" if decoder else "cls")
-    base = _from_pretrained(transformers.AutoModel, path, attn_implementation, trust_remote_code)
+    base = _from_pretrained(transformers.AutoModel, path, attn_implementation, trust_remote_code, dtype)
     weight, bias = _load_heads(heads, base.config.hidden_size)
     uses_types = _uses_token_type_ids(base) and not decoder
     k = int(weight.shape[0])
@@ -249,12 +268,12 @@ def load_base_with_heads(path: Path, heads: Path, pooling: str | None = None, at
 
 
 def load_full_ensemble(paths: list[Path], attn_implementation: str = "eager", trust_remote_code: bool = False,
-                       tokenizer: Path | None = None) -> LoadedSource:
+                       tokenizer: Path | None = None, dtype: str = "fp32") -> LoadedSource:
     """Several classifiers of one architecture sharing one tokenizer: one graph running every member.
 
     With ``tokenizer`` every member is fed that tokenizer and the members' own files are not compared.
     """
-    loaded = [_classifier(p, attn_implementation, trust_remote_code) for p in paths]
+    loaded = [_classifier(p, attn_implementation, trust_remote_code, dtype) for p in paths]
     configs = [config for _, config, _, _, _ in loaded]
     counts = [heads for *_, heads in loaded]
     poolings = {getattr(module, "pooling", None) for module, *_ in loaded}
@@ -285,7 +304,7 @@ def load_full_ensemble(paths: list[Path], attn_implementation: str = "eager", tr
 
 def load_partial_trunk(path: Path, attn_implementation: str = "eager", trust_remote_code: bool = False,
                        tokenizer: Path | None = None) -> LoadedSource:
-    """A partially shared trunk (:mod:`ensrm.trunk`): K members, one graph computing the shared layers once."""
+    """A partially shared trunk (:mod:`ensrm.models.trunk`): K members, one graph computing the shared layers once."""
     trunk = _trunk(path, attn_implementation, trust_remote_code)
     config = trunk.base.config
     loaded, tokenizer_dir = _tokenizer_of(path, tokenizer, trust_remote_code)

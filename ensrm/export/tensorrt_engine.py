@@ -57,6 +57,8 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str = "fp16", *, batc
     tuned for its largest batch at the maximum length. The timing cache persists between
     builds (and bundles), so a rebuild skips most of the kernel timing.
 
+    (Not run by the doctests: it needs a GPU with TensorRT and a bundle.)
+
     >>> build_engine("bundles/rm", "int8", batch_sizes=(1, 16, 64))     # doctest: +SKIP
     PosixPath('bundles/rm/engines/model.int8.sm90.trt10.13.0.engine')
     """
@@ -90,13 +92,14 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str = "fp16", *, batc
         for name in spec.inputs:
             profile.set_shape(name, (low, 1), (high, spec.max_length), (high, spec.max_length))
         config.add_optimization_profile(profile)
+    dtype = graph_dtype(spec, precision)
     if progress:
-        progress(f"building the {precision} TensorRT {trt.__version__} engine for batches "
+        progress(f"building the {dtype} TensorRT {trt.__version__} engine for batches "
                  f"{', '.join(map(str, sorted(set(batch_sizes))))} x lengths 1..{spec.max_length}")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
-    target = out_dir / engine_name(precision, compute_capability(), trt.__version__)
+    target = out_dir / engine_name(dtype, compute_capability(), trt.__version__)
     _write_atomic(target, bytes(serialized))
     _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     return target
@@ -109,16 +112,27 @@ def build_engines(bundle_dir: str | os.PathLike, precisions: Sequence[str] = ("f
     The last step of an export with ``tensorrt_batches``; a precision the bundle lacks or
     rejected is skipped (its gate has already said why).
 
+    (Not run by the doctests: it needs a GPU with TensorRT and a bundle.)
+
     >>> build_engines("bundles/rm", batch_sizes=(1, 8, 32))     # doctest: +SKIP
     [PosixPath('bundles/rm/engines/model.fp16.sm90.trt10.13.0.engine')]
     """
-    usable = load_spec(bundle_dir, verify="size").usable_precisions
+    spec = load_spec(bundle_dir, verify="size")
+    usable = spec.usable_precisions
+    if spec.dtype != "fp32":  # model.onnx is a half-precision graph already: the engine TensorRT users want
+        precisions = ("fp32", *precisions)
     engines = []
     for precision in (p for p in precisions if p in usable):
         engines.append(build_engine(bundle_dir, precision, batch_sizes=batch_sizes, progress=progress))
         if progress:
             progress(f"engine {engines[-1]}")
     return engines
+
+
+def graph_dtype(spec, precision: str) -> str:
+    """The dtype of the graph the engine of ``precision`` is built from (what engines are named by):
+    a half-precision ``model.onnx`` (``ens-export --dtype``) names its dtype, a variant its precision."""
+    return spec.dtype if precision == "fp32" else precision
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -57,7 +57,7 @@ def spec_for(source: LoadedSource, *, uwo_lambda: float, padding_side: str) -> E
         truncation_side="left" if source.architecture == "decoder" else "right",
         uwo_lambda=float(uwo_lambda), head_names=source.head_names, source_kind=source.kind,
         members=source.members, member_layers=source.member_layers, source_fingerprint=source.fingerprint,
-        producer={"ensrm": ensrm.__version__, "torch": torch.__version__,
+        dtype=source.dtype, producer={"ensrm": ensrm.__version__, "torch": torch.__version__,
                   "transformers": transformers.__version__, "exporter": "torch.onnx dynamo"},
     )
 
@@ -67,8 +67,8 @@ def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
     narrow the layers after the last attention to the pooled token (:mod:`ensrm.export.prune`)."""
     torch = require("torch", "export")
     onnx = require("onnx", "export")
-    from ensrm.export.graph import RAW_OUTPUT, append_aggregation
     from ensrm.export.prune import prune_to_pooled_token
+    from ensrm.models.graph import RAW_OUTPUT, append_aggregation
 
     # Example sizes above 1: torch.export specialises dimensions of size 0 and 1.
     batch, seq = 2, min(8, spec.max_length)
@@ -88,15 +88,20 @@ def trace_to_onnx(module, spec: EnsembleSpec, path: Path) -> None:
     model = onnx.load(str(path), load_external_data=False)
     append_aggregation(model, spec.num_heads, spec.normalization.mu, spec.normalization.sigma, spec.uwo_lambda)
     prune_to_pooled_token(model.graph)
+    if spec.dtype == "bf16":  # onnxruntime's CPU provider has no bf16 arithmetic: bf16 weights, fp32 products
+        from ensrm.export.dtypes import upcast_compute
+
+        upcast_compute(model)
     onnx.save(model, str(path))
 
 
 def trace_and_verify(build: BundleBuilder, source: LoadedSource, spec: EnsembleSpec, *,
-                     tolerance: float = 1e-4) -> None:
+                     tolerance: float | None = 1e-4) -> None:
     """Trace ``source`` into the new bundle as ``spec`` describes it (:func:`spec_for`), check it
-    against torch, save its tokenizer; set the builder's spec.
+    against torch (in the source's dtype), save its tokenizer; set the builder's spec.
 
-    Raises :class:`ExportError` (and nothing is written) when a head differs by more than ``tolerance``.
+    Raises :class:`ExportError` (and nothing is written) when a head differs by more than ``tolerance``
+    (``None``: the dtype's default, relative to the largest head, :data:`~ensrm.export.dtypes.RELATIVE_TOLERANCE`).
     """
     from ensrm.export.verify import verify_against_torch
     from ensrm.runtime.onnxruntime_backend import create_session
@@ -106,12 +111,12 @@ def trace_and_verify(build: BundleBuilder, source: LoadedSource, spec: EnsembleS
     build.step("traced the ensemble graph")
     session = create_session(model_path, threads=build.threads)
     report = verify_against_torch(session, source.module, source.tokenizer, spec, tolerance)
-    build.step(f"verified against torch: max |diff| {report['max_abs_diff_heads']:.2e} "
+    build.step(f"verified against torch ({spec.dtype}): max |diff| {report['max_abs_diff_heads']:.2e} "
                f"on {report['sequences']} sequences, padding {'+'.join(report['padding_sides'])}")
     if not report["passed"]:
         raise ExportError(
             f"the ONNX graph differs from the torch model by {report['max_abs_diff_heads']:.3g} "
-            f"(aggregates {report['max_abs_diff_aggregates']:.3g}), above the tolerance {tolerance:g}; "
+            f"(aggregates {report['max_abs_diff_aggregates']:.3g}), above the tolerance {report['tolerance']:g}; "
             "no bundle was written"
         )
     del session

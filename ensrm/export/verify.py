@@ -32,14 +32,23 @@ _RESPONSES = [
 REFERENCE_TEXTS = tuple(_PROMPTS + _RESPONSES)
 
 
-def reference_inputs(tokenizer, spec: EnsembleSpec) -> list[dict[str, np.ndarray]]:
-    """Tokenised (prompt, response) pairs of mixed length, the last at the maximum length."""
+def reference_inputs(tokenizer, spec: EnsembleSpec, length: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Tokenised (prompt, response) pairs of mixed length, the longest at ``length`` tokens
+    (default: the bundle's maximum): the long response is truncated to it, and with the last prompt
+    repeated as often as reaching it takes (one sequence that long: its cost grows with its square)."""
+    length = spec.max_length if length is None else min(length, spec.max_length)
+    long_response = _RESPONSES[-1]
+    unit = max(1, len(tokenizer(long_response, add_special_tokens=False)["input_ids"]))
+    if unit < length:  # a response that reaches `length` (truncated to it below)
+        long_response = long_response * (length // unit + 1)
     encoded = []
     for i, prompt in enumerate(_PROMPTS):
         for j, response in enumerate(_RESPONSES):
             if (i + j) % 2 and j != len(_RESPONSES) - 1:
                 continue
-            enc = tokenizer(prompt, response, truncation=True, max_length=spec.max_length)
+            if j == len(_RESPONSES) - 1 and i == len(_PROMPTS) - 1:
+                response = long_response
+            enc = tokenizer(prompt, response, truncation=True, max_length=length)
             encoded.append({name: np.asarray(enc[name], dtype=np.int64) for name in spec.inputs
                             if name != "attention_mask"})
     return encoded
@@ -66,9 +75,19 @@ def aggregates(heads: np.ndarray, uwo_lambda: float) -> dict[str, np.ndarray]:
             "ens_uwo": heads.mean(axis=1) - uwo_lambda * var}
 
 
-def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, tolerance: float = 1e-4) -> dict:
-    """Run the graph and the torch module; return a report with ``passed`` and the differences."""
-    items = reference_inputs(tokenizer, spec)
+def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, tolerance: float | None = 1e-4) -> dict:
+    """Run the graph and the torch module; return a report with ``passed`` and the differences.
+
+    ``tolerance=None`` takes the default of the graph's dtype relative to the largest head torch
+    gives (at least 1); the report records the absolute tolerance applied and the dtype.
+    """
+    from ensrm.export.dtypes import RELATIVE_TOLERANCE
+    from ensrm.export.memory import Shape, activation_budget, fitting_length, rows_per_run
+
+    # Sizes that fit in memory whatever max_length the config declares (ensrm.export.memory).
+    shape, budget = Shape.of(module), activation_budget()
+    length = fitting_length(shape, spec.max_length, budget)
+    items = reference_inputs(tokenizer, spec, length)
     with torch.inference_mode():
         reference = np.stack([
             module(*[torch.from_numpy(pad_batch([item], spec, "right")[name]) for name in spec.inputs])[0].numpy()
@@ -77,6 +96,10 @@ def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, toleran
     mu = np.asarray(spec.normalization.mu, dtype=np.float64)
     sigma = np.asarray(spec.normalization.sigma, dtype=np.float64)
     expected = (reference - mu) / sigma
+    relative = None
+    if tolerance is None:
+        relative = RELATIVE_TOLERANCE[spec.dtype]
+        tolerance = relative * max(1.0, float(np.abs(expected).max()))
     sides = ["right", "left"] if spec.architecture == "decoder" else ["right"]
     # Batches that mix lengths: every item, and the items in reverse order split in two.
     orders = [list(range(len(items))), list(reversed(range(len(items))))]
@@ -84,13 +107,24 @@ def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, toleran
     for side in sides:
         for order in orders:
             for chunk in (order, order[: len(order) // 2], order[len(order) // 2:]):
-                batch = pad_batch([items[i] for i in chunk], spec, side)
-                outs = dict(zip(spec.outputs, session.run(list(spec.outputs), batch)))
-                head_diff = max(head_diff, float(np.abs(outs["heads"] - expected[chunk]).max()))
-                for name, value in aggregates(outs["heads"], spec.uwo_lambda).items():
-                    agg_diff = max(agg_diff, float(np.abs(outs[name] - value).max()))
+                seq = max(len(items[i]["input_ids"]) for i in chunk)
+                rows = rows_per_run(shape, seq, budget)
+                for start in range(0, len(chunk), rows):  # a batch too large for the budget runs in parts
+                    part = chunk[start:start + rows]
+                    batch = pad_batch([items[i] for i in part], spec, side)
+                    outs = dict(zip(spec.outputs, session.run(list(spec.outputs), batch)))
+                    head_diff = max(head_diff, float(np.abs(outs["heads"] - expected[part]).max()))
+                    for name, value in aggregates(outs["heads"], spec.uwo_lambda).items():
+                        agg_diff = max(agg_diff, float(np.abs(outs[name] - value).max()))
     lengths = [len(item["input_ids"]) for item in items]
+    dtype = {} if spec.dtype == "fp32" else {"dtype": spec.dtype}  # fp32 reports read as they always did
+    if relative is not None:
+        dtype["relative_tolerance"] = relative
+    if length < spec.max_length:  # verified shorter than the bundle accepts: say so, and how it ran
+        dtype["length_cap"] = length
+        dtype["rows_per_run"] = rows_per_run(shape, length, budget)
     return {
+        **dtype,
         "passed": bool(head_diff <= tolerance and agg_diff <= tolerance),
         "max_abs_diff_heads": head_diff,
         "max_abs_diff_aggregates": agg_diff,

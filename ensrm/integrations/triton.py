@@ -41,7 +41,7 @@ from ensrm._optional import require
 from ensrm.bundle import bundle_file, load_spec, read_spec, staged_bundle, variant_file
 from ensrm.errors import BundleError, InputError
 from ensrm.runtime.config import ScorerConfig
-from ensrm.runtime.texts import TextEncoder, check_texts
+from ensrm.runtime.texts import TextEncoder, as_texts, check_texts
 from ensrm.spec import MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
 
 #: The ensemble's text inputs (TYPE_STRING, one string per pair).
@@ -118,17 +118,7 @@ class PairTokenizer:
 
 def _strings(field: str, values) -> list[str]:
     """Triton hands TYPE_STRING tensors over as object arrays of bytes, ``[batch, 1]``."""
-    flat = np.asarray(values, dtype=object).reshape(-1)
-    texts = []
-    for i, value in enumerate(flat):
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{field}[{i}] is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                                 field=f"{field}[{i}]", expected="UTF-8 text", actual="invalid bytes") from None
-        texts.append(value)
-    return texts
+    return as_texts(np.asarray(values, dtype=object).reshape(-1), field, decode=True)
 
 
 def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str | os.PathLike, *,
@@ -153,23 +143,13 @@ def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str |
     ('rm', 'rm_onnx')
     """
     config = ScorerConfig.of(bundle, precision=precision)
-    if config.backend not in ("auto", "onnxruntime"):
-        raise ValueError(f"a Triton repository runs the ONNX graph on Triton's onnxruntime backend; "
-                         f"backend {config.backend!r} is not supported here (use backend auto or onnxruntime)")
     precision = "fp32" if config.precision == "auto" else config.precision
     pb2 = require("tritonclient.grpc.model_config_pb2", "triton")
     text_format = require("google.protobuf.text_format", "triton")
     bundle = config.bundle_dir
     name = bundle.resolve().name if name is None else name
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-', starting with a letter "
-                         "or digit")
-    for label, value, low in (("max_batch", max_batch, 1), ("instances", instances, 1),
-                              ("pad_to_multiple", pad_to_multiple, 1), ("max_queue_delay_us", max_queue_delay_us, 0)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    _check_options(config, name, kind, max_batch=max_batch, instances=instances, pad_to_multiple=pad_to_multiple,
+                   max_queue_delay_us=max_queue_delay_us)
     spec = load_spec(bundle)  # every file checked against its sha256 before it is copied
     model_file = variant_file(bundle, spec, precision).name
     if not spec.tokenizer_file:
@@ -196,6 +176,21 @@ def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str |
             (staging / model / "config.pbtxt").write_text(header + text_format.MessageToString(config),
                                                           encoding="utf-8")
     return repo
+
+
+def _check_options(config: ScorerConfig, name: str, kind: str, **counts: int) -> None:
+    if config.backend not in ("auto", "onnxruntime"):
+        raise ValueError(f"a Triton repository runs the ONNX graph on Triton's onnxruntime backend; "
+                         f"backend {config.backend!r} is not supported here (use backend auto or onnxruntime)")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-', starting with a letter "
+                         "or digit")
+    for label, value in counts.items():
+        low = 0 if label == "max_queue_delay_us" else 1
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
 def _copy_graph(bundle: Path, spec: EnsembleSpec, model_file: str, version_dir: Path) -> Path:

@@ -92,12 +92,6 @@ class ScorerConfig:
         """A copy with ``changes`` applied (and checked again)."""
         return dataclasses.replace(self, **changes)
 
-    def build(self):
-        """The :class:`~ensrm.runtime.scorer.Scorer` this configuration describes."""
-        from ensrm.runtime.scorer import Scorer
-
-        return Scorer.from_config(self)
-
 
 def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:

@@ -83,8 +83,10 @@ class Scorer:
 
     @property
     def description(self) -> str:
-        """What runs: runtime, device, graph file and precision (reported by ``serve`` and ``bench``)."""
-        return f"{self.backend.description}, {self.precision}"
+        """What runs: runtime, device, graph file and precision (reported by ``serve`` and ``bench``),
+        and the graph's dtype when ``model.onnx`` is a half-precision export (``fp32 (bf16 weights)``)."""
+        dtype = f" ({self.spec.dtype} weights)" if self.precision == "fp32" and self.spec.dtype != "fp32" else ""
+        return f"{self.backend.description}, {self.precision}{dtype}"
 
     @property
     def num_heads(self) -> int:

@@ -78,7 +78,7 @@ def _load_state(state_dir: Path, model, optimizer, run: dict) -> dict:
 def parameter_groups(model, head_name: str, lr: float, head_lr: float, trunk_lr: float | None = None) -> list[dict]:
     """AdamW groups: the heads at ``head_lr``, the rest at ``lr``; in a partial trunk the shared layers
     at ``trunk_lr`` (default ``lr``). A group at learning rate 0 is frozen (no gradients at all)."""
-    if hasattr(model, "parameter_groups"):  # ensrm.trunk.PartialTrunk
+    if hasattr(model, "parameter_groups"):  # ensrm.models.trunk.PartialTrunk
         parts = model.parameter_groups()
         rates = {"trunk": lr if trunk_lr is None else trunk_lr, "members": lr, "heads": head_lr}
         groups = [{"params": parts[name], "lr": rates[name]} for name in ("trunk", "members", "heads")]

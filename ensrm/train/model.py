@@ -81,8 +81,8 @@ def load_pooled_heads(base_model: str | Path, heads: int, pooling: str):
     The module is the exporter's own ``EncoderWithHeads``, so training reads the features that
     the exported graph computes; its ``heads`` layer holds the K rows.
     """
-    from ensrm.export.modules import EncoderWithHeads
-    from ensrm.export.sources import is_decoder
+    from ensrm.models.modules import EncoderWithHeads
+    from ensrm.models.trunk import is_decoder
 
     path = check_checkpoint(base_model)
     with quiet_transformers():
@@ -94,12 +94,11 @@ def load_pooled_heads(base_model: str | Path, heads: int, pooling: str):
 
 
 def load_trunk_model(base_model: str | Path, members: int, member_layers: int, pooling: str | None):
-    """A partially shared trunk (:class:`ensrm.trunk.PartialTrunk`) of ``members`` members on ``base_model``,
+    """A partially shared trunk (:class:`ensrm.models.trunk.PartialTrunk`) of ``members`` members on ``base_model``,
     each member's last ``member_layers`` layers starting as copies of the base's; pooling defaults to
     mean for encoders (what sentence encoders are trained for) and last for decoders."""
     from ensrm.errors import ExportError
-    from ensrm.export.sources import is_decoder
-    from ensrm.trunk import PartialTrunk
+    from ensrm.models.trunk import PartialTrunk, is_decoder
 
     path = check_checkpoint(base_model)
     with quiet_transformers():
@@ -199,10 +198,10 @@ def pooled_features(model, head, tokenizer, prompts, responses, *, max_length, b
 def save_checkpoint(model, tokenizer, out_dir: Path) -> None:
     """Write an ordinary sequence-classification checkpoint (safetensors, config, tokenizer files);
     a pooled-heads module is written as its base checkpoint plus :data:`HEADS_FILE`, a partial trunk
-    as :func:`ensrm.trunk.save_trunk` describes."""
+    as :func:`ensrm.models.trunk.save_trunk` describes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "member_layers"):
-        from ensrm.trunk import save_trunk
+        from ensrm.models.trunk import save_trunk
 
         save_trunk(model, tokenizer, out_dir)
         return

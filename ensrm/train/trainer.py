@@ -15,6 +15,7 @@ import numpy as np
 
 from ensrm._optional import require
 from ensrm.errors import TrainingError
+from ensrm.models.trunk import TRUNK_FILE
 from ensrm.spec import POOLINGS
 from ensrm.train import model as M
 from ensrm.train.feature_cache import FeatureCache, model_fingerprint
@@ -23,7 +24,6 @@ from ensrm.train.joint import STATE_DIR, parameter_groups, train_joint
 from ensrm.train.metrics import format_metrics, pairwise_metrics
 from ensrm.train.pairs import add_label_noise, bootstrap_counts, fingerprint, load_preferences, split_pairs
 from ensrm.train.progress import Progress
-from ensrm.trunk import TRUNK_FILE
 
 torch = require("torch", "export")
 
@@ -98,7 +98,7 @@ class FrozenSettings:
 class JointSettings:
     """``mode="joint"``: encoder and heads are fine-tuned together with AdamW.
 
-    ``member_layers`` (m, 0 included) trains a partially shared trunk (:mod:`ensrm.trunk`)
+    ``member_layers`` (m, 0 included) trains a partially shared trunk (:mod:`ensrm.models.trunk`)
     instead of the classifier: K members share the embeddings and the first L − m layers, each
     owns a copy of the last m layers and one head on ``pooling`` (default mean for encoders, last
     for decoders) of its last hidden states. ``trunk_lr`` (default ``lr``) is the shared layers'
@@ -349,6 +349,8 @@ def train_with_settings(base_model: str | os.PathLike, prefs: str | os.PathLike 
                         out_dir: str | os.PathLike, settings: TrainSettings) -> TrainResult:
     """:func:`train_reward_model` with its keywords already checked into a :class:`TrainSettings`.
 
+    (Not run by the doctests: it needs a checkpoint and preference data on disk.)
+
     >>> settings = TrainSettings.create(heads=8, mode="joint", epochs=2)          # doctest: +SKIP
     >>> train_with_settings("minilm/", "prefs.jsonl", "rm/", settings).steps     # doctest: +SKIP
     """
@@ -372,29 +374,8 @@ def train_with_settings(base_model: str | os.PathLike, prefs: str | os.PathLike 
     return result
 
 
-def train_reward_model(
-    base_model: str | os.PathLike,
-    prefs: str | os.PathLike | Iterable[dict],
-    out_dir: str | os.PathLike,
-    *,
-    heads: int = 8,
-    mode: str = "frozen",
-    seed: int = 0,
-    bootstrap: bool = False,
-    label_noise: float = 0.0,
-    epochs: int | None = None,
-    lr: float | None = None,
-    head_lr: float | None = None,
-    batch_size: int = 16,
-    l2: float | None = None,
-    max_iter: int | None = None,
-    eval_fraction: float = 0.1,
-    max_length: int = 256,
-    uwo_lambda: float = 0.5,
-    progress: bool = True,
-    resume: bool = False,
-    feature_cache: str | os.PathLike | None = None, pooling: str | None = None,
-    member_layers: int | None = None, trunk_lr: float | None = None) -> TrainResult:
+def train_reward_model(base_model: str | os.PathLike, prefs: str | os.PathLike | Iterable[dict],
+                       out_dir: str | os.PathLike, settings: TrainSettings | None = None, **options) -> TrainResult:
     """Train ``heads`` Bradley–Terry reward heads on one encoder and save a sequence classifier.
 
     ``base_model`` is a local checkpoint directory: a bare encoder/decoder or an existing
@@ -402,6 +383,11 @@ def train_reward_model(
     ``prompt``/``chosen``/``rejected``. ``out_dir`` receives an ordinary classifier checkpoint with
     ``num_labels = heads`` (safetensors, ``id2label`` ``head_k``, tokenizer files) and
     ``ensrm_training.json`` (settings and held-out metrics).
+
+    ``settings`` (:class:`TrainSettings`) says how; or give its keywords instead
+    (:meth:`TrainSettings.create`'s: ``heads`` 8, ``mode`` ``"frozen"``, ``seed`` 0, ``bootstrap``,
+    ``label_noise`` 0, ``batch_size`` 16, ``eval_fraction`` 0.1, ``max_length`` 256, ``uwo_lambda``
+    0.5, ``progress`` True, and each mode's own, below).
 
     - ``mode="frozen"``: pooled features are computed once with the encoder fixed and the K heads
       are fitted by L-BFGS (``l2``, default 1e-3; ``max_iter``, default 200). ``feature_cache`` (a
@@ -422,13 +408,15 @@ def train_reward_model(
     mean reward on the training responses is about 0 (the loss leaves them free); layers without a
     bias (decoder ``score`` layers) keep their offsets.
 
+    (Not run by the doctests: the skipped lines need a checkpoint and preference data on disk.)
+
     >>> result = train_reward_model("minilm/", "prefs.jsonl", "rm/", heads=8)   # doctest: +SKIP
     >>> result.metrics["accuracy"]["wco"]                                       # doctest: +SKIP
     0.87
+    >>> settings = TrainSettings.create(heads=4, mode="joint", epochs=2)
+    >>> train_reward_model("minilm/", "prefs.jsonl", "rm/", settings)          # doctest: +SKIP
     """
-    settings = TrainSettings.create(
-        heads=heads, mode=mode, seed=seed, bootstrap=bootstrap, label_noise=label_noise, epochs=epochs, lr=lr,
-        head_lr=head_lr, batch_size=batch_size, l2=l2, max_iter=max_iter, eval_fraction=eval_fraction,
-        max_length=max_length, uwo_lambda=uwo_lambda, progress=progress, resume=resume,
-        feature_cache=feature_cache, pooling=pooling, member_layers=member_layers, trunk_lr=trunk_lr)
-    return train_with_settings(base_model, prefs, out_dir, settings)
+    if settings is not None and options:
+        raise TypeError(f"train_reward_model() takes settings or keywords, not both (got settings and "
+                        f"{', '.join(sorted(options))})")
+    return train_with_settings(base_model, prefs, out_dir, settings or TrainSettings.create(**options))

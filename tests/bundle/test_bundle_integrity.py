@@ -262,10 +262,11 @@ def test_trust_remote_code_defaults_off(tmp_path):
     import inspect
 
     from ensrm.cli import export_command
-    from ensrm.export.exporter import export_bundle
+    from ensrm.export.settings import ExportSettings
     from ensrm.export.sources import load_source
 
-    for func in (export_bundle, load_source):
+    # export_bundle takes its options as ExportSettings (or keywords that build one): the default is there
+    for func in (ExportSettings, load_source):
         assert inspect.signature(func).parameters["trust_remote_code"].default is False
     ctx = export_command.make_context("export", [str(tmp_path), "-o", str(tmp_path / "out")])
     assert ctx.params["trust_remote_code"] is False

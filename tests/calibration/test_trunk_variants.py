@@ -11,7 +11,7 @@ from ensrm.bundle import load_spec  # noqa: E402
 from ensrm.calibration.data import encoder_for, feed_batches, load_records  # noqa: E402
 from ensrm.calibration.int8 import quantize_int8  # noqa: E402
 from ensrm.export.exporter import export_bundle  # noqa: E402
-from ensrm.trunk import PartialTrunk, save_trunk  # noqa: E402
+from ensrm.models.trunk import PartialTrunk, save_trunk  # noqa: E402
 from tests.calibration.conftest import GATES  # noqa: E402
 
 

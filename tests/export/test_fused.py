@@ -58,7 +58,7 @@ def test_a_model_with_nothing_to_fuse_gets_no_file(checkpoints, tmp_path, monkey
 
 
 def test_a_fused_graph_that_does_not_verify_is_dropped(checkpoints, tmp_path, monkeypatch):
-    from ensrm.export.graph import set_normalization
+    from ensrm.models.graph import set_normalization
 
     def wrong(portable, target):  # a "fusion" that changes the scores: another sigma
         model = onnx.load(str(portable))

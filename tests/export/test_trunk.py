@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 import ensrm  # noqa: E402
 from ensrm.errors import ExportError  # noqa: E402
 from ensrm.export.exporter import export_bundle  # noqa: E402
-from ensrm.trunk import MEMBERS_FILE, TRUNK_FILE, PartialTrunk, load_trunk, save_trunk  # noqa: E402
+from ensrm.models.trunk import MEMBERS_FILE, TRUNK_FILE, PartialTrunk, load_trunk, save_trunk  # noqa: E402
 
 PROMPTS = ["How do I bake bread?", "What is a tuple?", "Plan a hike for me.", "Why is the sky blue?"] * 2
 RESPONSES = ["Mix flour, water and yeast, knead and bake it hot.", "An ordered, immutable sequence.",

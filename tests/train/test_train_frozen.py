@@ -128,3 +128,17 @@ def test_existing_sequence_classifier_as_base(bert_run, easy_prefs, tmp_path):
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(result.out_dir))
     assert model.config.num_labels == 2 and model.classifier.weight.shape[0] == 2
     assert result.metrics["accuracy"]["mean"] > 0.75
+
+
+def test_settings_object_or_keywords_but_not_both(tiny_bert_dir, easy_prefs, tmp_path):
+    from ensrm.train import TrainSettings
+
+    settings = TrainSettings.create(heads=2, seed=3, max_iter=5, eval_fraction=0.2, progress=False)
+    by_settings = train_reward_model(tiny_bert_dir, easy_prefs, tmp_path / "a", settings)
+    by_keywords = train_reward_model(tiny_bert_dir, easy_prefs, tmp_path / "b", heads=2, seed=3, max_iter=5,
+                                     eval_fraction=0.2, progress=False)
+    assert by_settings.heads == by_keywords.heads == 2 and by_settings.n_eval == by_keywords.n_eval
+    np.testing.assert_allclose(by_settings.eval_rewards_chosen, by_keywords.eval_rewards_chosen, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="not both"):
+        train_reward_model(tiny_bert_dir, easy_prefs, tmp_path / "c", settings, heads=3)
+    assert not (tmp_path / "c").exists()

@@ -16,8 +16,8 @@ from ensrm.cli import main  # noqa: E402
 from ensrm.data import generate_preferences  # noqa: E402
 from ensrm.errors import TrainingError  # noqa: E402
 from ensrm.jsonl import write_records  # noqa: E402
+from ensrm.models.trunk import TRUNK_FILE, load_trunk  # noqa: E402
 from ensrm.train import train_reward_model  # noqa: E402
-from ensrm.trunk import TRUNK_FILE, load_trunk  # noqa: E402
 
 SETTINGS = dict(heads=3, mode="joint", member_layers=1, seed=2, bootstrap=True, batch_size=16, lr=1e-3,
                 head_lr=1e-2, max_length=48, eval_fraction=0.0, progress=False)

@@ -1,7 +1,7 @@
 """Torch modules that map token ids to raw per-member rewards ``[batch, K]``.
 
 The exporter traces one of these; the normalisation and the aggregates are appended to the
-ONNX graph afterwards (:mod:`ensrm.export.graph`), so they are written once for every source.
+ONNX graph afterwards (:mod:`ensrm.models.graph`), so they are written once for every source.
 """
 
 from __future__ import annotations
@@ -45,6 +45,33 @@ def base_kwargs(decoder: bool, uses_token_type_ids: bool, attention_mask, token_
     if uses_token_type_ids:
         extra["token_type_ids"] = token_type_ids
     return extra
+
+
+class Float32Head(nn.Module):
+    """A classifier head run in fp32 on the (upcast) output of a half-precision model.
+
+    Heads stay fp32 whatever the export's dtype: rewards of nearly equal heads are compared
+    (min, variance), which half precision would round together.
+    """
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head.float()
+
+    def forward(self, features, *args, **kwargs):
+        return self.head(features.float(), *args, **kwargs)
+
+
+def float32_heads(model):
+    """Run ``model``'s own classifier (``score`` or ``classifier``) in fp32; return ``model``.
+
+    A no-op for an fp32 model, so its traced graph is the one it always was.
+    """
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module) and not isinstance(head, Float32Head) and model.dtype != torch.float32:
+            setattr(model, name, Float32Head(head))
+    return model
 
 
 class EncoderClassifier(nn.Module):
@@ -95,7 +122,9 @@ class EncoderWithHeads(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         extra = base_kwargs(self.decoder, self.uses_token_type_ids, attention_mask, token_type_ids)
         hidden = self.base(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return self.heads(pool(hidden, attention_mask, self.pooling))  # [batch, K]
+        if self.pooling == "mean":  # sum over tokens in fp32 (a no-op for an fp32 model)
+            hidden = hidden.float()
+        return self.heads(pool(hidden, attention_mask, self.pooling).float())  # [batch, K], fp32 heads
 
 
 class FullEnsemble(nn.Module):

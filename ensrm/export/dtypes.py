@@ -1,0 +1,96 @@
+"""The dtype of the exported graph: ``fp32`` (default), ``fp16`` or ``bf16``.
+
+The source model is loaded in the chosen dtype (no fp32 copy of its weights is ever made),
+traced, and verified against torch in that same dtype. Whatever the dtype, the graph takes
+int64 and returns float32 (Contract), and the heads, the pooling average, the normalisation
+and the aggregates run in fp32: the heads' inputs are cast up, and the ONNX tail
+(:mod:`ensrm.models.graph`) is appended in fp32.
+
+What ``model.onnx`` holds:
+
+- ``fp16``: the traced fp16 graph — fp16 weights and matrix products, with the upcasts the model
+  code makes itself (RMSNorm variance, softmax). onnxruntime's CPU provider runs it, TensorRT
+  builds it strongly typed.
+- ``bf16``: bf16 *weights* with fp32 arithmetic — each bf16 weight is followed by a ``Cast`` to
+  fp32 and every bf16 cast of the trace becomes fp32 (:func:`upcast_compute`). onnxruntime
+  1.32's CPU provider has no bf16 kernels for ``Where``/``MatMul`` (measured: the traced bf16
+  graph fails to load), so a bf16-arithmetic graph could be neither verified nor run here; the
+  file is half the size of fp32, and a runtime that folds the casts holds fp32 weights in memory.
+"""
+
+from __future__ import annotations
+
+from ensrm._optional import require
+from ensrm.errors import ExportError
+
+DTYPES = ("fp32", "bf16", "fp16")
+#: Bytes per weight of each dtype.
+ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
+#: Default verification tolerance of each dtype, relative to the largest |head| torch gives (at least 1):
+#: fp32 is the reference check; fp16 carries 11 significant bits, bf16 weights 8 and torch's bf16
+#: arithmetic rounds every product to 8 bits (what the graph is compared with).
+RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2}
+
+
+def check_dtype(dtype: str) -> str:
+    """``dtype`` if it is one the export writes, else an :class:`ExportError` naming the choices."""
+    if dtype not in DTYPES:
+        raise ExportError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def torch_dtype(dtype: str):
+    """The torch dtype to load a source in: ``torch_dtype("bf16") -> torch.bfloat16``."""
+    torch = require("torch", "export")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[check_dtype(dtype)]
+
+
+def upcast_compute(model) -> int:
+    """Rewrite a traced bf16 ONNX ``model`` in place to fp32 arithmetic on its bf16 weights.
+
+    Each bf16 initializer ``w`` becomes ``w.bf16`` read through a ``Cast(to=FLOAT)`` named ``w``;
+    ``Cast(to=BFLOAT16)`` nodes cast to fp32; bf16 constants and declared bf16 types become fp32.
+    Returns the number of weights kept in bf16.
+
+    >>> upcast_compute(onnx.load("model.onnx"))          # doctest: +SKIP
+    22
+    """
+    onnx = require("onnx", "export")
+    numpy_helper = onnx.numpy_helper
+    BF16, FLOAT = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+    graph = model.graph
+    if any(node.op_type in ("If", "Loop", "Scan") for node in graph.node) or len(model.functions):
+        raise ExportError("the bf16 graph has subgraphs or local functions; export it with `dtype='fp16'` or 'fp32'")
+
+    def to_float(tensor):
+        return numpy_helper.from_array(numpy_helper.to_array(tensor).astype("float32"), tensor.name)
+
+    casts = []
+    for init in graph.initializer:
+        if init.data_type == BF16:
+            stored = f"{init.name}.bf16"
+            casts.append(onnx.helper.make_node("Cast", [stored], [init.name], to=FLOAT, name=f"upcast/{init.name}"))
+            init.name = stored
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == BF16:
+                attr.i = FLOAT
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == BF16:
+                attr.t.CopyFrom(to_float(attr.t))
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.type.tensor_type.elem_type == BF16:
+            value.type.tensor_type.elem_type = FLOAT
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(casts)
+
+
+def graph_dtypes(model) -> dict[str, int]:
+    """Count the initializers of ``model`` by element type name (``{"FLOAT16": 22, "FLOAT": 3, ...}``)."""
+    onnx = require("onnx", "export")
+    counts: dict[str, int] = {}
+    for init in model.graph.initializer:
+        name = onnx.TensorProto.DataType.Name(init.data_type)
+        counts[name] = counts.get(name, 0) + 1
+    return counts

@@ -1,0 +1,98 @@
+"""Peak RSS of `ens-export` against the weights' bytes, and the step where the peak falls.
+
+Builds a random-weight decoder reward model of a real shape (tests/models.py: Qwen2-0.5B or
+Llama-3.2-1B, optionally with fewer layers) saved in bf16 as sharded safetensors, exports it once
+per dtype in a child process, samples the child's RSS every 0.1 s and attributes each sample to
+the export step running at the time (the progress lines). Prints one JSON line per export.
+
+    python scripts/export_memory.py --shape qwen2-0.5b --layers 2 --dtype bf16,fp32 --max-length 512
+
+Run it alone on a shared machine: the full 0.5B shape in fp32 takes several GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict:
+    """Run one export; its peak RSS overall and per step (the step a sample falls in is the one
+    whose progress line comes next)."""
+    cmd = [sys.executable, "-m", "ensrm.cli", "export", str(source), "-o", str(out), "--dtype", dtype, "--overwrite"]
+    if max_length:
+        cmd += ["--max-length", str(max_length)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    samples: list[tuple[float, int]] = []
+    steps: list[tuple[float, str]] = []
+
+    def read_steps():
+        for line in proc.stderr:
+            steps.append((time.perf_counter() - start, line.strip()))
+
+    reader = threading.Thread(target=read_steps, daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        samples.append((time.perf_counter() - start, rss_bytes(proc.pid)))
+        time.sleep(0.1)
+    reader.join()
+    peaks: dict[str, int] = {}
+    for at, rss in samples:
+        label = next((line for t, line in steps if t >= at and line.startswith("[")), "end")
+        label = label.split("] ", 1)[-1].split(":")[0].split(" (")[0][:40]
+        peaks[label] = max(peaks.get(label, 0), rss)
+    return {"returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
+            "peak_rss_bytes": max((r for _, r in samples), default=0), "peak_by_step": peaks,
+            "last_lines": [line for _, line in steps[-3:]]}
+
+
+def main() -> None:
+    from ensrm.export.dtypes import ITEMSIZE
+    from ensrm.export.memory import checkpoint_parameters
+    from tests.models import REAL_SHAPES, build_real_shape
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(REAL_SHAPES), default="qwen2-0.5b")
+    parser.add_argument("--layers", type=int, help="reduce the depth (default: the real one)")
+    parser.add_argument("--dtype", default="bf16,fp32")
+    parser.add_argument("--max-length", type=int, help="--max-length of the export (default: the config's)")
+    parser.add_argument("--work", type=Path, help="directory for the checkpoint and bundles (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ensrm-export-memory-"))
+    source = work / f"{args.shape}-l{args.layers or 'full'}"
+    if not (source / "config.json").is_file():
+        build_real_shape(args.shape, source, layers=args.layers)
+    params = checkpoint_parameters(source)
+    for dtype in args.dtype.split(","):
+        result = measure(source, work / f"bundle-{dtype}", dtype, args.max_length)
+        weights = params * ITEMSIZE[dtype]
+        print(json.dumps({"shape": args.shape, "layers": args.layers or REAL_SHAPES[args.shape]["num_hidden_layers"],
+                          "dtype": dtype, "max_length": args.max_length, "params": params, "weights_bytes": weights,
+                          "peak_over_weights": round(result["peak_rss_bytes"] / weights, 2), **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

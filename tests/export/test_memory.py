@@ -1,0 +1,109 @@
+"""Export memory: estimated and refused up front, verification sized to fit, sharded checkpoints,
+long RoPE inputs with left padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ensrm.errors import ExportError
+from ensrm.export import memory
+
+
+@pytest.fixture(scope="session")
+def long_decoders(tmp_path_factory):
+    """``long_decoders(kind)``: a tiny sharded RoPE decoder declaring 32,768 positions (cached)."""
+    from tests.models import build_long_decoder
+
+    cache = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            cache[kind] = build_long_decoder(kind, tmp_path_factory.mktemp(f"long-{kind}"))
+        return cache[kind]
+
+    return get
+
+
+def test_sizes_parse_and_the_estimate_grows_with_the_square_of_the_length():
+    assert memory.parse_size("512M") == 512 * 2 ** 20 and memory.parse_size("2g") == 2 * 2 ** 30
+    assert memory.parse_size("1000") == 1000
+    for bad in ("lots", "-1G", "0"):
+        with pytest.raises(ExportError, match="ENSRM_MEMORY_LIMIT"):
+            memory.parse_size(bad)
+    shape = memory.Shape(hidden=896, heads=14, intermediate=4864)
+    one, two = memory.activation_bytes(shape, 1, 1024), memory.activation_bytes(shape, 1, 2048)
+    assert 3 * one < two < 4 * one
+    assert memory.activation_bytes(shape, 8, 512) == 8 * memory.activation_bytes(shape, 1, 512)
+    # a 32k config is verified at a length that fits, never above the fixed ceiling
+    length = memory.fitting_length(shape, 32_768, 2 ** 30)
+    assert memory.activation_bytes(shape, 1, length) <= 2 ** 30 < memory.activation_bytes(shape, 1, length + 1)
+    assert memory.fitting_length(shape, 32_768, 2 ** 40) == memory.MAX_VERIFY_LENGTH
+    assert memory.fitting_length(shape, 100, 2 ** 40) == 100
+    assert memory.rows_per_run(shape, length, 2 ** 30) == 1
+    assert memory.rows_per_run(shape, 128, 2 ** 30) > 10
+
+
+def test_limit_env_caps_what_is_available(monkeypatch):
+    monkeypatch.setenv(memory.LIMIT_ENV, "300M")
+    assert memory.available_bytes() == 300 * 2 ** 20
+    assert memory.activation_budget() == 2 ** 28  # never below 256 MiB
+
+
+def test_sharded_checkpoint_parameters_are_counted(long_decoders):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = long_decoders("qwen2")
+    shards = sorted(p.name for p in path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (path / "model.safetensors.index.json").is_file()
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    assert memory.checkpoint_parameters(path) == sum(p.numel() for p in model.parameters())
+    assert memory.weight_bytes([path], 2) == 2 * memory.checkpoint_parameters(path)
+
+
+def test_export_refuses_up_front_when_memory_is_short(long_decoders, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ensrm.cli import main
+    from ensrm.export.exporter import export_bundle
+
+    monkeypatch.setenv(memory.LIMIT_ENV, "1M")
+    with pytest.raises(ExportError, match=r"in bf16 needs about \d+\.\d+ GiB \(4 x 0\.00 GiB of weights \+ "
+                                          r"0\.25 GiB for activations\), but only 0\.00 GiB is available "
+                                          r"\(ENSRM_MEMORY_LIMIT\)"):
+        export_bundle([long_decoders("qwen2")], tmp_path / "rm", dtype="bf16", progress=None)
+    result = CliRunner().invoke(main, ["export", str(long_decoders("qwen2")), "-o", str(tmp_path / "rm")])
+    assert result.exit_code == 1 and "only 0.00 GiB is available" in result.output
+    assert list(tmp_path.iterdir()) == []  # no bundle, no staging directory
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_a_32k_config_verifies_2048_tokens_left_padded(long_decoders, tmp_path, kind):
+    """The bundle accepts the config's 32,768 tokens; verification runs at the 2,048 that fit, on both
+    padding sides; a batch mixing 2,048 tokens with a short row left-padded by 2,000 equals torch."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    import ensrm
+    from ensrm.export.exporter import export_bundle
+    from ensrm.models.modules import DecoderClassifier
+
+    spec = export_bundle([long_decoders(kind)], tmp_path / "rm", cpu_graph=False, progress=None)
+    checks = spec.variants["fp32"].checks
+    assert spec.max_length == 32_768 and checks["passed"]
+    assert checks["length_cap"] == memory.MAX_VERIFY_LENGTH == 2048 == checks["lengths"][1]
+    assert spec.padding_side == "left" and checks["padding_sides"] == ["right", "left"]
+
+    rng = np.random.default_rng(0)
+    long, short = rng.integers(5, spec.vocab_size, 2048), rng.integers(5, spec.vocab_size, 48)
+    ids = np.full((2, 2048), spec.pad_token_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    ids[0], mask[0] = long, 1
+    ids[1, -48:], mask[1, -48:] = short, 1  # left padding
+    got = ensrm.Scorer(tmp_path / "rm").score(ids, mask).heads
+    model = DecoderClassifier(AutoModelForSequenceClassification.from_pretrained(long_decoders(kind))).eval()
+    with torch.inference_mode():
+        want = np.concatenate([model(torch.from_numpy(row[None]), torch.ones(1, len(row), dtype=torch.long)).numpy()
+                               for row in (long, short)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
