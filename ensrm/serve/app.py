@@ -101,7 +101,9 @@ def _load_beside(scorer):
     config = getattr(scorer, "config", None)
     if config is None:
         raise EnsrmError("this server's scorer has no configuration to reload with")
-    return lambda bundle: config.replace(bundle=bundle).build()
+    from ensrm.runtime.scorer import Scorer
+
+    return lambda bundle: Scorer.from_config(config.replace(bundle=bundle))
 
 
 class _Model:

@@ -227,12 +227,30 @@ def test_bad_input_names_the_field(scorer, make_client, path, body, status, fiel
     assert client.post("/v1/score", json={"prompts": ["a"], "responses": ["b"]}).status_code == 200
 
 
+class _PoisonEncoder:
+    """The bundle's encoder, except that a batch holding the response 'poison' raises InputError,
+    as a tokenizer does on a text it cannot take (the request checks catch the known cases first)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def encode(self, prompts, responses, truncation=True):
+        if "poison" in responses:
+            i = responses.index("poison")
+            raise ensrm.errors.InputError(f"responses[{i}] cannot be tokenised", field=f"responses[{i}]")
+        return self.encoder.encode(prompts, responses, truncation=truncation)
+
+
 def test_a_bad_request_batched_with_good_ones_fails_alone(held, make_client):
+    held.text_encoder = _PoisonEncoder(held.scorer.text_encoder)
     client = make_client(held, max_wait_ms=0)
     held.gate.clear()
     held.entered.clear()
     bodies = [{"prompts": ["hold"], "responses": ["the worker"]}] + [
-        {"prompts": ["q"], "responses": [text]} for text in ("fine", "bad \ud800 text", "also fine")]
+        {"prompts": ["q"], "responses": [text]} for text in ("fine", "poison", "also fine")]
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(client.post, "/v1/score", json=bodies[0])
         held.entered.wait(30)
@@ -242,7 +260,10 @@ def test_a_bad_request_batched_with_good_ones_fails_alone(held, make_client):
         held.gate.set()
         answers = [first.result(30)] + [f.result(30) for f in rest]
     assert [a.status_code for a in answers] == [200, 200, 422, 200]
-    assert answers[2].json()["error"]["field"] == "responses[0]"
+    assert answers[2].json()["error"]["field"] == "responses[0]"  # its own index, not the batch's
+    # text that is not valid Unicode is refused before it is queued
+    bad = client.post("/v1/score", content=json.dumps({"prompts": ["q"], "responses": ["bad \ud800 text"]}).encode())
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "responses[0]"
 
 
 # -- limits, auth, overload, model errors --------------------------------------------------------
