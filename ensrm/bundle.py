@@ -55,6 +55,8 @@ def bundle_file(bundle_dir: str | os.PathLike, name: str) -> Path:
 def variant_file(bundle_dir: str | os.PathLike, spec: EnsembleSpec, precision: str) -> Path:
     """The graph file of the bundle's accepted ``precision`` variant; refuses a missing or rejected one.
 
+    (Not run by the doctests: it needs a bundle on disk.)
+
     >>> variant_file("bundles/default", read_spec("bundles/default"), "fp32").name   # doctest: +SKIP
     'model.onnx'
     """

@@ -420,6 +420,134 @@ def _score_on_ray(config, input_file, output, job, ray_address, concurrency, qui
     click.echo(summary.describe())
 
 
+# -- ensrm eval --------------------------------------------------------------------------------
+
+
+class _StageLine:
+    """Progress of ``ensrm eval`` on stderr: the stage, texts done of total, texts per second."""
+
+    def __init__(self, enabled: bool):
+        import time
+
+        self.enabled = enabled
+        self.clock = time.perf_counter
+        self.stage, self.started, self.open = None, 0.0, False
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage, self.started = stage, self.clock()
+        if not total:
+            click.echo(f"{stage} …", err=True)
+            return
+        seconds = self.clock() - self.started
+        rate = f", {done / seconds:,.0f} texts/s" if seconds > 0 and done else ""
+        click.echo(f"\r{stage}: {done:,}/{total:,} texts ({100 * done // total}%){rate}", err=True, nl=False)
+        self.open = True
+
+    def close(self) -> None:
+        if self.open:
+            click.echo("", err=True)
+            self.open = False
+
+
+def _unit_interval(ctx, param, value):
+    if value is not None and not 0.0 < value <= 1.0:
+        raise click.BadParameter(f"must be in (0, 1], got {value:g}")
+    return value
+
+
+@click.command("eval")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("pairs", metavar="PAIRS.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", default="artifacts/eval", show_default=True, type=click.Path(file_okay=False),
+              help="Report directory: report.json, report.md and the PNG plots.")
+@click.option("--precisions", help="Also evaluate these accepted precisions (comma-separated, e.g. fp32,int8, or "
+                                   "all) beside --precision; deltas are reported against fp32.")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="The source model (what ens-export was given; repeat for a full ensemble): also scored in torch, "
+                   "with the bundle's tokenizer and normalisation, for the export's deltas (needs ensrm[export]).")
+@click.option("--checkpoint-heads", type=click.Path(exists=True, dir_okay=False),
+              help="heads.safetensors, for a base-model --checkpoint exported with --heads.")
+@click.option("--objective", default="uwo", show_default=True,
+              help="Aggregate whose errors the uncertainty figures and the filter are about: mean, wco (min), uwo.")
+@click.option("--write-filter", type=click.Path(dir_okay=False),
+              help="Save a ResponseFilter (for ensrm serve/score --filter) with max_std chosen by --target-accuracy "
+                   "or --keep.")
+@click.option("--target-accuracy", type=float, callback=_unit_interval,
+              help="Choose the largest disagreement threshold whose kept pairs reach this accuracy (e.g. 0.95).")
+@click.option("--keep", type=float, callback=_unit_interval,
+              help="Choose the smallest disagreement threshold that keeps this share of the pairs (e.g. 0.8).")
+@click.option("--min-score", type=float,
+              help="Also reject responses whose --objective score is below this (a fixed score threshold).")
+@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples for the 95% intervals (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots (needs matplotlib).")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@scoring_options
+@_one_line_errors
+def eval_command(bundle, pairs, output, precisions, checkpoints, checkpoint_heads, objective, write_filter,
+                 target_accuracy, keep, min_score, resamples, seed, plots, quiet, scoring):
+    """Evaluate BUNDLE on preference pairs: accuracy, whether disagreement predicts errors, a filter threshold.
+
+    PAIRS.jsonl holds {"prompt", "chosen", "rejected"} records (RewardBench's fields; optional
+    "subset"); chosen/rejected may be TRL conversational message lists. Accuracy counts ties
+    as half, with 95% bootstrap intervals, for every head and aggregate, per subset and per
+    RewardBench section where the subset names match.
+
+    \b
+    Examples:
+      ensrm eval bundles/default pairs.jsonl -o artifacts/eval
+      ensrm eval bundles/default pairs.jsonl --precisions all --checkpoint checkpoints/default
+      ensrm eval bundles/default pairs.jsonl --write-filter filter.json --target-accuracy 0.95
+    """
+    from ensrm.evaluate.run import evaluate_file
+
+    with _usage():
+        if (target_accuracy is not None or keep is not None or min_score is not None) and write_filter is None:
+            raise ValueError("--target-accuracy, --keep and --min-score choose the filter of --write-filter")
+        if write_filter is not None and (target_accuracy is None) == (keep is None):
+            raise ValueError("--write-filter needs exactly one of --target-accuracy and --keep")
+        if checkpoint_heads is not None and not checkpoints:
+            raise ValueError("--checkpoint-heads goes with --checkpoint")
+    progress = _StageLine(enabled=not quiet)
+    try:
+        report = evaluate_file(scoring(bundle), pairs, output, write_filter=write_filter, plots=plots,
+                               progress=progress, precisions=precisions, checkpoint=checkpoints,
+                               checkpoint_heads=checkpoint_heads, objective=objective, resamples=resamples,
+                               seed=seed, target_accuracy=target_accuracy, keep=keep, min_score=min_score)
+    finally:
+        progress.close()
+    click.echo(_eval_summary(report))
+
+
+def _eval_summary(report: dict) -> str:
+    """A few lines for the terminal; report.md has the rest."""
+    objective = report["settings"]["objective"]
+    lines = []
+    for run in report["runs"]:
+        result = run["analysis"]
+        overall = result["accuracy"]["overall"]
+        accuracy = ", ".join(f"{a} {100 * overall[a]['value']:.1f}%" for a in ("mean", "wco", "uwo"))
+        auroc = result["uncertainty"]["auroc"]["response_std"][objective]["value"]
+        lines.append(f"{run['name']}: accuracy {accuracy}; AUROC of response std for {objective} errors "
+                     + ("n/a" if auroc is None else f"{auroc:.3f}") + f" ({run['seconds']:.1f} s scoring)")
+    choice = report.get("filter")
+    if choice:
+        expected = choice["expected"]
+        lines.append(f"filter: max_std {choice['max_std']}, min_score {choice['min_score']}: expected accuracy "
+                     f"{100 * expected['accuracy']['value']:.1f}%, "
+                     f"pairs kept {100 * expected['pair_keep']['value']:.1f}%"
+                     + (f", saved to {choice['file']}" if choice.get("file") else ""))
+    files = report["files"]
+    lines.append(f"{report['pairs']} pairs in {report['timing']['total_seconds']:.1f} s; wrote {files['markdown']}, "
+                 f"{files['json']}" + (" and plots" if len(files) > 2 else ""))
+    return "\n".join(lines)
+
+
 @click.command("train")
 @click.argument("base_model", type=click.Path(exists=True, file_okay=False))
 @click.argument("prefs", type=click.Path(exists=True, dir_okay=False))
@@ -607,6 +735,7 @@ main.add_command(bench_command)
 main.add_command(train_command)
 main.add_command(triton_repo_command)
 main.add_command(serve_command)
+main.add_command(eval_command)
 
 
 @main.command("demo")

@@ -19,10 +19,6 @@ BENCHMARKS = PACKAGE.parent / "benchmarks"
 #: Modules whose examples are not checked here, and why. The files being rewritten on other
 #: branches (issue 24's scoring-config and scoring-job work) join the run after that merge.
 NOT_CHECKED = {
-    "ensrm.runtime.batch": "being rewritten on another branch (one scoring-job semantics)",
-    "ensrm.runtime.scorer": "being rewritten on another branch (the scoring configuration)",
-    "ensrm.integrations.ray_data": "being rewritten on another branch (one scoring-job semantics)",
-    "ensrm.integrations.triton": "being rewritten on another branch (one error mapping per boundary)",
     "ensrm.serve": "being rewritten on another branch (one error mapping per boundary)",
 }
 REASON = "not run by the doctests"

@@ -187,6 +187,7 @@ def check_export_memory(paths, dtype: str, *, available: int | None = None) -> d
     """Refuse an export whose estimated peak exceeds the memory available; return the estimate.
 
     The estimate is :data:`PEAK_FACTOR` times the weights in ``dtype`` plus the activation budget.
+    (Not run by the doctests: it needs a checkpoint on disk.)
 
     >>> check_export_memory(["checkpoints/qwen2-rm"], "bf16", available=2 ** 30)   # doctest: +SKIP
     Traceback (most recent call last):

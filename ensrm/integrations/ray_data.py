@@ -4,6 +4,8 @@ Needs ``pip install 'ensrm[ray]'``. The same code runs on a laptop (``ray.init()
 cluster (``ray.init(address="auto")`` or ``"ray://head:10001"``): Ray Data schedules the actors,
 ensrm only scores the batches it is handed.
 
+(The example needs a bundle and Ray: not run by the doctests.)
+
 >>> import ray
 >>> from ensrm.integrations.ray_data import score_dataset
 >>> ds = ray.data.read_parquet("candidates/")                                   # doctest: +SKIP
@@ -151,6 +153,8 @@ class ScoreBatches:
     (:meth:`Scorer.score_texts`), so larger Ray batches pad less. ``threads=None`` takes the
     CPUs Ray assigned the actor. ``response_filter`` is the path of a saved
     :class:`~ensrm.runtime.filter.ResponseFilter`; ``key_column`` names rows in errors.
+
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> scored = ds.map_batches(ScoreBatches, fn_constructor_kwargs={"bundle": "/shared/rm"},
     ...                         batch_format="pyarrow", batch_size=1024, num_cpus=2,
@@ -323,6 +327,8 @@ def score_dataset(ds, bundle: str | os.PathLike | ScorerConfig, *, concurrency: 
     (:func:`mark_best_of_n`). Lazy, like every Ray Data transform: nothing runs until the result
     is consumed or written. See the module docstring for the columns added.
 
+    (The example needs a bundle and Ray: not run by the doctests.)
+
     >>> ray.init()                                                                # doctest: +SKIP
     >>> ds = ray.data.from_items([{"prompt": "Name a prime.", "response": "7"}])  # doctest: +SKIP
     >>> score_dataset(ds, "bundles/default").take(1)[0]["ens_score"]               # doctest: +SKIP
@@ -444,6 +450,8 @@ def mark_best_of_n(scored, objective: str = "uwo", group_column: str = "prompt",
     when given (e.g. the sample index of each candidate); without it, in the order Ray
     delivers the group, which is not fixed, so exact ties may then go either way.
 
+    (The example needs a bundle and Ray: not run by the doctests.)
+
     >>> marked = mark_best_of_n(score_dataset(ds, bundle), objective="wco", order_column="sample")  # doctest: +SKIP
     >>> best = marked.filter(lambda row: row["ens_chosen"])                                         # doctest: +SKIP
     """
@@ -460,6 +468,8 @@ def _keep_accepted(table):
 def accepted_rows(scored):
     """The rows a :class:`~ensrm.runtime.filter.ResponseFilter` accepted (``score_dataset(..., response_filter=PATH)``);
     rows marked bad are not accepted.
+
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> kept = accepted_rows(score_dataset(ds, bundle, response_filter="bundles/rm-filter.json"))  # doctest: +SKIP
     """
@@ -555,6 +565,8 @@ def ensrm_error(exc: BaseException) -> EnsrmError | None:
     ensrm's errors keep their class and fields through pickling, so the driver gets the worker's
     :class:`BadRowError` itself (:func:`score_files` asks Ray Data to raise the UDF's own
     exception; a caller of :func:`score_dataset` can pass whatever it catches here).
+
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> try:                                                            # doctest: +SKIP
     ...     score_dataset(ds, bundle).take_all()
@@ -661,7 +673,7 @@ def _score_jsonl(ray, config: ScorerConfig, files: list[Path], output: Path, *, 
                 if progress is not None:
                     progress(writer.scored, writer.rejected, time.perf_counter() - start)
         if seen != expected:
-            raise RuntimeError(f"Ray returned {seen:,} of the {expected:,} input records; nothing was written")
+            raise JobError(f"Ray returned {seen:,} of the {expected:,} input records; nothing was written")
         writer.close_group()
         if rejects is not None:
             rejects.commit()
@@ -686,49 +698,30 @@ def score_files(bundle: str | os.PathLike | ScorerConfig, input_path: str | os.P
                 max_task_retries: int = MAX_TASK_RETRIES, progress: JobProgress | None = None) -> RaySummary:
     """``ensrm score --ray``: score a JSONL file (or a directory of them) or Parquet on ``concurrency`` actors.
 
-    **JSONL** gets exactly the job of :func:`ensrm.runtime.batch.score_file`, with the same
-    arguments and a byte-identical OUTPUT file (and rejects file): the lines are read as text
-    and parsed and validated by ensrm (a record with a number for ``response``, a missing field
-    or a line that is not JSON is a bad record, ``on_bad_row="fail"`` or ``"skip"``, never a
-    crash of Ray's JSON reader, and no field is added that the input did not have), rows come
-    out in input order, best-of-n groups are runs of consecutive records with the same prompt
-    numbered from 0. ``chunk_size`` non-blank lines make one Ray batch; ``batch_size`` is pairs
-    per model call. For a directory, files are taken in name order, each with its own line numbers.
+    **JSONL** gets the job of :func:`ensrm.runtime.batch.score_file`, same arguments, byte-identical
+    OUTPUT (and rejects): lines read as text and validated by ensrm (a wrong type, a missing field,
+    a line that is not JSON is a bad record, never a crash, and no field is added), input order,
+    best-of-n groups = runs of one prompt numbered from 0. ``chunk_size`` non-blank lines make one
+    Ray batch; ``batch_size`` is pairs per model call. A directory: files in name order.
+    **Parquet** writes a new directory of ``output_format`` files through :func:`score_dataset`
+    (``on_bad_row="skip"`` keeps a bad row with ``ensrm.error`` set).
+    Nothing appears under ``output`` unless every row was scored, exactly once: a killed actor is
+    restarted and its batch retried (``max_restarts``, ``max_task_retries``); past that,
+    :class:`~ensrm.errors.JobError`. ``address`` goes to ``ray.init``; without it a Ray already
+    initialised here is used, or a local one started.
 
-    **Parquet** (typed columns) writes a new directory of ``output_format`` files (default: the
-    output's suffix, else Parquet) through :func:`score_dataset`; bad rows (a null or non-UTF-8
-    text) fail the job, or with ``on_bad_row="skip"`` are kept with ``ensrm.error`` set.
-
-    Either way nothing appears under ``output`` unless every row was scored: a killed actor is
-    restarted and its batch retried (``max_restarts``, ``max_task_retries``), every row comes
-    out exactly once, and when retries run out the job fails naming the cause. ``address`` is
-    passed to ``ray.init`` (``"auto"``, ``"ray://head:10001"``); without it a Ray already
-    initialised in this process is used, or a local one started.
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> score_files("bundles/default", "candidates.jsonl", "scored.jsonl", concurrency=2)  # doctest: +SKIP
     RaySummary(records=1000, files=1, ...)
     """
     ray = _ray()
     input_path, output = Path(input_path), Path(output)
-    if not input_path.exists():
-        raise FileNotFoundError(f"no such input: {input_path}")
-    in_format = file_format(input_path)
     policy = bad_row_policy(on_bad_row, skip_bad)
+    in_format, rejects_path = _check_files(input_path, output, output_format, policy, rejects_path, chunk_size)
     objective = parse_objective(objective, 10**9)  # names only here; head:K is checked against the bundle
     config = ScorerConfig.of(bundle, precision=precision, threads=threads, batch_size=batch_size, providers=providers)
     retries = _fault_tolerance(max_restarts, max_task_retries)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if in_format == "json":
-        if (output_format or FORMATS.get(output.suffix, "json")) != "json":
-            raise ValueError("JSONL input is scored into a JSONL file, as `ensrm score` does; name the output .jsonl")
-        rejects_path = check_job_paths(input_path, output, policy, rejects_path)
-    else:
-        if rejects_path is not None:
-            raise ValueError("`rejects_path` goes with JSONL input; Parquet rows marked bad stay in the output "
-                             "with ensrm.error set")
-        if output.exists():
-            raise ValueError(f"{output} exists; Ray writes a directory of files there, so give a new path")
     _check_bundle_here(config, objective)
     started = not ray.is_initialized()
     if started:
@@ -749,17 +742,45 @@ def score_files(bundle: str | os.PathLike | ScorerConfig, input_path: str | os.P
                               concurrency=concurrency, num_cpus=num_cpus, objective=objective, best_of_n=best_of_n,
                               response_filter=response_filter, mark=policy == "skip", retries=retries)
     except ray.exceptions.RayError as exc:
-        inner = ensrm_error(exc)
-        if inner is not None:
-            raise inner from None
-        cause = str(exc).strip().splitlines()
-        raise JobError(f"the Ray job failed ({type(exc).__name__}: {cause[0] if cause else 'no message'}) after "
-                       f"up to {max_restarts} actor restarts and {max_task_retries} retries per batch; nothing "
-                       f"was written to {output}") from exc
+        error = _job_error(exc, retries, output)
+        raise error from error.__cause__  # Ray's wrapper adds nothing but a worker traceback
     finally:
         ctx.execution_options.preserve_order, ctx.raise_original_map_exception = saved
         if started:
             ray.shutdown()
+
+
+def _job_error(exc: BaseException, retries: dict, output: Path) -> EnsrmError:
+    """What a failed Ray job raises: the worker's own ensrm error, or a :class:`JobError` naming Ray's cause."""
+    inner = ensrm_error(exc)
+    if inner is not None:
+        return inner
+    cause = str(exc).strip().splitlines()
+    error = JobError(f"the Ray job failed ({type(exc).__name__}: {cause[0] if cause else 'no message'}) after up "
+                     f"to {retries['max_restarts']} actor restarts and {retries['max_task_retries']} retries per "
+                     f"batch; nothing was written to {output}")
+    error.__cause__ = exc
+    return error
+
+
+def _check_files(input_path: Path, output: Path, output_format: str | None, policy: str,
+                 rejects_path: str | os.PathLike | None, chunk_size: int) -> tuple[str, Path | None]:
+    """The input's format and the rejects path, refusing what :func:`score_files` cannot write."""
+    if not input_path.exists():
+        raise FileNotFoundError(f"no such input: {input_path}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    in_format = file_format(input_path)
+    if in_format == "json":
+        if (output_format or FORMATS.get(output.suffix, "json")) != "json":
+            raise ValueError("JSONL input is scored into a JSONL file, as `ensrm score` does; name the output .jsonl")
+        return in_format, check_job_paths(input_path, output, policy, rejects_path)
+    if rejects_path is not None:
+        raise ValueError("`rejects_path` goes with JSONL input; Parquet rows marked bad stay in the output "
+                         "with ensrm.error set")
+    if output.exists():
+        raise ValueError(f"{output} exists; Ray writes a directory of files there, so give a new path")
+    return in_format, None
 
 
 def _score_parquet(ray, config: ScorerConfig, input_path: Path, output: Path, out_format: str, *, concurrency: int,

@@ -75,8 +75,10 @@ class PairTokenizer:
     (never past ``max_length``) so that Triton's dynamic batcher can merge requests.
     ``model_dir`` holds the bundle's ``ensemble.json`` and tokenizer file.
 
+    (The example needs a bundle: not run by the doctests.)
+
     >>> tok = PairTokenizer("repo/rm_tokenize/1", pad_to_multiple=32)        # doctest: +SKIP
-    >>> tok([b"How do I boil an egg?"], [b"Simmer it."])["input_ids"].shape
+    >>> tok([b"How do I boil an egg?"], [b"Simmer it."])["input_ids"].shape  # doctest: +SKIP
     (1, 32)
     """
 
@@ -138,8 +140,10 @@ def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str |
     bundle directory's name) prefixes the model names. The repository appears complete or
     not at all; an existing ``out`` is replaced only with ``overwrite``.
 
+    (The example needs a bundle: not run by the doctests.)
+
     >>> repo = write_triton_repository("bundles/rm", "triton-repo", precision="fp16")  # doctest: +SKIP
-    >>> repo.ensemble, repo.onnx
+    >>> repo.ensemble, repo.onnx  # doctest: +SKIP
     ('rm', 'rm_onnx')
     """
     config = ScorerConfig.of(bundle, precision=precision)

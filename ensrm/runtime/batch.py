@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ensrm.errors import InputError, InputFileError, OutputError
+from ensrm.errors import InputError, InputFileError, JobError, OutputError
 from ensrm.jsonl import parse_record
 from ensrm.progress import JobProgress
 from ensrm.runtime.best_of_n import argmax_or_none
@@ -241,6 +241,8 @@ def chunks(path: str | os.PathLike, chunk_size: int, offset: int = 0,
     """Cut a file into chunks of ``chunk_size`` non-blank lines (from byte ``offset``, which is line
     ``first_line``); yields each chunk with its ``(line_number, raw_line)`` pairs. Streams.
 
+    (The example needs a records file: not run by the doctests.)
+
     >>> [c.lines for c, _ in chunks("records.jsonl", 1024)]      # doctest: +SKIP
     [1024, 1024, 17]
     """
@@ -311,6 +313,8 @@ def score_lines(scorer, items: list[tuple[int, bytes]], *, path: str | os.PathLi
     ``progress(scored, bad)``, when given, is called after every ``8 * batch_size`` pairs with
     this chunk's counts so far (so progress shows even on a slow machine).
 
+    (The example needs a bundle: not run by the doctests.)
+
     >>> [r.problem for r in score_lines(scorer, [(1, b'{"prompt": "Hi", "response": 5}')])]  # doctest: +SKIP
     ["field 'response' must be a string, found int"]
     """
@@ -354,8 +358,10 @@ def score_isolating(scorer, prompts: list[str], responses: list[str],
     only the bad pairs fail. Returns the scores of the pairs that scored, their indices, and the
     error message of each pair that did not.
 
+    (The example needs a bundle: not run by the doctests.)
+
     >>> scores, kept, failed = score_isolating(scorer, ["Hi"], ["Hello!"], 32)   # doctest: +SKIP
-    >>> kept, failed
+    >>> kept, failed  # doctest: +SKIP
     ([0], {})
     """
     try:
@@ -399,7 +405,7 @@ class JobWriter:
 
     def add(self, item: ScoredLine) -> None:
         if item.line <= self.last_line:
-            raise RuntimeError(f"line {item.line} of {self.input_path} arrived again or out of order (after line "
+            raise JobError(f"line {item.line} of {self.input_path} arrived again or out of order (after line "
                                f"{self.last_line}); refusing to write it twice")
         self.last_line = item.line
         if item.problem is not None:
@@ -514,7 +520,7 @@ class _Journal:
             tmp.unlink(missing_ok=True)
             raise OutputError(self.path, exc) from None
 
-    def remove(self) -> None:
+    def discard(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
@@ -533,6 +539,8 @@ def score_file(scorer, input_path: str | os.PathLike, output_path: str | os.Path
     output records every completed chunk; run again with the same arguments after an
     interruption and it continues there (the final file is identical to an uninterrupted run's).
 
+    (The example needs a bundle: not run by the doctests.)
+
     >>> summary = score_file(scorer, "candidates.jsonl", "scored.jsonl", best_of_n=True)  # doctest: +SKIP
     >>> summary.records, summary.groups                                                  # doctest: +SKIP
     (4000, 500)
@@ -545,59 +553,85 @@ def score_file(scorer, input_path: str | os.PathLike, output_path: str | os.Path
     policy = bad_row_policy(on_bad_row, skip_bad)
     rejects_path = check_job_paths(input_path, output_path, policy, rejects_path)
     objective = parse_objective(objective, scorer.num_heads)
-    response_filter = load_filter(response_filter, scorer)
+    job = _LocalJob(scorer, input_path, output_path, rejects_path, objective=objective, batch_size=batch_size,
+                    best_of_n=best_of_n, response_filter=load_filter(response_filter, scorer), policy=policy,
+                    chunk_size=chunk_size, progress=progress)
+    return job.run(resume)
 
-    start = time.perf_counter()
-    journal, done = None, None
-    if resume:
-        options = {"objective": objective, "batch_size": batch_size, "best_of_n": best_of_n, "on_bad_row": policy,
-                   "rejects": None if rejects_path is None else str(rejects_path.resolve()), "chunk_size": chunk_size,
-                   "filter": None if response_filter is None else response_filter.to_dict(),
-                   "output": str(output_path.resolve())}
-        journal = _Journal(journal_path(output_path), _journal_key(scorer, input_path, options))
+
+@dataclass
+class _LocalJob:
+    """One :func:`score_file` run: its settings, and the loop over chunks."""
+
+    scorer: object
+    input_path: Path
+    output_path: Path
+    rejects_path: Path | None
+    objective: str
+    batch_size: int
+    best_of_n: bool
+    response_filter: object
+    policy: str
+    chunk_size: int
+    progress: JobProgress | None
+
+    def journal(self) -> tuple[_Journal, dict | None]:
+        """The resume journal, and what it says was done (``None``: start from the beginning)."""
+        options = {"objective": self.objective, "batch_size": self.batch_size, "best_of_n": self.best_of_n,
+                   "on_bad_row": self.policy, "chunk_size": self.chunk_size, "output": str(self.output_path.resolve()),
+                   "rejects": None if self.rejects_path is None else str(self.rejects_path.resolve()),
+                   "filter": None if self.response_filter is None else self.response_filter.to_dict()}
+        journal = _Journal(journal_path(self.output_path), _journal_key(self.scorer, self.input_path, options))
         done = journal.load()
-        if done is not None and not partial_path(output_path).exists():
+        if done is not None and not partial_path(self.output_path).exists():
             done = None  # the partial output is gone (e.g. committed just before the journal was removed)
-    output = AtomicFile(output_path, partial=resume, keep=None if done is None else done["output_bytes"])
-    rejects = None
-    try:
-        if rejects_path is not None:
-            rejects = AtomicFile(rejects_path, partial=resume, keep=None if done is None else done["rejects_bytes"])
-        writer = JobWriter(input_path, output, rejects, on_bad_row=policy, best_of_n=best_of_n)
-        offset, first_line = 0, 1
-        if done is not None:
-            writer.restore(done["writer"])
-            offset, first_line = done["offset"], done["line"]
-        for chunk, items in chunks(input_path, chunk_size, offset, first_line):
-            def tick(scored: int, bad: int) -> None:
-                progress(writer.scored + scored, writer.rejected + bad, time.perf_counter() - start)
+        return journal, done
 
-            for item in score_lines(scorer, items, path=input_path, objective=objective, batch_size=batch_size,
-                                    response_filter=response_filter, progress=tick if progress else None):
+    def run(self, resume: bool) -> BatchSummary:
+        start = time.perf_counter()
+        journal, done = self.journal() if resume else (None, None)
+        keep = (lambda name: None) if done is None else (lambda name: done[name])
+        output = AtomicFile(self.output_path, partial=resume, keep=keep("output_bytes"))
+        rejects = None
+        try:
+            if self.rejects_path is not None:
+                rejects = AtomicFile(self.rejects_path, partial=resume, keep=keep("rejects_bytes"))
+            writer = JobWriter(self.input_path, output, rejects, on_bad_row=self.policy, best_of_n=self.best_of_n)
+            if done is not None:
+                writer.restore(done["writer"])
+            self.score_chunks(writer, journal, start, *((done["offset"], done["line"]) if done else (0, 1)))
+            writer.close_group()
+            if rejects is not None:
+                rejects.commit()  # before the output: a complete output implies complete rejects
+            output.commit()
+            if journal is not None:
+                journal.discard()
+        except BaseException as exc:
+            # A resumable run keeps its partial files and journal for the next try, unless a write failed
+            # (a full disk): then the partial files are not trustworthy and everything goes.
+            if not resume or isinstance(exc, OutputError):
+                for staged in (output, rejects, journal):
+                    if staged is not None:
+                        staged.discard()
+            raise
+        seconds = time.perf_counter() - start
+        if self.progress is not None:
+            self.progress(writer.written, writer.rejected, seconds)
+        return writer.summary(seconds, self.response_filter, self.rejects_path,
+                              resumed_at=None if done is None else done["line"])
+
+    def score_chunks(self, writer: JobWriter, journal: _Journal | None, start: float, offset: int,
+                     first_line: int) -> None:
+        """Score the input from byte ``offset`` (line ``first_line``) on, journalling after every chunk."""
+        for chunk, items in chunks(self.input_path, self.chunk_size, offset, first_line):
+            def tick(scored: int, bad: int) -> None:
+                self.progress(writer.scored + scored, writer.rejected + bad, time.perf_counter() - start)
+
+            for item in score_lines(self.scorer, items, path=self.input_path, objective=self.objective,
+                                    batch_size=self.batch_size, response_filter=self.response_filter,
+                                    progress=tick if self.progress else None):
                 writer.add(item)
             if journal is not None:
-                journal.save({"offset": chunk.end, "line": chunk.next_line,
-                              "output_bytes": output.sync(), "rejects_bytes": rejects.sync() if rejects else 0,
-                              "writer": writer.state()})
-        writer.close_group()
-        if rejects is not None:
-            rejects.commit()  # before the output: a complete output implies complete rejects
-        output.commit()
-        if journal is not None:
-            journal.remove()
-    except BaseException as exc:
-        # A resumable run keeps its partial files and journal for the next try, unless a write failed
-        # (a full disk): then the partial files are not trustworthy and everything goes.
-        if not resume or isinstance(exc, OutputError):
-            output.discard()
-            if rejects is not None:
-                rejects.discard()
-            if journal is not None:
-                journal.remove()
-        raise
-    seconds = time.perf_counter() - start
-    if progress is not None:
-        progress(writer.written, writer.rejected, seconds)
-    return writer.summary(seconds, response_filter, rejects_path,
-                          resumed_at=None if done is None else done["line"])
-
+                rejects = writer.rejects
+                journal.save({"offset": chunk.end, "line": chunk.next_line, "output_bytes": writer.output.sync(),
+                              "rejects_bytes": rejects.sync() if rejects else 0, "writer": writer.state()})

@@ -243,16 +243,24 @@ def test_ray_and_local_write_the_same_bytes_bad_records_included(bundle, scorer,
 
 
 def scoring_actor_pids():
-    """The Ray Data actors running ScoreChunks, found in this driver's process tree."""
-    psutil = pytest.importorskip("psutil")
-    found = []
-    for proc in psutil.Process().children(recursive=True):
+    """The Ray Data actors running ScoreChunks, found in this driver's process tree (Linux /proc:
+    Ray names each worker process by its actor, ``ray::MapWorker(MapBatches(ScoreChunks))``)."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("finding the actors' processes needs Linux /proc")
+    parents, titles = {}, {}
+    for entry in os.listdir("/proc"):
         try:
-            if "ScoreChunks" in proc.name() or "ScoreChunks" in " ".join(proc.cmdline()):
-                found.append(proc.pid)
-        except psutil.Error:
-            continue
-    return found
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode(errors="replace")
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                titles[int(entry)] = handle.read().decode(errors="replace")
+        except (OSError, ValueError):
+            continue  # not a process, or it just ended
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    mine = {os.getpid()}
+    for _ in range(8):  # driver -> raylet -> worker: a few generations down
+        mine |= {pid for pid, parent in parents.items() if parent in mine}
+    return sorted(pid for pid in mine if "ScoreChunks" in titles.get(pid, "") and pid != os.getpid())
 
 
 def test_a_killed_actor_loses_no_row_and_doubles_none(bundle, tmp_path, local_ray):

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import ensrm
 from ensrm.cli import main
-from ensrm.errors import InputError, OutputError
+from ensrm.errors import InputError, JobError, OutputError
 from ensrm.runtime import batch
 from ensrm.runtime.batch import journal_path, partial_path, score_file
 
@@ -145,3 +145,17 @@ def test_score_cli_reports_a_full_disk_in_one_line(bundle, tmp_path, monkeypatch
     assert result.output.strip().splitlines()[-1].endswith(
         "o.rejects.jsonl: No space left on device; nothing was written under that name")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_the_writer_refuses_a_line_twice_or_out_of_order(tmp_path):
+    """What guards "every row exactly once" on Ray: a retried batch delivered twice is refused, not written."""
+    output = batch.AtomicFile(tmp_path / "out.jsonl")
+    writer = batch.JobWriter(tmp_path / "in.jsonl", output, None)
+    row = batch.ScoredLine(3, "{}", '{"prompt": "p", "ensrm": {"score": 1.0}}', "p", 1.0, None, None)
+    writer.add(row)
+    with pytest.raises(JobError, match="line 3 of .*in.jsonl arrived again or out of order"):
+        writer.add(row)
+    with pytest.raises(JobError, match=r"line 2 .* \(after line 3\)"):
+        writer.add(row._replace(line=2))
+    output.discard()
+    assert list(tmp_path.iterdir()) == []
