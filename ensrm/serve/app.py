@@ -35,7 +35,7 @@ from ensrm.runtime.texts import check_texts
 from ensrm.serve.batcher import DynamicBatcher, ModelError, QueueFull, RequestTimeout
 from ensrm.serve.metrics import ServeMetrics
 from ensrm.serve.queries import split_query
-from ensrm.serve.settings import ServeSettings
+from ensrm.serve.settings import ServeSettings, is_loopback
 
 require("starlette", "serve")
 
@@ -411,8 +411,6 @@ class _Service:
         Needs the API key when the server has one; without one, only loopback clients may reload.
         """
         if self.settings.api_key is None:
-            from ensrm.serve.server import is_loopback
-
             client = request.client.host if request.client else ""
             if not is_loopback(client):
                 raise ApiError(403, "unauthorized", "reloading needs an API key (--api-key-file) when the client is "

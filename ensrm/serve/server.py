@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 import socket
@@ -11,21 +10,7 @@ import sys
 from collections.abc import Callable
 
 from ensrm._optional import require
-from ensrm.serve.settings import ServeSettings
-
-
-def is_loopback(host: str) -> bool:
-    """``127.0.0.1``, ``::1`` and ``localhost`` are loopback; ``0.0.0.0`` and real addresses are not.
-
-    >>> is_loopback("127.0.0.1"), is_loopback("0.0.0.0"), is_loopback("localhost")
-    (True, False, True)
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: cannot know what it resolves to
-        return False
+from ensrm.serve.settings import ServeSettings, is_loopback
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -22,6 +23,20 @@ def parse_size(text: str | int) -> int:
     if match is None or unit not in _UNITS:
         raise ValueError(f"size must be a number of bytes with an optional unit (KiB, MiB, GiB, KB, MB), got {text!r}")
     return int(float(match.group(1)) * _UNITS[unit])
+
+
+def is_loopback(host: str) -> bool:
+    """``127.0.0.1``, ``::1`` and ``localhost`` are loopback; ``0.0.0.0`` and real addresses are not.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("0.0.0.0"), is_loopback("localhost")
+    (True, False, True)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: cannot know what it resolves to
+        return False
 
 
 @dataclass(frozen=True)
