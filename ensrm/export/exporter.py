@@ -105,7 +105,10 @@ def _graph_steps(build: BundleBuilder, settings: ExportSettings, precisions: tup
     if settings.cpu_graph:
         from ensrm.export.fused import fuse_cpu_graph
 
-        fuse_cpu_graph(build, tolerance=settings.verify_tolerance)
+        # the fused graph is held to the tolerance the verification applied
+        tolerance = settings.tolerance if settings.tolerance is not None else \
+            build.spec.variants["fp32"].checks["tolerance"]
+        fuse_cpu_graph(build, tolerance=tolerance)
     if precisions:
         from ensrm.calibration.variants import build_variants
 
@@ -128,4 +131,4 @@ def _export_steps(build: BundleBuilder, sources, settings: ExportSettings) -> No
         build.note(note)
     build.step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
                f"pooling {source.pooling}, max length {source.max_length}, {source.dtype}")
-    trace_and_verify(build, source, spec, tolerance=settings.verify_tolerance)
+    trace_and_verify(build, source, spec, tolerance=settings.tolerance)
