@@ -1,7 +1,7 @@
 """The project's pass/fail targets, read from a benchmark report (:func:`ensrm.bench.measure`).
 
 >>> rows = evaluate_targets({"results": {}, "config": {"target_batch": 32}, "model": {}})
->>> [t["passed"] for t in rows][:2], targets_markdown({"model": {"bundle": "b"}, "targets": rows[:1]})[2]
+>>> [t["passed"] for t in rows][:2], targets_markdown({"model": {"bundle": "b"}, "targets": rows[:1]})[1]
 ([None, None], '| Target | Threshold | Measured | Result |')
 """
 

@@ -14,6 +14,8 @@ def quiet_transformers():
     "Some weights were newly initialised" is the point when fresh heads are added, and
     transformers 5 draws a progress bar per checkpoint load.
 
+    (Not run by the doctests: it loads transformers and a checkpoint.)
+
     >>> with quiet_transformers():                                   # doctest: +SKIP
     ...     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=8)
     """

@@ -17,6 +17,8 @@ argument:
 
 This module imports neither torch nor onnx.
 
+(Not run by the doctests: it needs a bundle and reference records on disk.)
+
 >>> from ensrm.calibration.normalize import normalize_staged            # doctest: +SKIP
 >>> with BundleBuilder.update("bundles/rm") as build:                   # doctest: +SKIP
 ...     normalize_staged(build, "refs.jsonl")
@@ -30,15 +32,14 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ensrm.bundle import bundle_file, load_spec, staged_bundle, write_manifest
 from ensrm.errors import BundleError
+from ensrm.progress import Progress
 from ensrm.runtime.tensorrt_backend import ENGINE_DIR
 from ensrm.spec import MANIFEST_NAME, EnsembleSpec
-
-Progress = Callable[[str], None]
 
 
 class BundleBuilder:

@@ -8,6 +8,7 @@ checks every file the manifest lists, so a truncated or altered file is reported
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ensrm.errors import BundleError
+from ensrm.errors import BundleError, EnsrmError, OutputError
 from ensrm.spec import MANIFEST_NAME, MODEL_FILES, EnsembleSpec, FileEntry
 
 VERIFY_MODES = ("sha256", "size", "none")
@@ -35,6 +36,8 @@ def bundle_file(bundle_dir: str | os.PathLike, name: str) -> Path:
     ``../x``, absolute names and symlinks whose target lies outside the bundle are refused,
     so a manifest can never make the runtime read (or hash) a file elsewhere.
 
+    (Not run by the doctests: it needs a bundle on disk.)
+
     >>> bundle_file("bundles/rm", "../secrets.txt")             # doctest: +SKIP
     Traceback (most recent call last):
     ensrm.errors.BundleError: bundle file name '../secrets.txt' escapes the bundle directory ...
@@ -51,6 +54,8 @@ def bundle_file(bundle_dir: str | os.PathLike, name: str) -> Path:
 
 def variant_file(bundle_dir: str | os.PathLike, spec: EnsembleSpec, precision: str) -> Path:
     """The graph file of the bundle's accepted ``precision`` variant; refuses a missing or rejected one.
+
+    (Not run by the doctests: it needs a bundle on disk.)
 
     >>> variant_file("bundles/default", read_spec("bundles/default"), "fp32").name   # doctest: +SKIP
     'model.onnx'
@@ -125,6 +130,8 @@ def load_spec(bundle_dir: str | os.PathLike, verify: str = "sha256") -> Ensemble
     compares sizes (catches truncation and missing files, not same-size edits) for fast
     start-up of a bundle already checked once; ``"none"`` skips the files entirely.
 
+    (Not run by the doctests: it needs a bundle on disk.)
+
     >>> spec = load_spec("bundles/minilm", verify="size")   # doctest: +SKIP
     """
     spec = read_spec(bundle_dir)
@@ -154,6 +161,8 @@ def write_manifest(bundle_dir: str | os.PathLike, spec: EnsembleSpec) -> Ensembl
 
 
 _STAGING, _OLD = "staging", "old"
+#: the errors of a write that found no room: disk full, quota exceeded, file too large, read-only
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -224,6 +233,8 @@ def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterato
     only with ``overwrite=True``, and is left untouched if the block fails. Leftovers of a
     killed earlier export are cleaned first (:func:`check_target`).
 
+    (Not run by the doctests: it needs a bundle on disk.)
+
     >>> with staged_bundle("bundles/minilm") as tmp:      # doctest: +SKIP
     ...     (tmp / "ensemble.json").write_text("{}")
     """
@@ -243,6 +254,10 @@ def staged_bundle(target: str | os.PathLike, overwrite: bool = False) -> Iterato
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL and not isinstance(exc, EnsrmError):
+            raise OutputError(target, exc) from exc  # names the bundle, not a file in the staging directory
+        raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

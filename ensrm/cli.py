@@ -1,7 +1,14 @@
 """The command line: a thin click layer over the public functions.
 
 ``ens-export`` is the export alone; ``ensrm`` groups every command (``ensrm export`` is the
-same command as ``ens-export``). Errors print one line and exit with status 1.
+same command as ``ens-export``). Errors print one line; the exit status says whose they are:
+
+- **1**: the work failed (bad input, a damaged bundle, a full disk, a failed Ray job): every
+  :class:`~ensrm.errors.EnsrmError`, ``FileNotFoundError`` and ``ValueError`` a command raises.
+- **2**: a usage error, refused before any work: click's own (an unknown option, a bad value)
+  and options the library refuses up front (:func:`_usage`, e.g. ``--rejects`` without ``--skip-bad``).
+
+The mapping is by exception type (see :func:`_one_line_errors`), never by message text.
 """
 
 from __future__ import annotations
@@ -348,12 +355,15 @@ class _RateLine:
 @click.option("--skip-bad", is_flag=True, help="Write malformed records to a rejects file instead of stopping.")
 @click.option("--rejects", type=click.Path(dir_okay=False),
               help="Rejects file for --skip-bad (default: OUTPUT with .rejects.jsonl).")
-@click.option("--chunk-size", type=int, default=1024, show_default=True,
-              help="Records read and scored at a time; bounds memory.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Non-blank lines read and scored at a time (one Ray batch with --ray); bounds memory.")
+@click.option("--resume", is_flag=True,
+              help="Keep a journal beside OUTPUT after every chunk; run the same command again after an "
+                   "interruption and it continues from the last completed chunk.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--ray", "use_ray", is_flag=True,
-              help="Score on Ray Data (needs ensrm[ray]): INPUT is .jsonl/.parquet (or a directory of them), "
-                   "OUTPUT a new directory of files; see README 'Scoring on a cluster'.")
+              help="Score on Ray Data (needs ensrm[ray]): a .jsonl INPUT gives the same OUTPUT (and rejects) "
+                   "as without --ray; a .parquet INPUT (or a directory of them) a new directory of files.")
 @click.option("--ray-address", help="[--ray] Cluster to join: auto, ray://HOST:10001 (default: a local Ray).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="[--ray] Scoring actors: 1 CPU and 1 intra-op thread each (unless --threads); "
@@ -361,7 +371,7 @@ class _RateLine:
 @scoring_options
 @_one_line_errors
 def score_command(bundle, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects, chunk_size,
-                  quiet, use_ray, ray_address, concurrency, scoring):
+                  resume, quiet, use_ray, ray_address, concurrency, scoring):
     """Score a JSONL file of {"prompt", "response"} records into OUTPUT.jsonl.
 
     Every input field is kept; an "ensrm" field is added with the per-head scores, the
@@ -374,40 +384,168 @@ def score_command(bundle, input_file, output, objective, best_of_n, filter_file,
       ensrm score bundles/default replies.jsonl -o decided.jsonl --filter bundles/default-filter.json --skip-bad
     """
     from ensrm.runtime.batch import check_rejects_option, score_file
-    from ensrm.runtime.filter import ResponseFilter
     from ensrm.runtime.scorer import Scorer
 
     with _usage():
         check_rejects_option(skip_bad, rejects)
     config = scoring(bundle)
+    job = {"objective": objective, "best_of_n": best_of_n, "response_filter": filter_file,
+           "on_bad_row": "skip" if skip_bad else "fail", "rejects_path": rejects, "chunk_size": chunk_size}
     if use_ray:
-        _score_on_ray(config, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects,
-                      ray_address, concurrency)
+        if resume:
+            raise click.UsageError("--resume goes without --ray (on Ray, a failed actor's batch is retried instead)")
+        _score_on_ray(config, input_file, output, job, ray_address, concurrency, quiet)
         return
     if ray_address is not None or concurrency != 1:
         raise click.UsageError("--ray-address and --concurrency go with --ray")
     scorer = Scorer.from_config(config)
-    response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None
     progress = _RateLine(enabled=not quiet)
     try:
-        summary = score_file(scorer, input_file, output, objective=objective, batch_size=config.batch_size,
-                             best_of_n=best_of_n, response_filter=response_filter, skip_bad=skip_bad,
-                             rejects_path=rejects, chunk_size=chunk_size, progress=progress)
+        summary = score_file(scorer, input_file, output, batch_size=config.batch_size, progress=progress,
+                             resume=resume, **job)
     finally:
         progress.close()
     click.echo(summary.describe())
 
 
-def _score_on_ray(config, input_file, output, objective, best_of_n, filter_file, skip_bad, rejects, ray_address,
-                  concurrency):
+def _score_on_ray(config, input_file, output, job, ray_address, concurrency, quiet):
     from ensrm.integrations.ray_data import score_files
 
-    if rejects is not None:
-        raise click.UsageError("--rejects does not go with --ray: with --skip-bad, bad rows stay in OUTPUT "
-                               "with ensrm.error set")
-    summary = score_files(config, input_file, output, address=ray_address, concurrency=concurrency,
-                          objective=objective, best_of_n=best_of_n, response_filter=filter_file, skip_bad=skip_bad)
+    progress = _RateLine(enabled=not quiet)
+    try:
+        summary = score_files(config, input_file, output, address=ray_address, concurrency=concurrency,
+                              progress=progress, **job)
+    finally:
+        progress.close()
     click.echo(summary.describe())
+
+
+# -- ensrm eval --------------------------------------------------------------------------------
+
+
+class _StageLine:
+    """Progress of ``ensrm eval`` on stderr: the stage, texts done of total, texts per second."""
+
+    def __init__(self, enabled: bool):
+        import time
+
+        self.enabled = enabled
+        self.clock = time.perf_counter
+        self.stage, self.started, self.open = None, 0.0, False
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage, self.started = stage, self.clock()
+        if not total:
+            click.echo(f"{stage} …", err=True)
+            return
+        seconds = self.clock() - self.started
+        rate = f", {done / seconds:,.0f} texts/s" if seconds > 0 and done else ""
+        click.echo(f"\r{stage}: {done:,}/{total:,} texts ({100 * done // total}%){rate}", err=True, nl=False)
+        self.open = True
+
+    def close(self) -> None:
+        if self.open:
+            click.echo("", err=True)
+            self.open = False
+
+
+def _unit_interval(ctx, param, value):
+    if value is not None and not 0.0 < value <= 1.0:
+        raise click.BadParameter(f"must be in (0, 1], got {value:g}")
+    return value
+
+
+@click.command("eval")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("pairs", metavar="PAIRS.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", default="artifacts/eval", show_default=True, type=click.Path(file_okay=False),
+              help="Report directory: report.json, report.md and the PNG plots.")
+@click.option("--precisions", help="Also evaluate these accepted precisions (comma-separated, e.g. fp32,int8, or "
+                                   "all) beside --precision; deltas are reported against fp32.")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="The source model (what ens-export was given; repeat for a full ensemble): also scored in torch, "
+                   "with the bundle's tokenizer and normalisation, for the export's deltas (needs ensrm[export]).")
+@click.option("--checkpoint-heads", type=click.Path(exists=True, dir_okay=False),
+              help="heads.safetensors, for a base-model --checkpoint exported with --heads.")
+@click.option("--objective", default="uwo", show_default=True,
+              help="Aggregate whose errors the uncertainty figures and the filter are about: mean, wco (min), uwo.")
+@click.option("--write-filter", type=click.Path(dir_okay=False),
+              help="Save a ResponseFilter (for ensrm serve/score --filter) with max_std chosen by --target-accuracy "
+                   "or --keep.")
+@click.option("--target-accuracy", type=float, callback=_unit_interval,
+              help="Choose the largest disagreement threshold whose kept pairs reach this accuracy (e.g. 0.95).")
+@click.option("--keep", type=float, callback=_unit_interval,
+              help="Choose the smallest disagreement threshold that keeps this share of the pairs (e.g. 0.8).")
+@click.option("--min-score", type=float,
+              help="Also reject responses whose --objective score is below this (a fixed score threshold).")
+@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples for the 95% intervals (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots (needs matplotlib).")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@scoring_options
+@_one_line_errors
+def eval_command(bundle, pairs, output, precisions, checkpoints, checkpoint_heads, objective, write_filter,
+                 target_accuracy, keep, min_score, resamples, seed, plots, quiet, scoring):
+    """Evaluate BUNDLE on preference pairs: accuracy, whether disagreement predicts errors, a filter threshold.
+
+    PAIRS.jsonl holds {"prompt", "chosen", "rejected"} records (RewardBench's fields; optional
+    "subset"); chosen/rejected may be TRL conversational message lists. Accuracy counts ties
+    as half, with 95% bootstrap intervals, for every head and aggregate, per subset and per
+    RewardBench section where the subset names match.
+
+    \b
+    Examples:
+      ensrm eval bundles/default pairs.jsonl -o artifacts/eval
+      ensrm eval bundles/default pairs.jsonl --precisions all --checkpoint checkpoints/default
+      ensrm eval bundles/default pairs.jsonl --write-filter filter.json --target-accuracy 0.95
+    """
+    from ensrm.evaluate.run import evaluate_file
+
+    with _usage():
+        if (target_accuracy is not None or keep is not None or min_score is not None) and write_filter is None:
+            raise ValueError("--target-accuracy, --keep and --min-score choose the filter of --write-filter")
+        if write_filter is not None and (target_accuracy is None) == (keep is None):
+            raise ValueError("--write-filter needs exactly one of --target-accuracy and --keep")
+        if checkpoint_heads is not None and not checkpoints:
+            raise ValueError("--checkpoint-heads goes with --checkpoint")
+    progress = _StageLine(enabled=not quiet)
+    try:
+        report = evaluate_file(scoring(bundle), pairs, output, write_filter=write_filter, plots=plots,
+                               progress=progress, precisions=precisions, checkpoint=checkpoints,
+                               checkpoint_heads=checkpoint_heads, objective=objective, resamples=resamples,
+                               seed=seed, target_accuracy=target_accuracy, keep=keep, min_score=min_score)
+    finally:
+        progress.close()
+    click.echo(_eval_summary(report))
+
+
+def _eval_summary(report: dict) -> str:
+    """A few lines for the terminal; report.md has the rest."""
+    objective = report["settings"]["objective"]
+    lines = []
+    for run in report["runs"]:
+        result = run["analysis"]
+        overall = result["accuracy"]["overall"]
+        accuracy = ", ".join(f"{a} {100 * overall[a]['value']:.1f}%" for a in ("mean", "wco", "uwo"))
+        auroc = result["uncertainty"]["auroc"]["response_std"][objective]["value"]
+        lines.append(f"{run['name']}: accuracy {accuracy}; AUROC of response std for {objective} errors "
+                     + ("n/a" if auroc is None else f"{auroc:.3f}") + f" ({run['seconds']:.1f} s scoring)")
+    choice = report.get("filter")
+    if choice:
+        expected = choice["expected"]
+        lines.append(f"filter: max_std {choice['max_std']}, min_score {choice['min_score']}: expected accuracy "
+                     f"{100 * expected['accuracy']['value']:.1f}%, "
+                     f"pairs kept {100 * expected['pair_keep']['value']:.1f}%"
+                     + (f", saved to {choice['file']}" if choice.get("file") else ""))
+    files = report["files"]
+    lines.append(f"{report['pairs']} pairs in {report['timing']['total_seconds']:.1f} s; wrote {files['markdown']}, "
+                 f"{files['json']}" + (" and plots" if len(files) > 2 else ""))
+    return "\n".join(lines)
 
 
 @click.command("train")
@@ -588,6 +726,7 @@ main.add_command(bench_command)
 main.add_command(train_command)
 main.add_command(triton_repo_command)
 main.add_command(serve_command)
+main.add_command(eval_command)
 
 
 @main.command("demo")

@@ -11,6 +11,10 @@ class EnsrmError(Exception):
     """Base class of every error ensrm raises on purpose."""
 
 
+def _rebuild(cls, args, kwargs):
+    return cls(*args, **kwargs)
+
+
 class MissingDependencyError(EnsrmError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
@@ -35,6 +39,11 @@ class InputError(EnsrmError, ValueError):
         self.expected = expected
         self.actual = actual
 
+    def __reduce__(self):
+        # keep the class and every field across pickling (Ray hands a worker's error to the driver)
+        return _rebuild, (type(self), self.args, {"field": self.field, "expected": self.expected,
+                                                  "actual": self.actual})
+
 
 class InputFileError(EnsrmError, ValueError):
     """A JSONL input file has a malformed line; carries the path and 1-based line number."""
@@ -44,6 +53,43 @@ class InputFileError(EnsrmError, ValueError):
         self.line = line
         self.problem = problem
         super().__init__(f"{self.path}:{line}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.line, self.problem)
+
+
+class OutputError(EnsrmError, OSError):
+    """A file could not be written (disk full, permission, quota); names the file. Nothing was left
+    half-written under the final name: the temporary file or staging directory was removed.
+
+    >>> import errno
+    >>> err = OutputError("out.jsonl", OSError(errno.ENOSPC, "No space left on device"))
+    >>> str(err), err.errno == errno.ENOSPC
+    ('cannot write out.jsonl: No space left on device; nothing was written under that name', True)
+    """
+
+    def __init__(self, path, cause: OSError):
+        self.path = str(path)
+        super().__init__(cause.errno, f"cannot write {self.path}: {cause.strerror or cause}; "
+                                      "nothing was written under that name")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+    def __reduce__(self):
+        return _rebuild_output_error, (self.path, self.errno, self.strerror)
+
+
+def _rebuild_output_error(path, errno_, message):
+    err = OutputError.__new__(OutputError)
+    OSError.__init__(err, errno_, message)
+    err.path = path
+    return err
+
+
+class JobError(EnsrmError):
+    """A distributed scoring job failed for a reason outside its data: workers died more often than
+    the retry settings allow, a node was lost. Nothing was written under the output's name."""
 
 
 class BundleError(EnsrmError):

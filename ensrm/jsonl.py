@@ -55,6 +55,8 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
 def read_records(path: str | os.PathLike, fields: Sequence[str] = ("prompt", "response")) -> Iterator[dict]:
     """Stream the records of a JSONL file, each a dict with string ``fields``.
 
+    (Not run by the doctests: it needs records on disk.)
+
     >>> for record in read_records("refs.jsonl"):          # doctest: +SKIP
     ...     print(record["prompt"], record["response"])
     """

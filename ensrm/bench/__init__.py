@@ -2,6 +2,9 @@
 and the hardware's own MatMul rate, in one run on one machine.
 
 >>> from ensrm.bench import run_benchmarks
+
+(Not run by the doctests: a benchmark run takes minutes.)
+
 >>> paths = run_benchmarks("artifacts/bench", quick=True)        # doctest: +SKIP
 >>> sorted(paths)                                                  # doctest: +SKIP
 ['json', 'markdown', 'png']

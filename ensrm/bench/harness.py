@@ -112,6 +112,8 @@ def run_job(job: dict, timeout: float = 1800.0, worker: str = "ensrm.bench.worke
     A job that fails returns ``{"error": "..."}`` rather than raising, so one broken
     configuration (say, a precision this CPU cannot run) does not lose the whole run.
 
+    (Not run by the doctests: it starts a worker process and times it.)
+
     >>> run_job({"kind": "matmul", "shapes": [[64, 64, 64]], "repeats": 2})["fp32"][0]["gflops"] > 0  # doctest: +SKIP
     True
     """

@@ -21,6 +21,8 @@ from ensrm.spec import EnsembleSpec
 def load_records(path: str | os.PathLike, what: str, minimum: int = 1) -> list[dict]:
     """All (prompt, response) records of a JSONL file; at least ``minimum`` of them.
 
+    (Not run by the doctests: it needs records on disk.)
+
     >>> refs = load_records("refs.jsonl", "reference")          # doctest: +SKIP
     """
     records = [{"prompt": r["prompt"], "response": r["response"]} for r in read_records(path)]

@@ -27,6 +27,8 @@ FP32_OPS = (
 def convert_fp16(source: str | os.PathLike, target: str | os.PathLike) -> dict:
     """Write the fp16 variant of the fp32 graph ``source`` to ``target``; return what was kept fp32.
 
+    (Not run by the doctests: it needs a bundle on disk.)
+
     >>> convert_fp16("bundle/model.onnx", "bundle/model.fp16.onnx")     # doctest: +SKIP
     {'method': 'fp16', 'fp32_ops': [...], 'fp32_nodes': 13}
     """

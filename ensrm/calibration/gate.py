@@ -36,6 +36,8 @@ def gates_with(min_spearman: float | None = None, min_top1: float | None = None,
 def stress_batches(spec: EnsembleSpec, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Inputs that make fp16 overflow if anything will: full-length sequences and degenerate ones.
 
+    (Not run by the doctests: it needs a bundle's spec.)
+
     >>> [b["input_ids"].shape for b in stress_batches(spec)]        # doctest: +SKIP
     [(4, 128), (2, 1), (2, 128)]
     """

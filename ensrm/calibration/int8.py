@@ -91,6 +91,8 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, mode: st
     :data:`DEFAULT_SMOOTHING`); ``rounding`` is ``"gptq"`` or ``"nearest"``;
     ``float_products`` names the encoder products kept in float (:data:`FLOAT_PRODUCTS`).
 
+    (Not run by the doctests: it needs a bundle and calibration batches.)
+
     >>> quantize_int8("b/model.onnx", "b/model.int8.onnx", "static", batches)   # doctest: +SKIP
     {'method': 'static-qdq', 'quantized_matmuls': 36, 'smoothing': 1.0, 'rounding': 'gptq', ...}
     >>> quantize_int8("b/model.onnx", "b/model.int8.onnx", "per-token", batches)["quantized_matmuls"]  # doctest: +SKIP

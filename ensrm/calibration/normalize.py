@@ -9,7 +9,6 @@ and std 1. The constants live in every variant's graph, so every precision gets 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,8 @@ from ensrm.builder import BundleBuilder
 from ensrm.bundle import sha256_file
 from ensrm.calibration.data import encoder_for, load_records, score_records
 from ensrm.errors import ExportError
+from ensrm.progress import Progress
 from ensrm.spec import EnsembleSpec, Normalization
-
-Progress = Callable[[str], None]
 
 
 def measure_normalization(backend, encoder, records: list[dict], current: Normalization,
@@ -85,8 +83,10 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, references: str | os.PathLik
     accuracy gate is run again on the reference records, because normalisation changes
     what ``min`` and ``uwo`` rank by. Engines built from the old graphs are dropped.
 
+    (Needs a bundle and reference records on disk, so not run by the doctests.)
+
     >>> spec = calibrate_bundle("bundles/rm", "refs.jsonl")       # doctest: +SKIP
-    >>> spec.normalization.records
+    >>> spec.normalization.records                                # doctest: +SKIP
     400
     """
     from ensrm.calibration.variants import regate_variants

@@ -7,16 +7,16 @@ A variant that fails its gate is not kept: its file is deleted and the manifest 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 from ensrm.builder import BundleBuilder
 from ensrm.calibration.data import encoder_for, feed_batches, load_records, score_records, split_holdout
 from ensrm.calibration.gate import DEFAULT_GATES, Gate, evaluate, format_report, stress_check
 from ensrm.errors import ExportError
+from ensrm.progress import Progress
 from ensrm.spec import MODEL_FILES, EnsembleSpec, Variant
 
-Progress = Callable[[str], None]
 PRECISIONS = tuple(p for p in MODEL_FILES if p != "fp32")
 #: Calibration batches fed to the INT8 calibrator (MinMax needs no more to settle).
 MAX_CALIBRATION_RECORDS = 512
@@ -144,13 +144,16 @@ def regate_variants(build: BundleBuilder, records: list[dict]) -> None:
     build.spec = build.spec.with_variants(*judged)
 
 
-def add_variants(bundle_dir: str | os.PathLike, precisions, *, calibration=None, eval_on=None,
+def add_variants(bundle_dir: str | os.PathLike, precisions: str | Sequence[str], *,
+                 calibration: str | os.PathLike | None = None, eval_on: str | os.PathLike | None = None,
                  int8_mode: str = "static", gates: dict[str, Gate] | None = None, threads: int | None = None,
                  progress: Progress | None = None) -> EnsembleSpec:
     """Add (or redo) precision variants of an existing bundle, atomically.
 
+    (Needs a bundle and calibration records on disk, so not run by the doctests.)
+
     >>> spec = add_variants("bundles/rm", "int8", calibration="calib.jsonl")   # doctest: +SKIP
-    >>> spec.variants["int8"].accepted
+    >>> spec.variants["int8"].accepted                                         # doctest: +SKIP
     True
     """
     precisions = parse_precisions(precisions)

@@ -224,6 +224,8 @@ def check_source(module, tokenizer, spec, texts=None) -> list[str]:
 
     ``texts`` default to the texts the verification encodes.
 
+    (Not run by the doctests: it needs a loaded checkpoint.)
+
     >>> notes = check_source(source.module, source.tokenizer, spec)  # doctest: +SKIP
     """
     if texts is None:

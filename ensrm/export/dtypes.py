@@ -51,7 +51,7 @@ def upcast_compute(model) -> int:
 
     Each bf16 initializer ``w`` becomes ``w.bf16`` read through a ``Cast(to=FLOAT)`` named ``w``;
     ``Cast(to=BFLOAT16)`` nodes cast to fp32; bf16 constants and declared bf16 types become fp32.
-    Returns the number of weights kept in bf16.
+    Returns the number of weights kept in bf16. (Not run by the doctests: it needs a traced graph.)
 
     >>> upcast_compute(onnx.load("model.onnx"))          # doctest: +SKIP
     22

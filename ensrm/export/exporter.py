@@ -44,6 +44,8 @@ def export_bundle(sources: Sequence[str | Path], output: str | Path, settings: E
     ``model.cpu.onnx`` and no precision variants. Before anything is written, the export is refused
     when its estimated peak memory exceeds what is available (:mod:`ensrm.export.memory`).
 
+    (Not run by the doctests: it needs a checkpoint on disk and takes seconds to minutes.)
+
     >>> export_bundle(["checkpoints/rm"], "bundles/rm").num_heads     # doctest: +SKIP
     8
     >>> export_bundle(["checkpoints/rm"], "bundles/rm", ExportSettings(pooling="mean"))  # doctest: +SKIP

@@ -160,6 +160,8 @@ def add_cpu_graph(bundle_dir, *, tolerance: float = 1e-4, threads: int | None = 
                   progress: Progress | None = None) -> EnsembleSpec:
     """Add (or write again) the fused CPU graph of an existing bundle, atomically (engines are dropped).
 
+    (Not run by the doctests: it needs a bundle on disk.)
+
     >>> add_cpu_graph("bundles/rm").fused["CPUExecutionProvider"].file     # doctest: +SKIP
     'model.cpu.onnx'
     """

@@ -192,10 +192,11 @@ def check_export_memory(paths, dtype: str, *, cpu_graph: bool = False, available
     The estimate is :data:`PEAK_FACTOR` (:data:`FUSED_PEAK_FACTOR` when an fp32 graph of at most
     2 GiB also gets its fused CPU form, ``cpu_graph``) times the weights in ``dtype`` plus the
     activation budget.
+    (Not run by the doctests: it needs a checkpoint on disk.)
 
     >>> check_export_memory(["checkpoints/qwen2-rm"], "bf16", available=2 ** 30)   # doctest: +SKIP
     Traceback (most recent call last):
-    ensrm.errors.ExportError: the export of checkpoints/qwen2-rm in bf16 needs about 4.12 GiB ...
+    ensrm.errors.ExportError: the export of checkpoints/qwen2-rm in bf16 needs about 3.93 GiB ...
     """
     from ensrm.export.dtypes import ITEMSIZE
 

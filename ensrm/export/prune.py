@@ -30,6 +30,8 @@ _BINARY = {"Add", "Sub", "Mul", "Div", "Pow"}
 def prune_to_pooled_token(graph) -> int:
     """Narrow the row-wise tail of each first-token pooling to that token; returns nodes narrowed.
 
+    (Not run by the doctests: it needs an exported graph.)
+
     >>> model = onnx.load("bundle/model.onnx", load_external_data=False)   # doctest: +SKIP
     >>> prune_to_pooled_token(model.graph)    # BERT: 15 ops of the last layer   # doctest: +SKIP
     15

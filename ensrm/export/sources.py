@@ -195,8 +195,10 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
     directories are a full ensemble. ``max_length`` caps the model's own limit. The tokenizer
     comes from the (first) source directory, or from the directory ``tokenizer`` when given.
 
+    (Needs a checkpoint on disk, so not run by the doctests.)
+
     >>> src = load_source(["checkpoints/rm"])            # doctest: +SKIP
-    >>> src.num_heads, src.architecture
+    >>> src.num_heads, src.architecture                  # doctest: +SKIP
     (8, 'encoder')
     """
     paths = [Path(s) for s in sources]

@@ -57,6 +57,8 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str = "fp16", *, batc
     tuned for its largest batch at the maximum length. The timing cache persists between
     builds (and bundles), so a rebuild skips most of the kernel timing.
 
+    (Not run by the doctests: it needs a GPU with TensorRT and a bundle.)
+
     >>> build_engine("bundles/rm", "int8", batch_sizes=(1, 16, 64))     # doctest: +SKIP
     PosixPath('bundles/rm/engines/model.int8.sm90.trt10.13.0.engine')
     """
@@ -109,6 +111,8 @@ def build_engines(bundle_dir: str | os.PathLike, precisions: Sequence[str] = ("f
 
     The last step of an export with ``tensorrt_batches``; a precision the bundle lacks or
     rejected is skipped (its gate has already said why).
+
+    (Not run by the doctests: it needs a GPU with TensorRT and a bundle.)
 
     >>> build_engines("bundles/rm", batch_sizes=(1, 8, 32))     # doctest: +SKIP
     [PosixPath('bundles/rm/engines/model.fp16.sm90.trt10.13.0.engine')]

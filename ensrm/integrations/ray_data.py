@@ -4,6 +4,8 @@ Needs ``pip install 'ensrm[ray]'``. The same code runs on a laptop (``ray.init()
 cluster (``ray.init(address="auto")`` or ``"ray://head:10001"``): Ray Data schedules the actors,
 ensrm only scores the batches it is handed.
 
+(The example needs a bundle and Ray: not run by the doctests.)
+
 >>> import ray
 >>> from ensrm.integrations.ray_data import score_dataset
 >>> ds = ray.data.read_parquet("candidates/")                                   # doctest: +SKIP
@@ -22,14 +24,25 @@ Columns added to every row (the input's columns are all kept, unchanged):
 **Bad rows** (a text column missing or null, not a string, bytes that are not UTF-8, a
 string with lone surrogates, a pair the tokenizer cannot encode): by default the job fails
 with :class:`BadRowError` naming the row (by ``key_column`` when given, else by its fields)
-and the problem; with ``on_bad_row="mark"`` the row comes back with ``ens_error`` set and
-null scores, so every input row is in the output exactly once.
+and the problem (the worker's own exception, typed: :func:`ensrm_error`); with
+``on_bad_row="mark"`` the row comes back with ``ens_error`` set and null scores, so every
+input row is in the output exactly once. Texts are checked by the runtime's one validator
+(:func:`ensrm.runtime.texts.as_text`).
+
+**JSONL files** (:func:`score_files`, ``ensrm score --ray``) are the job of ``ensrm score``,
+run by the same code: read as lines of text, parsed and validated by ensrm, written in line
+order with the same bad-row policy (``"fail"``/``"skip"`` + rejects file) and best-of-n groups,
+into a byte-identical file.
+
+**Faults**: a killed actor is restarted and its batches retried (``max_restarts``,
+``max_task_retries``, default 3 each, set explicitly rather than left to Ray's unbounded
+defaults); a pool that could never start, or would starve the dataset's reads, is refused.
 
 **Row order**: scoring is one row out per row in, with every column, so a score never
 loses its row. Ray Data may hand blocks on out of order unless
 ``ray.data.DataContext.get_current().execution_options.preserve_order = True``, which
-keeps the input's order (``ensrm score --ray`` sets it; tested). Best-of-n regroups rows
-by prompt, so its output comes in groups, not in input order.
+keeps the input's order (``ensrm score --ray`` sets it; tested). :func:`mark_best_of_n` regroups
+rows by prompt, so its output comes in groups, not in input order.
 
 **The bundle on the workers**: ``bundle`` is a path that every worker opens itself —
 either on storage every node mounts at the same path, or relative to the job's
@@ -40,13 +53,14 @@ assigned it (``num_cpus``), so actors never oversubscribe a node.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import re
 import shutil
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +68,25 @@ from pathlib import Path
 import numpy as np
 
 from ensrm._optional import require
-from ensrm.errors import BundleError, EnsrmError, InputError
-from ensrm.runtime.batch import score_isolating
+from ensrm.errors import BundleError, EnsrmError, InputError, JobError
+from ensrm.progress import JobProgress
+from ensrm.runtime.batch import (
+    OUTPUT_FIELD,
+    AtomicFile,
+    Chunk,
+    JobWriter,
+    ScoredLine,
+    bad_row_policy,
+    check_job_paths,
+    chunks,
+    read_chunk,
+    score_isolating,
+    score_lines,
+)
 from ensrm.runtime.best_of_n import choose
 from ensrm.runtime.config import ScorerConfig
 from ensrm.runtime.scores import Scores, parse_objective
+from ensrm.runtime.texts import as_text
 
 AGGREGATES = ("mean", "std", "min", "uwo")
 SCORE_COLUMNS = ("ens_heads", "ens_mean", "ens_std", "ens_min", "ens_uwo", "ens_score")
@@ -66,7 +94,12 @@ ERROR_COLUMN = "ens_error"
 FILTER_COLUMN = "ens_filter"
 BEST_OF_N_COLUMNS = ("ens_chosen", "ens_group_size", "ens_group")
 BAD_ROW_MODES = ("fail", "mark")
-OUTPUT_FIELD = "ensrm"  # the nested field of `ensrm score` records
+#: Fault tolerance of the scoring actors, unless the caller says otherwise: a killed actor is
+#: restarted (up to ``max_restarts`` times) and its unfinished batches are retried on it (up to
+#: ``max_task_retries`` times each); Ray Data's own defaults are unbounded, which turns a
+#: deterministic crash into a job that never ends.
+MAX_RESTARTS = 3
+MAX_TASK_RETRIES = 3
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -82,22 +115,16 @@ def _ray():
     return require("ray", "ray")
 
 
-def _as_text(value) -> tuple[str | None, str | None]:
-    """``(text, None)`` for a usable text value, ``(None, problem)`` otherwise."""
-    if value is None:
-        return None, "is null"
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return None, f"is not UTF-8 ({exc.reason} at byte {exc.start})"
-    if not isinstance(value, str):
-        return None, f"must be a string, found {type(value).__name__}"
+def _materialized():
+    return require("ray.data.dataset", "ray").MaterializedDataset
+
+
+def _as_text(value, name: str) -> tuple[str | None, str | None]:
+    """``(text, None)`` for a usable text value, ``(None, problem)`` otherwise (the runtime's :func:`as_text`)."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return None, f"is not valid Unicode (lone surrogate {value[exc.start]!r} at position {exc.start})"
-    return value, None
+        return as_text(value, name, f"field {name!r}", decode=True), None
+    except InputError as exc:
+        return None, str(exc)
 
 
 def _assigned_threads() -> int | None:
@@ -127,6 +154,8 @@ class ScoreBatches:
     CPUs Ray assigned the actor. ``response_filter`` is the path of a saved
     :class:`~ensrm.runtime.filter.ResponseFilter`; ``key_column`` names rows in errors.
 
+    (The example needs a bundle and Ray: not run by the doctests.)
+
     >>> scored = ds.map_batches(ScoreBatches, fn_constructor_kwargs={"bundle": "/shared/rm"},
     ...                         batch_format="pyarrow", batch_size=1024, num_cpus=2,
     ...                         compute=ray.data.ActorPoolStrategy(size=4))      # doctest: +SKIP
@@ -142,11 +171,7 @@ class ScoreBatches:
         config = ScorerConfig.of(bundle, precision=precision, threads=threads, batch_size=batch_size,
                                  providers=providers, verify=verify)
         _check_options(text_columns, on_bad_row, config.batch_size)
-        if not config.bundle_dir.is_dir():
-            raise BundleError(f"bundle {config.bundle} is not a directory on this worker (host "
-                              f"{socket.gethostname()}, cwd {os.getcwd()}); put it on storage every node mounts at "
-                              "the same path, or ship it with ray.init(runtime_env={'working_dir': ...}) and give "
-                              "its relative path")
+        _check_bundle_on_worker(config)
         self.threads = _assigned_threads() if config.threads is None else config.threads
         # spinning=False: several actors share a node, and idle spinning threads would steal their CPUs
         self.scorer = Scorer.from_config(config.replace(threads=self.threads, spinning=False))
@@ -192,9 +217,9 @@ class ScoreBatches:
         for i in range(n):
             problems, pair = [], []
             for name, values in zip(self.text_columns, columns):
-                text, problem = (None, "is missing") if values is None else _as_text(values[i])
+                text, problem = (None, f"field {name!r} is missing") if values is None else _as_text(values[i], name)
                 if problem is not None:
-                    problems.append(f"field {name!r} {problem}")
+                    problems.append(problem)
                 pair.append(text)
             if problems:
                 errors[i] = "; ".join(problems)
@@ -243,6 +268,14 @@ class ScoreBatches:
         return f"row {i} of a batch of {n} ({shown})"
 
 
+def _check_bundle_on_worker(config: ScorerConfig) -> None:
+    if not config.bundle_dir.is_dir():
+        raise BundleError(f"bundle {config.bundle} is not a directory on this worker (host "
+                          f"{socket.gethostname()}, cwd {os.getcwd()}); put it on storage every node mounts at "
+                          "the same path, or ship it with ray.init(runtime_env={'working_dir': ...}) and give "
+                          "its relative path")
+
+
 def _short(value, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -273,20 +306,28 @@ def _check_bundle_here(config: ScorerConfig, objective: str) -> None:
 
 
 def score_dataset(ds, bundle: str | os.PathLike | ScorerConfig, *, concurrency: int = 1, num_cpus: float = 1,
-                  batch_size: int = 1024, model_batch_size: int | None = None, precision: str | None = None,
+                  rows_per_batch: int = 1024, batch_size: int | None = None, precision: str | None = None,
                   objective: str = "uwo", threads: int | None = None,
                   text_columns: Sequence[str] = ("prompt", "response"), on_bad_row: str = "fail",
                   key_column: str | None = None, response_filter: str | os.PathLike | None = None,
                   best_of_n: bool = False, order_column: str | None = None, providers=None,
-                  verify: str | None = None, num_gpus: float | None = None):
+                  verify: str | None = None, num_gpus: float | None = None, max_restarts: int = MAX_RESTARTS,
+                  max_task_retries: int = MAX_TASK_RETRIES, model_batch_size: int | None = None):
     """Score every row of a Ray ``Dataset`` with ``concurrency`` actors of ``num_cpus`` CPUs each.
 
     ``bundle`` is a bundle path or a whole :class:`~ensrm.runtime.config.ScorerConfig` (the
-    actors get that object); ``precision``, ``threads``, ``model_batch_size`` (pairs per model
-    call), ``providers`` and ``verify`` override its fields when given.
-    ``batch_size`` is rows per Ray batch (per actor call). With ``best_of_n`` the rows are then
-    grouped by the prompt column and marked (:func:`mark_best_of_n`). Lazy, like every Ray Data
-    transform: nothing runs until the result is consumed or written. See the module docstring for the columns added.
+    actors get that object); ``precision``, ``threads``, ``batch_size`` (pairs per model call,
+    as everywhere in ensrm), ``providers`` and ``verify`` override its fields when given.
+    ``rows_per_batch`` is rows per Ray batch (per actor call; ``model_batch_size`` is the old
+    name of ``batch_size``). A killed actor is restarted up to ``max_restarts`` times and its
+    unfinished batches retried up to ``max_task_retries`` times, so no row is lost or doubled;
+    past that the job fails. A pool that needs more CPUs than the cluster has, or every CPU
+    while the dataset still has to be read (which would wait forever), is refused at once. With
+    ``best_of_n`` the rows are then grouped by the prompt column and marked
+    (:func:`mark_best_of_n`). Lazy, like every Ray Data transform: nothing runs until the result
+    is consumed or written. See the module docstring for the columns added.
+
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> ray.init()                                                                # doctest: +SKIP
     >>> ds = ray.data.from_items([{"prompt": "Name a prime.", "response": "7"}])  # doctest: +SKIP
@@ -294,21 +335,75 @@ def score_dataset(ds, bundle: str | os.PathLike | ScorerConfig, *, concurrency: 
     0.61
     """
     ray = _ray()
-    config = ScorerConfig.of(bundle, precision=precision, threads=threads, batch_size=model_batch_size,
+    if model_batch_size is not None:  # the old spelling: batch_size then meant rows per Ray batch
+        warnings.warn("score_dataset(model_batch_size=...) is now batch_size= (pairs per model call); "
+                      "rows per Ray batch is rows_per_batch=", DeprecationWarning, stacklevel=2)
+        rows_per_batch = batch_size if batch_size is not None else rows_per_batch
+        batch_size = model_batch_size
+    config = ScorerConfig.of(bundle, precision=precision, threads=threads, batch_size=batch_size,
                              providers=providers, verify=verify)
     _check_options(text_columns, on_bad_row, config.batch_size)
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if rows_per_batch < 1:
+        raise ValueError(f"rows_per_batch must be >= 1, got {rows_per_batch}")
+    _check_capacity(concurrency, num_cpus, reads_pending=not isinstance(ds, _materialized()))
     _check_bundle_here(config, objective)
     kwargs = {"bundle": config, "objective": objective, "text_columns": tuple(text_columns),
               "on_bad_row": on_bad_row, "key_column": key_column,
               "response_filter": None if response_filter is None else str(response_filter)}
-    scored = ds.map_batches(ScoreBatches, fn_constructor_kwargs=kwargs, batch_format="pyarrow",
-                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
-                            num_cpus=num_cpus, num_gpus=num_gpus, udf_modifying_row_count=False)
+    with _remote_args_allowed():
+        scored = ds.map_batches(ScoreBatches, fn_constructor_kwargs=kwargs, batch_format="pyarrow",
+                                batch_size=rows_per_batch, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                                num_cpus=num_cpus, num_gpus=num_gpus, udf_modifying_row_count=False,
+                                **_fault_tolerance(max_restarts, max_task_retries))
+    # a worker's BadRowError reaches the caller as itself (typed, with its fields), not wrapped in text
+    scored.context.raise_original_map_exception = True
     if best_of_n:
         scored = mark_best_of_n(scored, objective=objective, group_column=text_columns[0], order_column=order_column)
     return scored
+
+
+def _fault_tolerance(max_restarts: int, max_task_retries: int) -> dict:
+    """Ray remote options of the scoring actors: restart a dead actor and retry its batches, a bounded number
+    of times. Only system failures (a killed worker, a lost node) are retried: an error ensrm raises on
+    purpose (a bad row, a bundle that does not load) would fail the same way again."""
+    for name, value in (("max_restarts", max_restarts), ("max_task_retries", max_task_retries)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}")
+    return {"max_restarts": max_restarts, "max_task_retries": max_task_retries}
+
+
+@contextlib.contextmanager
+def _remote_args_allowed():
+    """Ray 2.60 names no parameter for an actor's ``max_restarts``/``max_task_retries`` and warns
+    that the generic remote arguments that carry them will go in 2.64; until it names one they are
+    the only way to set the retries explicitly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        yield
+
+
+def _check_capacity(concurrency: int, num_cpus: float, reads_pending: bool) -> None:
+    """Refuse an actor pool that cannot make progress on this cluster, instead of waiting forever.
+
+    A fixed pool of ``concurrency`` actors that needs more CPUs than the cluster has never starts;
+    one that takes every CPU leaves none for Ray Data's read tasks, so a dataset that is still to be
+    read (``read_json``, ``read_parquet``, ...) never reaches the actors.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    ray = _ray()
+    if not ray.is_initialized() or not num_cpus:
+        return
+    total = float(ray.cluster_resources().get("CPU", 0))
+    need = concurrency * num_cpus
+    if need > total:
+        raise ValueError(f"{concurrency} scoring actors of {num_cpus:g} CPU need {need:g} CPUs but the Ray cluster "
+                         f"has {total:g}; lower `concurrency` (or `num_cpus`), or add nodes before starting the job")
+    if reads_pending and need > total - 1:
+        raise ValueError(f"{concurrency} scoring actors of {num_cpus:g} CPU would hold all {total:g} CPUs of the Ray "
+                         "cluster, leaving none for Ray Data to read the dataset with, so the job would wait "
+                         f"forever; use `concurrency={max(1, int((total - 1) // num_cpus))}` or fewer, or read the "
+                         "data first (ds = ds.materialize())")
 
 
 def group_id(key) -> int:
@@ -355,6 +450,8 @@ def mark_best_of_n(scored, objective: str = "uwo", group_column: str = "prompt",
     when given (e.g. the sample index of each candidate); without it, in the order Ray
     delivers the group, which is not fixed, so exact ties may then go either way.
 
+    (The example needs a bundle and Ray: not run by the doctests.)
+
     >>> marked = mark_best_of_n(score_dataset(ds, bundle), objective="wco", order_column="sample")  # doctest: +SKIP
     >>> best = marked.filter(lambda row: row["ens_chosen"])                                         # doctest: +SKIP
     """
@@ -371,6 +468,8 @@ def _keep_accepted(table):
 def accepted_rows(scored):
     """The rows a :class:`~ensrm.runtime.filter.ResponseFilter` accepted (``score_dataset(..., response_filter=PATH)``);
     rows marked bad are not accepted.
+
+    (The example needs a bundle and Ray: not run by the doctests.)
 
     >>> kept = accepted_rows(score_dataset(ds, bundle, response_filter="bundles/rm-filter.json"))  # doctest: +SKIP
     """
@@ -428,15 +527,27 @@ class RaySummary:
     output: Path
     format: str
     actors: int
+    rejected: int = 0
+    rejects: Path | None = None
+    groups: int | None = None
+    accepted: int | None = None
 
     @property
     def records_per_second(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else float("inf")
 
     def describe(self) -> str:
-        """One line: records, actors, speed and the output directory."""
-        return (f"{self.records:,} records scored on Ray ({self.actors} actors) in {self.seconds:.1f} s "
-                f"({self.records_per_second:,.0f} records/s) -> {self.output}/ ({self.files} {self.format} files)")
+        """One line: records, actors, speed and the output, and the counts that apply."""
+        where = f"{self.output}/ ({self.files} {self.format} files)" if self.output.is_dir() else str(self.output)
+        parts = [f"{self.records:,} records scored on Ray ({self.actors} actors) in {self.seconds:.1f} s "
+                 f"({self.records_per_second:,.0f} records/s) -> {where}"]
+        if self.groups is not None:
+            parts.append(f"{self.groups:,} best-of-n groups")
+        if self.accepted is not None:
+            parts.append(f"{self.accepted:,} accepted by the filter")
+        if self.rejects is not None:
+            parts.append(f"{self.rejected:,} bad records -> {self.rejects}")
+        return "; ".join(parts)
 
 
 def _count_rows(directory: Path, fmt: str) -> tuple[int, int]:
@@ -447,70 +558,246 @@ def _count_rows(directory: Path, fmt: str) -> tuple[int, int]:
     return sum(sum(1 for line in p.open("rb") if line.strip()) for p in files), len(files)
 
 
-def _ensrm_error_inside(exc: BaseException) -> EnsrmError | None:
-    """The ensrm error a worker raised, from Ray's wrapper (RayTaskError(UserCodeException)).
+def ensrm_error(exc: BaseException) -> EnsrmError | None:
+    """The ensrm error a Ray worker raised, found by type in Ray's wrappers (``RayTaskError``'s
+    ``cause``, a ``UserCodeException``'s ``__cause__``), or ``None`` when the failure is not one.
 
-    Ray Data re-raises a UDF's exception wrapped, with the original only in the wrapper's
-    text (its ``__cause__`` does not survive the trip from the worker), so it is read there.
+    ensrm's errors keep their class and fields through pickling, so the driver gets the worker's
+    :class:`BadRowError` itself (:func:`score_files` asks Ray Data to raise the UDF's own
+    exception; a caller of :func:`score_dataset` can pass whatever it catches here).
+
+    (The example needs a bundle and Ray: not run by the doctests.)
+
+    >>> try:                                                            # doctest: +SKIP
+    ...     score_dataset(ds, bundle).take_all()
+    ... except Exception as exc:
+    ...     print(ensrm_error(exc).field)
     """
-    found = re.findall(r"^ensrm\.[\w.]+\.(\w+Error): (.+)$", str(exc), flags=re.MULTILINE)
-    if not found:
-        return None
-    name, message = found[-1]
-    return (BadRowError if name == BadRowError.__name__ else InputError)(message)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, EnsrmError):
+            return exc
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+    return None
+
+
+class ScoreChunks:
+    """A callable class for ``map_batches`` over chunk descriptors: each Ray batch is one chunk of a
+    JSONL file, read, parsed and scored by the same code as ``ensrm score`` (:func:`score_lines`).
+
+    Returns one row per non-blank line: ``file``, ``line``, ``text``, ``record`` (the output JSON
+    line, or null for a bad line), ``prompt``, ``score``, ``accepted`` and ``problem``. The texts
+    travel as strings, so a column of mixed JSON types can never trip Arrow.
+    """
+
+    def __init__(self, config: ScorerConfig, files: Sequence[str], objective: str = "uwo", response_filter=None):
+        from ensrm.runtime.filter import ResponseFilter
+        from ensrm.runtime.scorer import Scorer
+
+        _check_bundle_on_worker(config)
+        threads = _assigned_threads() if config.threads is None else config.threads
+        self.scorer = Scorer.from_config(config.replace(threads=threads, spinning=False))
+        self.batch_size = config.batch_size
+        self.files = list(files)
+        self.objective = parse_objective(objective, self.scorer.num_heads)
+        if isinstance(response_filter, dict):  # a ResponseFilter object the driver was given
+            self.filter = ResponseFilter(self.scorer, objective=response_filter["objective"],
+                                         min_score=response_filter["min_score"],
+                                         max_std=response_filter["max_std"], fitted=response_filter.get("fitted"))
+        else:
+            self.filter = None if response_filter is None else ResponseFilter.load(response_filter, self.scorer)
+
+    def __call__(self, batch):
+        pa = _pa()
+        out: list[tuple[int, ScoredLine]] = []
+        for row in batch.to_pylist():
+            path = self.files[row["file"]]
+            chunk = Chunk(row["offset"], row["end"], row["first_line"], row["lines"], row["next_line"])
+            items = read_chunk(path, chunk)
+            if len(items) != chunk.lines:
+                raise InputError(f"{path} changed while being scored: bytes {chunk.offset}-{chunk.end} now hold "
+                                 f"{len(items)} records, not {chunk.lines}")
+            out += [(row["file"], r) for r in score_lines(self.scorer, items, path=path, objective=self.objective,
+                                                          batch_size=self.batch_size, response_filter=self.filter)]
+        columns = {"file": pa.array([f for f, _ in out], type=pa.int32())}
+        for name, kind in (("line", pa.int64()), ("text", pa.string()), ("record", pa.string()),
+                           ("prompt", pa.string()), ("score", pa.float64()), ("accepted", pa.bool_()),
+                           ("problem", pa.string())):
+            columns[name] = pa.array([getattr(r, name) for _, r in out], type=kind)
+        return pa.table(columns)
+
+
+def _jsonl_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json") and p.is_file())
+    return [path]
+
+
+def _score_jsonl(ray, config: ScorerConfig, files: list[Path], output: Path, *, concurrency: int, num_cpus: float,
+                 objective: str, best_of_n: bool, response_filter, policy: str, rejects_path: Path | None,
+                 chunk_size: int, progress: JobProgress | None, retries: dict) -> RaySummary:
+    """JSONL on Ray with the semantics of ``ensrm score``: the driver cuts the files into chunks (byte ranges),
+    the actors read and score them, and the driver writes the results in line order with :class:`JobWriter`."""
+    start = time.perf_counter()
+    plan = [{"file": i, "offset": c.offset, "end": c.end, "first_line": c.first_line, "lines": c.lines,
+             "next_line": c.next_line} for i, path in enumerate(files) for c, _ in chunks(path, chunk_size)]
+    expected = sum(c["lines"] for c in plan)
+    if isinstance(response_filter, (str, os.PathLike)) or response_filter is None:
+        shipped = None if response_filter is None else str(response_filter)
+    else:
+        shipped = response_filter.to_dict()
+    output_file = AtomicFile(output)
+    rejects = None
+    try:
+        rejects = AtomicFile(rejects_path) if rejects_path is not None else None
+        writer = JobWriter(files[0], output_file, rejects, on_bad_row=policy, best_of_n=best_of_n)
+        seen, current = 0, 0
+        if plan:
+            ds = ray.data.from_items(plan, override_num_blocks=len(plan))
+            with _remote_args_allowed():
+                scored = ds.map_batches(
+                    ScoreChunks, batch_size=1, batch_format="pyarrow", num_cpus=num_cpus,
+                    compute=ray.data.ActorPoolStrategy(size=concurrency), **retries,
+                    fn_constructor_kwargs={"config": config, "files": [str(f) for f in files],
+                                           "objective": objective, "response_filter": shipped})
+            for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
+                for row in batch.to_pylist():
+                    if row["file"] != current:  # the next file: its own line numbers and groups
+                        writer.close_group()
+                        current, writer.last_line, writer.input_path = row["file"], 0, str(files[row["file"]])
+                    del row["file"]
+                    writer.add(ScoredLine(**row))
+                    seen += 1
+                if progress is not None:
+                    progress(writer.scored, writer.rejected, time.perf_counter() - start)
+        if seen != expected:
+            raise JobError(f"Ray returned {seen:,} of the {expected:,} input records; nothing was written")
+        writer.close_group()
+        if rejects is not None:
+            rejects.commit()
+        output_file.commit()
+    finally:
+        output_file.discard()
+        if rejects is not None:
+            rejects.discard()
+    return RaySummary(records=writer.written, files=1, seconds=time.perf_counter() - start, output=output,
+                      format="json", actors=concurrency, rejected=writer.rejected, rejects=rejects_path,
+                      groups=writer.groups if best_of_n else None,
+                      accepted=writer.accepted if response_filter is not None else None)
 
 
 def score_files(bundle: str | os.PathLike | ScorerConfig, input_path: str | os.PathLike, output: str | os.PathLike,
-                *, address: str | None = None, concurrency: int = 1, objective: str = "uwo",
+                *, address: str | None = None, concurrency: int = 1, num_cpus: float = 1, objective: str = "uwo",
                 batch_size: int | None = None, best_of_n: bool = False,
-                response_filter: str | os.PathLike | None = None, skip_bad: bool = False,
+                response_filter=None, on_bad_row: str | None = None, skip_bad: bool | None = None,
+                rejects_path: str | os.PathLike | None = None, chunk_size: int = 1024,
                 precision: str | None = None, threads: int | None = None, providers=None,
-                output_format: str | None = None) -> RaySummary:
-    """``ensrm score --ray``: read JSONL or Parquet with Ray Data, score on ``concurrency`` actors, write a directory.
+                output_format: str | None = None, max_restarts: int = MAX_RESTARTS,
+                max_task_retries: int = MAX_TASK_RETRIES, progress: JobProgress | None = None) -> RaySummary:
+    """``ensrm score --ray``: score a JSONL file (or a directory of them) or Parquet on ``concurrency`` actors.
 
-    ``output`` is a **directory** (Ray writes one file per block); it must not exist yet, and
-    appears only when every row is written (written under a temporary name beside it, then
-    renamed). Its format is ``output_format``, else its suffix (``scored.parquet/``), else the
-    input's. Rows keep the input's order (``preserve_order``), except with ``best_of_n``,
-    which groups by prompt. Each record gets the ``ensrm`` field of ``ensrm score``; with
-    ``skip_bad`` a bad row is kept with ``ensrm.error`` set and null scores.
-    ``address`` is passed to ``ray.init`` (``"auto"``, ``"ray://head:10001"``); without it
-    a Ray already initialised in this process is used, or a local one started.
+    **JSONL** gets the job of :func:`ensrm.runtime.batch.score_file`, same arguments, byte-identical
+    OUTPUT (and rejects): lines read as text and validated by ensrm (a wrong type, a missing field,
+    a line that is not JSON is a bad record, never a crash, and no field is added), input order,
+    best-of-n groups = runs of one prompt numbered from 0. ``chunk_size`` non-blank lines make one
+    Ray batch; ``batch_size`` is pairs per model call. A directory: files in name order.
+    **Parquet** writes a new directory of ``output_format`` files through :func:`score_dataset`
+    (``on_bad_row="skip"`` keeps a bad row with ``ensrm.error`` set).
+    Nothing appears under ``output`` unless every row was scored, exactly once: a killed actor is
+    restarted and its batch retried (``max_restarts``, ``max_task_retries``); past that,
+    :class:`~ensrm.errors.JobError`. ``address`` goes to ``ray.init``; without it a Ray already
+    initialised here is used, or a local one started.
 
-    >>> score_files("bundles/default", "candidates.jsonl", "scored.parquet", concurrency=2)  # doctest: +SKIP
-    RaySummary(records=1000, files=2, ...)
+    (The example needs a bundle and Ray: not run by the doctests.)
+
+    >>> score_files("bundles/default", "candidates.jsonl", "scored.jsonl", concurrency=2)  # doctest: +SKIP
+    RaySummary(records=1000, files=1, ...)
     """
     ray = _ray()
     input_path, output = Path(input_path), Path(output)
-    if not input_path.exists():
-        raise FileNotFoundError(f"no such input: {input_path}")
-    in_format = file_format(input_path)
-    out_format = output_format or FORMATS.get(output.suffix, in_format)
-    if out_format not in ("json", "parquet"):
-        raise ValueError(f"output format must be json or parquet, got {out_format!r}")
-    if output.exists():
-        raise ValueError(f"{output} exists; Ray writes a directory of files there, so give a new path")
+    policy = bad_row_policy(on_bad_row, skip_bad)
+    in_format, rejects_path = _check_files(input_path, output, output_format, policy, rejects_path, chunk_size)
     objective = parse_objective(objective, 10**9)  # names only here; head:K is checked against the bundle
     config = ScorerConfig.of(bundle, precision=precision, threads=threads, batch_size=batch_size, providers=providers)
+    retries = _fault_tolerance(max_restarts, max_task_retries)
     _check_bundle_here(config, objective)
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.execution_options.preserve_order
+    saved = ctx.execution_options.preserve_order, ctx.raise_original_map_exception
+    try:
+        _check_capacity(concurrency, num_cpus, reads_pending=False)
+        # rows come back in input order; a UDF's own exception (typed, e.g. BadRowError) reaches the driver
+        ctx.execution_options.preserve_order, ctx.raise_original_map_exception = True, True
+        if in_format == "json":
+            return _score_jsonl(ray, config, _jsonl_files(input_path), output, concurrency=concurrency,
+                                num_cpus=num_cpus, objective=objective, best_of_n=best_of_n,
+                                response_filter=response_filter, policy=policy, rejects_path=rejects_path,
+                                chunk_size=chunk_size, progress=progress, retries=retries)
+        ctx.execution_options.preserve_order = not best_of_n
+        return _score_parquet(ray, config, input_path, output, output_format or FORMATS.get(output.suffix, "parquet"),
+                              concurrency=concurrency, num_cpus=num_cpus, objective=objective, best_of_n=best_of_n,
+                              response_filter=response_filter, mark=policy == "skip", retries=retries)
+    except ray.exceptions.RayError as exc:
+        error = _job_error(exc, retries, output)
+        raise error from error.__cause__  # Ray's wrapper adds nothing but a worker traceback
+    finally:
+        ctx.execution_options.preserve_order, ctx.raise_original_map_exception = saved
+        if started:
+            ray.shutdown()
+
+
+def _job_error(exc: BaseException, retries: dict, output: Path) -> EnsrmError:
+    """What a failed Ray job raises: the worker's own ensrm error, or a :class:`JobError` naming Ray's cause."""
+    inner = ensrm_error(exc)
+    if inner is not None:
+        return inner
+    cause = str(exc).strip().splitlines()
+    error = JobError(f"the Ray job failed ({type(exc).__name__}: {cause[0] if cause else 'no message'}) after up "
+                     f"to {retries['max_restarts']} actor restarts and {retries['max_task_retries']} retries per "
+                     f"batch; nothing was written to {output}")
+    error.__cause__ = exc
+    return error
+
+
+def _check_files(input_path: Path, output: Path, output_format: str | None, policy: str,
+                 rejects_path: str | os.PathLike | None, chunk_size: int) -> tuple[str, Path | None]:
+    """The input's format and the rejects path, refusing what :func:`score_files` cannot write."""
+    if not input_path.exists():
+        raise FileNotFoundError(f"no such input: {input_path}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    in_format = file_format(input_path)
+    if in_format == "json":
+        if (output_format or FORMATS.get(output.suffix, "json")) != "json":
+            raise ValueError("JSONL input is scored into a JSONL file, as `ensrm score` does; name the output .jsonl")
+        return in_format, check_job_paths(input_path, output, policy, rejects_path)
+    if rejects_path is not None:
+        raise ValueError("`rejects_path` goes with JSONL input; Parquet rows marked bad stay in the output "
+                         "with ensrm.error set")
+    if output.exists():
+        raise ValueError(f"{output} exists; Ray writes a directory of files there, so give a new path")
+    return in_format, None
+
+
+def _score_parquet(ray, config: ScorerConfig, input_path: Path, output: Path, out_format: str, *, concurrency: int,
+                   num_cpus: float, objective: str, best_of_n: bool, response_filter, mark: bool,
+                   retries: dict) -> RaySummary:
+    if out_format not in ("json", "parquet"):
+        raise ValueError(f"output format must be json or parquet, got {out_format!r}")
+    tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
     start = time.perf_counter()
     try:
-        ctx.execution_options.preserve_order = not best_of_n
-        # A fixed pool of actors may hold every CPU, and a read or write task waiting for a CPU
-        # would then wait forever: the input is read before the actors start (into Ray's object
-        # store, which spills to disk), and the reshaping and writes reserve no CPU.
+        # The input is read before the actors start (into Ray's object store, which spills to disk), and
+        # the reshaping and writes reserve no CPU, so a pool holding every CPU cannot starve them.
         io = {"num_cpus": 0}
-        reader = ray.data.read_json if in_format == "json" else ray.data.read_parquet
-        ds = reader(str(input_path)).materialize()
-        scored = score_dataset(ds, config, concurrency=concurrency, objective=objective,
-                               on_bad_row="mark" if skip_bad else "fail", response_filter=response_filter,
-                               best_of_n=best_of_n)
+        ds = ray.data.read_parquet(str(input_path)).materialize()
+        scored = score_dataset(ds, config, concurrency=concurrency, num_cpus=num_cpus, objective=objective,
+                               on_bad_row="mark" if mark else "fail", response_filter=response_filter,
+                               best_of_n=best_of_n, **retries)
         records = scored.map_batches(_nest, fn_kwargs={"objective": objective}, batch_format="pyarrow", **io)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         if out_format == "json":
@@ -519,16 +806,8 @@ def score_files(bundle: str | os.PathLike | ScorerConfig, input_path: str | os.P
             records.write_parquet(str(tmp), ray_remote_args=io)
         rows, files = _count_rows(tmp, out_format)
         os.replace(tmp, output)
-    except ray.exceptions.RayError as exc:
-        inner = _ensrm_error_inside(exc)
-        if inner is None:
-            raise
-        raise inner from None
     finally:
-        ctx.execution_options.preserve_order = saved
         if tmp.exists():
             shutil.rmtree(tmp)
-        if started:
-            ray.shutdown()
     return RaySummary(records=rows, files=files, seconds=time.perf_counter() - start, output=output,
                       format=out_format, actors=concurrency)

@@ -41,7 +41,7 @@ from ensrm._optional import require
 from ensrm.bundle import bundle_file, load_spec, read_spec, staged_bundle, variant_file
 from ensrm.errors import BundleError, InputError
 from ensrm.runtime.config import ScorerConfig
-from ensrm.runtime.texts import TextEncoder, check_texts
+from ensrm.runtime.texts import TextEncoder, as_texts, check_texts
 from ensrm.spec import MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
 
 #: The ensemble's text inputs (TYPE_STRING, one string per pair).
@@ -75,8 +75,10 @@ class PairTokenizer:
     (never past ``max_length``) so that Triton's dynamic batcher can merge requests.
     ``model_dir`` holds the bundle's ``ensemble.json`` and tokenizer file.
 
+    (The example needs a bundle: not run by the doctests.)
+
     >>> tok = PairTokenizer("repo/rm_tokenize/1", pad_to_multiple=32)        # doctest: +SKIP
-    >>> tok([b"How do I boil an egg?"], [b"Simmer it."])["input_ids"].shape
+    >>> tok([b"How do I boil an egg?"], [b"Simmer it."])["input_ids"].shape  # doctest: +SKIP
     (1, 32)
     """
 
@@ -118,17 +120,7 @@ class PairTokenizer:
 
 def _strings(field: str, values) -> list[str]:
     """Triton hands TYPE_STRING tensors over as object arrays of bytes, ``[batch, 1]``."""
-    flat = np.asarray(values, dtype=object).reshape(-1)
-    texts = []
-    for i, value in enumerate(flat):
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{field}[{i}] is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                                 field=f"{field}[{i}]", expected="UTF-8 text", actual="invalid bytes") from None
-        texts.append(value)
-    return texts
+    return as_texts(np.asarray(values, dtype=object).reshape(-1), field, decode=True)
 
 
 def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str | os.PathLike, *,
@@ -148,8 +140,10 @@ def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str |
     bundle directory's name) prefixes the model names. The repository appears complete or
     not at all; an existing ``out`` is replaced only with ``overwrite``.
 
+    (The example needs a bundle: not run by the doctests.)
+
     >>> repo = write_triton_repository("bundles/rm", "triton-repo", precision="fp16")  # doctest: +SKIP
-    >>> repo.ensemble, repo.onnx
+    >>> repo.ensemble, repo.onnx  # doctest: +SKIP
     ('rm', 'rm_onnx')
     """
     config = ScorerConfig.of(bundle, precision=precision)

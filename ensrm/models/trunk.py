@@ -104,6 +104,8 @@ class _Tower(nn.Module):
 class PartialTrunk(EncoderWithHeads):
     """K members sharing embeddings and the first L − m layers; ``forward`` gives rewards ``[batch, K]``.
 
+    (Not run by the doctests: it needs a base model loaded in torch.)
+
     >>> trunk = PartialTrunk.from_base(base, members=4, member_layers=2, pooling="mean")  # doctest: +SKIP
     >>> trunk(input_ids, attention_mask).shape                                           # doctest: +SKIP
     torch.Size([8, 4])
@@ -208,6 +210,8 @@ class PartialTrunk(EncoderWithHeads):
 def save_trunk(model: PartialTrunk, tokenizer, out_dir: str | Path) -> None:
     """Write ``model`` as the checkpoint format of the module docstring.
 
+    (Not run by the doctests: it needs a trunk model in torch.)
+
     >>> save_trunk(trunk, tokenizer, "checkpoints/trunk-m2")     # doctest: +SKIP
     """
     safetensors_torch = require("safetensors.torch", "export")
@@ -242,6 +246,8 @@ def read_trunk_config(path: str | Path) -> dict:
 
 def load_trunk(path: str | Path, attn_implementation: str = "eager", trust_remote_code: bool = False) -> PartialTrunk:
     """Load a checkpoint written by :func:`save_trunk` (fp32, eval mode).
+
+    (Not run by the doctests: it needs a trunk checkpoint on disk.)
 
     >>> trunk = load_trunk("checkpoints/trunk-m2")    # doctest: +SKIP
     >>> trunk.num_members, trunk.member_layers        # doctest: +SKIP

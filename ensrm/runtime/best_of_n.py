@@ -87,9 +87,11 @@ def best_of_n(scorer, prompt: str, candidates: Sequence[str], objective: str = "
     Objectives: ``mean``, ``wco`` (worst case: the minimum over heads), ``uwo``
     (mean - lambda * variance) and ``head:K`` (one member alone, for comparison).
 
+    (Needs a bundle on disk, so not run by the doctests.)
+
     >>> scorer = ensrm.Scorer("bundles/default")                          # doctest: +SKIP
     >>> result = ensrm.best_of_n(scorer, "How do I boil an egg?",
-    ...                          ["Simmer it for 8 minutes.", "Eggs are oval."], objective="wco")
+    ...                          ["Simmer it for 8 minutes.", "Eggs are oval."], objective="wco")  # doctest: +SKIP
     >>> result.index, result.values                                       # doctest: +SKIP
     (0, array([ 0.61, -0.83], dtype=float32))
     """
@@ -101,6 +103,8 @@ def best_of_n_batch(scorer, prompts: Sequence[str], candidates_per_prompt: Seque
     """Best-of-n for many prompts at once: every (prompt, candidate) pair is flattened into one
     :meth:`Scorer.score_texts` call, so the model runs ``ceil(total_pairs / batch_size)`` times
     (pairs of similar length share a batch), and results are split back per prompt.
+
+    (Not run by the doctests: it needs a bundle on disk.)
 
     >>> results = best_of_n_batch(scorer, ["Q1", "Q2"], [["a", "b"], ["c", "d", "e"]])  # doctest: +SKIP
     >>> [r.index for r in results]                                                      # doctest: +SKIP

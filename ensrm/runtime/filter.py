@@ -79,8 +79,10 @@ def bundle_identity(spec) -> dict:
 class ResponseFilter:
     """Accept or reject responses by conservative score and ensemble disagreement.
 
+    (Needs a bundle on disk, so not run by the doctests.)
+
     >>> scorer = ensrm.Scorer("bundles/default")                                  # doctest: +SKIP
-    >>> flt = ensrm.ResponseFilter(scorer, objective="wco", min_score=-1.0, max_std=0.8)
+    >>> flt = ensrm.ResponseFilter(scorer, objective="wco", min_score=-1.0, max_std=0.8)  # doctest: +SKIP
     >>> [d.reason for d in flt.decide(["How do I boil an egg?"] * 2,
     ...                               ["Simmer it for 8 minutes.", "lol no"])]    # doctest: +SKIP
     ['ok', 'score_too_low']
@@ -134,6 +136,8 @@ class ResponseFilter:
         reference data about those fractions are rejected by each check (linear
         interpolation between order statistics; use hundreds of records or more).
         ``None`` or ``0`` turns a check off.
+
+        (Not run by the doctests: it needs a bundle and reference texts.)
 
         >>> flt = ResponseFilter.fit(scorer, ref_prompts, ref_responses)      # doctest: +SKIP
         >>> flt.save("bundles/default-filter.json")                           # doctest: +SKIP

@@ -114,8 +114,10 @@ def _drop_padding_columns(feeds: dict[str, np.ndarray], mask: np.ndarray, max_le
 def check_inputs(spec: EnsembleSpec, input_ids, attention_mask, token_type_ids=None) -> dict[str, np.ndarray]:
     """Validate and convert to contiguous int64 feeds; raise :class:`InputError` naming the problem.
 
+    (Needs a bundle's spec, so not run by the doctests.)
+
     >>> feeds = check_inputs(spec, [[101, 2023, 102]], [[1, 1, 1]])      # doctest: +SKIP
-    >>> feeds["input_ids"].dtype
+    >>> feeds["input_ids"].dtype                                         # doctest: +SKIP
     dtype('int64')
     """
     ids = _as_int64("input_ids", input_ids)

@@ -91,6 +91,8 @@ class GRPORewardFunction:
     ``{"role", "content"}`` messages; see the module docstring for how they become text).
     Returns one Python float per completion, the chosen objective's score.
 
+    (Not run by the doctests: it needs a bundle, and TRL for the trainer.)
+
     >>> reward = scorer.as_reward_function(objective="uwo")                 # doctest: +SKIP
     >>> trainer = GRPOTrainer(model=..., reward_funcs=reward, ...)         # doctest: +SKIP
     >>> reward(prompts=["Hi"], completions=["Hello! How can I help?"])     # doctest: +SKIP
@@ -133,6 +135,8 @@ class TokenRewardFunction:
     ``attention_mask`` are ``[batch, seq]`` integer arrays tokenised with the *bundle's*
     tokenizer (``bundle/tokenizer.json``, not the policy's), padded on the bundle's
     ``spec.padding_side``. Rows longer than the bundle's ``max_length`` are refused.
+
+    (Not run by the doctests: it needs a bundle.)
 
     >>> reward = scorer.as_token_reward_function("wco")                # doctest: +SKIP
     >>> reward(input_ids, attention_mask)                               # doctest: +SKIP

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -43,9 +44,10 @@ class Scorer:
     engines under ``BUNDLE/engines/ort-<precision>``.
 
     A scorer may be shared by several threads; onnxruntime sessions are thread-safe.
+    (The examples are not run by the doctests: they need a bundle on disk.)
 
     >>> scorer = Scorer("bundles/minilm")                                   # doctest: +SKIP
-    >>> scorer.score_texts(["How do I boil an egg?"], ["Simmer it for 8 minutes."]).uwo
+    >>> scorer.score_texts(["How do I boil an egg?"], ["Simmer it for 8 minutes."]).uwo   # doctest: +SKIP
     array([0.73], dtype=float32)
     """
 
@@ -58,7 +60,7 @@ class Scorer:
 
     @classmethod
     def from_config(cls, config: ScorerConfig) -> Scorer:
-        """The scorer ``config`` describes.
+        """The scorer ``config`` describes (the example is not run by the doctests: it needs a bundle).
 
         >>> scorer = Scorer.from_config(ScorerConfig("bundles/default", threads=2))   # doctest: +SKIP
         """
@@ -102,8 +104,10 @@ class Scorer:
         ``max_batch_size`` run in slices with identical results. See
         :mod:`ensrm.runtime.inputs` for every rule; a violation raises :class:`InputError`.
 
+        Not run by the doctests (it needs a bundle and token ids):
+
         >>> s = scorer.score(ids, mask)                       # doctest: +SKIP
-        >>> s.heads.shape, s.uwo.shape
+        >>> s.heads.shape, s.uwo.shape                        # doctest: +SKIP
         ((4, 8), (4,))
         """
         feeds = check_inputs(self.spec, input_ids, attention_mask, token_type_ids)
@@ -123,14 +127,18 @@ class Scorer:
                 self._encoder = TextEncoder(self.bundle_dir, self.spec)
             return self._encoder
 
-    def score_texts(self, prompts, responses, batch_size: int | None = None, truncation: bool = True) -> Scores:
+    def score_texts(self, prompts, responses, batch_size: int | None = None, truncation: bool = True,
+                    progress: Callable[[int, int], None] | None = None) -> Scores:
         """Tokenise and score (prompt, response) pairs; results come back in input order.
 
         Pairs are grouped by token length into batches of ``batch_size`` (default: the
-        scorer's ``batch_size``) to cut padding.
+        scorer's ``batch_size``) to cut padding. ``progress(done, total)``, when given, is
+        called after each batch with the pairs scored so far.
         With ``truncation`` (default) a pair longer than ``max_length`` loses tokens from its
         longer side (from the end for encoders, from the start for decoders, whose reward
         is read at the last token); without it such a pair raises :class:`InputError`.
+
+        Not run by the doctests (it needs a bundle):
 
         >>> scorer.score_texts(["Hi"], ["Hello! How can I help?"]).mean     # doctest: +SKIP
         """
@@ -144,11 +152,15 @@ class Scorer:
         encodings = encoder.encode(prompts, responses, truncation=truncation)
         heads = np.empty((len(prompts), self.num_heads), dtype=np.float32)
         aggregates = {name: np.empty(len(prompts), dtype=np.float32) for name in ("mean", "std", "min", "uwo")}
+        done = 0
         for rows, feeds in encoder.batches(encodings, min(batch_size, self.max_batch_size)):
             scores = Scores.from_outputs(self.backend.run(feeds))
             heads[rows] = scores.heads
             for name, values in aggregates.items():
                 values[rows] = getattr(scores, name)
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(prompts))
         return Scores(heads=heads, **aggregates)
 
     def as_reward_function(self, objective: str = "uwo", batch_size: int = 32, prompt_messages: str = "last_user"):
@@ -157,6 +169,8 @@ class Scorer:
         Takes TRL's standard (strings) and conversational (message lists) formats and ignores
         the extra keywords TRL passes; see :mod:`ensrm.runtime.rewards` for how a
         conversation becomes text.
+
+        Not run by the doctests (it needs a bundle and TRL):
 
         >>> trainer = GRPOTrainer(model=..., reward_funcs=scorer.as_reward_function("uwo"))  # doctest: +SKIP
         """
@@ -167,8 +181,10 @@ class Scorer:
     def as_token_reward_function(self, objective: str = "uwo"):
         """Token ids + mask in, one float32 reward per row out (for custom PPO loops).
 
+        Not run by the doctests (it needs a bundle and token ids):
+
         >>> reward = scorer.as_token_reward_function("wco")                 # doctest: +SKIP
-        >>> reward(input_ids, attention_mask).shape
+        >>> reward(input_ids, attention_mask).shape                          # doctest: +SKIP
         (16,)
         """
         from ensrm.runtime.rewards import TokenRewardFunction

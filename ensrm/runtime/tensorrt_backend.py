@@ -18,6 +18,8 @@ ENGINE_DIR = "engines"
 def check_tensorrt():
     """Import tensorrt and check a CUDA GPU is visible; raise one error naming what is missing.
 
+    (Not run by the doctests: it needs a CUDA GPU with TensorRT.)
+
     >>> trt = check_tensorrt()                        # doctest: +SKIP
     """
     from ensrm.runtime.cuda import device_count
@@ -48,8 +50,10 @@ def engine_path(bundle_dir: str | os.PathLike, precision: str) -> Path:
 class TensorRTBackend:
     """Runs a bundle's engine on the GPU; picks the optimization profile that covers each batch.
 
+    (Needs a GPU and a built engine, so not run by the doctests.)
+
     >>> backend = TensorRTBackend("bundles/rm/engines/model.fp16.sm90.trt10.13.0.engine")   # doctest: +SKIP
-    >>> backend.run({"input_ids": ids, "attention_mask": mask})["ens_uwo"]
+    >>> backend.run({"input_ids": ids, "attention_mask": mask})["ens_uwo"]                  # doctest: +SKIP
     """
 
     def __init__(self, engine_path: str | os.PathLike):

@@ -13,28 +13,71 @@ from ensrm.errors import BundleError, InputError
 from ensrm.spec import EnsembleSpec
 
 
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def as_text(value, field: str, where: str | None = None, *, decode: bool = False) -> str:
+    """The one check every entry point makes on a prompt or response: a ``str`` that is valid
+    Unicode (with ``decode``, also UTF-8 ``bytes``, as Arrow and Triton carry text); anything
+    else raises :class:`InputError` naming ``field`` (``where``, when given, is how the message
+    names it, e.g. ``"field 'prompt'"``).
+
+    >>> as_text(b"Hi", "prompts[0]", decode=True)
+    'Hi'
+    >>> as_text(5, "response", "field 'response'")
+    Traceback (most recent call last):
+    ...
+    ensrm.errors.InputError: field 'response' must be a string, got int
+    """
+    where = where or field
+    if decode and isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})", field=field,
+                             expected="UTF-8 text", actual="invalid bytes") from None
+    if not isinstance(value, str):
+        raise InputError(f"{where} must be a string, got {_type_name(value)}", field=field, expected="str",
+                         actual=_type_name(value))
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = value[exc.start]
+        raise InputError(
+            f"{where} is not valid Unicode: lone surrogate {char!r} at position {exc.start} "
+            "(often a JSON \\ud800-style escape of half an emoji); repair or drop the text, e.g. "
+            "text.encode('utf-8', 'replace').decode()", field=field,
+            expected="valid Unicode text", actual=f"lone surrogate {char!r} at {exc.start}") from None
+    return value
+
+
+def as_texts(values, name: str, *, decode: bool = False) -> list[str]:
+    """A list (tuple, 1-D array) of texts, each checked by :func:`as_text` as ``name[i]``.
+
+    >>> as_texts(("Hi", b"there"), "prompts", decode=True)
+    ['Hi', 'there']
+    """
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        raise InputError(f"{name} must be a 1-D list of strings, got an array of shape {values.shape}",
+                         field=name, expected="1-D list of str", actual=f"shape {values.shape}")
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise InputError(f"{name} must be a list of strings, got {_type_name(values)}",
+                         field=name, expected="list of str", actual=_type_name(values))
+    return [as_text(value, f"{name}[{i}]", decode=decode) for i, value in enumerate(values)]
+
+
 def check_texts(prompts, responses) -> tuple[list[str], list[str]]:
     """Both sides must be lists (tuples, 1-D arrays) of strings of equal length.
 
     >>> check_texts(["Hi"], ["Hello"])
     (['Hi'], ['Hello'])
     """
-    for name, values in (("prompts", prompts), ("responses", responses)):
-        if isinstance(values, np.ndarray) and values.ndim != 1:
-            raise InputError(f"{name} must be a 1-D list of strings, got an array of shape {values.shape}",
-                             field=name, expected="1-D list of str", actual=f"shape {values.shape}")
-        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-            raise InputError(f"{name} must be a list of strings, got {type(values).__name__}",
-                             field=name, expected="list of str", actual=type(values).__name__)
+    prompts, responses = as_texts(prompts, "prompts"), as_texts(responses, "responses")
     if len(prompts) != len(responses):
         raise InputError(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up",
                          field="responses", expected=f"{len(prompts)} items", actual=f"{len(responses)} items")
-    for name, values in (("prompts", prompts), ("responses", responses)):
-        for i, value in enumerate(values):
-            if not isinstance(value, str):
-                raise InputError(f"{name}[{i}] must be a string, got {type(value).__name__}",
-                                 field=f"{name}[{i}]", expected="str", actual=type(value).__name__)
-    return [str(p) for p in prompts], [str(r) for r in responses]
+    return prompts, responses
 
 
 def _unencodable(prompts: list[str], responses: list[str]) -> InputError | None:
@@ -42,14 +85,9 @@ def _unencodable(prompts: list[str], responses: list[str]) -> InputError | None:
     for name, values in (("prompts", prompts), ("responses", responses)):
         for i, value in enumerate(values):
             try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                char = value[exc.start]
-                return InputError(
-                    f"{name}[{i}] is not valid Unicode: lone surrogate {char!r} at position {exc.start} "
-                    "(often a JSON \\ud800-style escape of half an emoji); repair or drop the text, e.g. "
-                    "text.encode('utf-8', 'replace').decode()", field=f"{name}[{i}]",
-                    expected="valid Unicode text", actual=f"lone surrogate {char!r} at {exc.start}")
+                as_text(value, f"{name}[{i}]")
+            except InputError as exc:
+                return exc
     return None
 
 

@@ -2,6 +2,8 @@
 
 Names are loaded lazily so that ``import ensrm.train`` stays cheap until torch is needed.
 
+(Not run by the doctests: importing the trainer loads torch (seconds).)
+
 >>> from ensrm.train import train_reward_model            # doctest: +SKIP
 """
 

@@ -31,6 +31,8 @@ def build_default_model(
     :func:`ensrm.train.train_reward_model`).
     Held-out metrics are written to ``out_dir/ensrm_training.json``. About a minute on 2 CPU cores.
 
+    (Not run by the doctests: it trains a model (minutes).)
+
     >>> path = build_default_model("artifacts/default-rm")          # doctest: +SKIP
     >>> sorted(p.name for p in path.iterdir())[:2]                   # doctest: +SKIP
     ['config.json', 'ensrm_training.json']

@@ -23,6 +23,8 @@ def model_fingerprint(model, head_name: str) -> str:
     """sha256 of the pooling and every parameter and buffer except the final layer ``head_name``
     (whose rows are the heads).
 
+    (Not run by the doctests: it needs a model in torch.)
+
     >>> model_fingerprint(classifier, "classifier")[:12]          # doctest: +SKIP
     '3f0c9b2a71de'
     """
@@ -42,8 +44,11 @@ def text_key(prompt: str, response: str) -> str:
 class FeatureCache:
     """``[n, hidden]`` float32 features by (prompt, response), in ``directory/<model>-L<max_length>.npz``.
 
+    (Needs a model to compute features with, so not run by the doctests; ``compute(missing prompts,
+    responses)`` returns their ``[m, hidden]`` features.)
+
     >>> cache = FeatureCache("cache/", model_fingerprint(model, "classifier"), 128)   # doctest: +SKIP
-    >>> x = cache.features(prompts, responses, compute)   # compute(missing prompts, responses) -> [m, hidden]
+    >>> x = cache.features(prompts, responses, compute)  # doctest: +SKIP
     """
 
     def __init__(self, directory: str | os.PathLike, fingerprint: str, max_length: int):

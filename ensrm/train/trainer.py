@@ -349,6 +349,8 @@ def train_with_settings(base_model: str | os.PathLike, prefs: str | os.PathLike 
                         out_dir: str | os.PathLike, settings: TrainSettings) -> TrainResult:
     """:func:`train_reward_model` with its keywords already checked into a :class:`TrainSettings`.
 
+    (Not run by the doctests: it needs a checkpoint and preference data on disk.)
+
     >>> settings = TrainSettings.create(heads=8, mode="joint", epochs=2)          # doctest: +SKIP
     >>> train_with_settings("minilm/", "prefs.jsonl", "rm/", settings).steps     # doctest: +SKIP
     """
@@ -406,13 +408,13 @@ def train_reward_model(base_model: str | os.PathLike, prefs: str | os.PathLike |
     mean reward on the training responses is about 0 (the loss leaves them free); layers without a
     bias (decoder ``score`` layers) keep their offsets.
 
+    (Not run by the doctests: the skipped lines need a checkpoint and preference data on disk.)
+
     >>> result = train_reward_model("minilm/", "prefs.jsonl", "rm/", heads=8)   # doctest: +SKIP
     >>> result.metrics["accuracy"]["wco"]                                       # doctest: +SKIP
     0.87
     >>> settings = TrainSettings.create(heads=4, mode="joint", epochs=2)
     >>> train_reward_model("minilm/", "prefs.jsonl", "rm/", settings)          # doctest: +SKIP
-
-    (The skipped lines need a checkpoint and preference data.)
     """
     if settings is not None and options:
         raise TypeError(f"train_reward_model() takes settings or keywords, not both (got settings and "

@@ -186,3 +186,37 @@ def test_every_manifest_field_is_documented():
     page = (ROOT / "docs" / "reference" / "bundle-format.md").read_text(encoding="utf-8")
     fields = [f.name for f in dataclasses.fields(EnsembleSpec)] + ["outputs"]
     assert [name for name in fields if f"| `{name}` |" not in page] == []
+
+
+def test_development_tree_names_every_module_and_package():
+    page = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    tree = page.split("```\nensrm/\n", 1)[1].split("```", 1)[0]
+    entries = [p.name + ("/" if p.is_dir() else "") for p in (ROOT / "ensrm").iterdir()
+               if p.name != "__pycache__" and (p.is_dir() or p.suffix == ".py")]
+    named = set(re.findall(r"[\w.]+/?", tree))
+    assert [entry for entry in entries if entry not in named] == []
+
+
+#: dotted names in the docs that are not Python objects: fields of the records `ensrm score` writes
+NOT_OBJECTS = {"ensrm.error"}
+
+
+def _resolve(dotted: str):
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError as exc:
+            if exc.name and not exc.name.startswith("ensrm"):
+                pytest.skip(f"{dotted} needs {exc.name}, which is not installed")
+            continue
+        for part in parts[i:]:
+            obj = getattr(obj, part)
+        return obj
+    raise AssertionError(f"no module of {dotted} imports")
+
+
+@pytest.mark.parametrize("dotted", sorted({name for path in pages() for name in re.findall(
+    r"(?<![\w/.-])ensrm(?:\.[A-Za-z_]\w*)+", path.read_text(encoding="utf-8"))} - NOT_OBJECTS))
+def test_dotted_ensrm_names_in_the_docs_resolve(dotted):
+    _resolve(dotted)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 
 import numpy as np
@@ -13,14 +14,18 @@ from click.testing import CliRunner
 
 import ensrm
 from ensrm.cli import main
+from ensrm.errors import JobError
 from ensrm.integrations.ray_data import (
     ERROR_COLUMN,
     SCORE_COLUMNS,
     BadRowError,
     ScoreBatches,
     _mark_group,
+    ensrm_error,
     score_dataset,
+    score_files,
 )
+from ensrm.runtime.batch import score_file
 from ensrm.runtime.best_of_n import choose
 from ensrm.runtime.filter import ResponseFilter
 
@@ -94,7 +99,7 @@ def assert_scores(rows, scorer, objective="uwo"):
 def test_two_actors_score_like_the_scorer_keeping_order_and_columns(bundle, scorer, preserve_order):
     rows = records()
     ds = ray.data.from_items(rows, override_num_blocks=4)
-    out = score_dataset(ds, bundle, concurrency=2, batch_size=4, model_batch_size=3, objective="wco").take_all()
+    out = score_dataset(ds, bundle, concurrency=2, rows_per_batch=4, batch_size=3, objective="wco").take_all()
     assert [r["id"] for r in out] == [r["id"] for r in rows]  # preserve_order keeps the input's order
     for got, given in zip(out, rows):
         assert {k: got[k] for k in given} == given  # every input column, unchanged
@@ -150,15 +155,18 @@ def bad_table():
 
 def test_bad_rows_fail_the_job_naming_the_row(bundle, local_ray):
     ds = ray.data.from_arrow(bad_table())
-    with pytest.raises(Exception, match=r"row id='b': field 'response' is null \(and 2 more bad rows"):
+    bad = r"row id='b': field 'response' must be a string, got NoneType \(and 2 more"
+    with pytest.raises(Exception, match=bad) as caught:
         score_dataset(ds, bundle, key_column="id").take_all()
+    # the worker's error itself, typed and with its fields, not rebuilt from the message
+    assert isinstance(ensrm_error(caught.value), BadRowError)
 
 
 def test_bad_rows_are_marked_and_kept(bundle, scorer, local_ray):
     out = {r["id"]: r for r in score_dataset(ray.data.from_arrow(bad_table()), bundle, on_bad_row="mark").take_all()}
     assert sorted(out) == ["a", "b", "c", "d", "e"]
-    assert out["b"][ERROR_COLUMN] == "field 'response' is null"
-    assert out["c"][ERROR_COLUMN] == "field 'prompt' is null"
+    assert out["b"][ERROR_COLUMN] == "field 'response' must be a string, got NoneType"
+    assert out["c"][ERROR_COLUMN] == "field 'prompt' must be a string, got NoneType"
     assert out["d"][ERROR_COLUMN].startswith("field 'prompt' is not UTF-8")
     for key in "bcd":
         assert all(out[key][c] is None for c in SCORE_COLUMNS)
@@ -172,9 +180,9 @@ def test_types_ray_cannot_carry_are_named_too(bundle):
     pd = pytest.importorskip("pandas")
     batch = pd.DataFrame({"prompt": ["q", "q", "q"], "response": ["fine", 5, "half an emoji \ud83d"]})
     out = ScoreBatches(bundle, on_bad_row="mark")(batch)
-    assert out[ERROR_COLUMN].tolist()[1:] == ["field 'response' must be a string, found int",
-                                              "field 'response' is not valid Unicode (lone surrogate '\\ud83d' "
-                                              "at position 14)"]
+    assert out[ERROR_COLUMN].tolist()[1] == "field 'response' must be a string, got int"
+    assert out[ERROR_COLUMN].tolist()[2].startswith("field 'response' is not valid Unicode: lone surrogate '\\ud83d' "
+                                                    "at position 14")
     with pytest.raises(BadRowError, match=r"row 1 of a batch of 3 \(prompt='q', response=5\)"):
         ScoreBatches(bundle)(batch)
 
@@ -190,34 +198,105 @@ def read_dir(path):
     return [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines()]
 
 
-def test_cli_jsonl_round_trip_matches_ensrm_score(bundle, scorer, tmp_path, local_ray):
-    rows = sorted(records(12), key=lambda r: r["prompt"])  # grouped, as `ensrm score --best-of-n` needs
-    src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    flt = ResponseFilter.fit(scorer, [r["prompt"] for r in rows], [r["response"] for r in rows], objective="wco")
+def jsonl_with_bad_records(path, n=24):
+    """Best-of-n groups (runs of one prompt) with the bad records that used to break Ray's JSON reader:
+    a number for `response`, a missing field, a line that is not JSON, a blank line."""
+    rows = sorted(records(n), key=lambda r: r["prompt"])
+    lines = [json.dumps(r) for r in rows]
+    lines[3] = json.dumps(dict(rows[3], response=42))
+    lines[7] = json.dumps({k: v for k, v in rows[7].items() if k != "response"})
+    lines[11] = "{not json"
+    lines.insert(15, "")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_ray_and_local_write_the_same_bytes_bad_records_included(bundle, scorer, tmp_path, local_ray):
+    src = jsonl_with_bad_records(tmp_path / "in.jsonl")
+    flt = ResponseFilter.fit(scorer, [r["prompt"] for r in records(24)], [r["response"] for r in records(24)])
     flt.save(tmp_path / "filter.json")
-    options = ["--best-of-n", "--objective", "wco", "--filter", tmp_path / "filter.json"]
-    assert run(bundle, src, "-o", tmp_path / "plain.jsonl", "--quiet", *options).exit_code == 0
-    result = run(bundle, src, "-o", tmp_path / "out", "--ray", "--concurrency", "2", *options)
-    assert result.exit_code == 0, result.output
-    assert "12 records scored on Ray" in result.output
-    expected = {r["id"]: r for r in map(json.loads, (tmp_path / "plain.jsonl").read_text().splitlines())}
-    got = read_dir(tmp_path / "out")
-    assert sorted(r["id"] for r in got) == sorted(expected)
-    for record in got:
-        want = expected[record["id"]]
-        assert {k: v for k, v in record.items() if k != "ensrm"} == {k: v for k, v in want.items() if k != "ensrm"}
-        mine, theirs = record["ensrm"], want["ensrm"]
-        assert set(mine) == set(theirs)
-        np.testing.assert_allclose(mine["heads"], theirs["heads"], atol=1e-6)
-        for key in ("mean", "std", "min", "uwo", "score"):
-            assert mine[key] == pytest.approx(theirs[key], abs=1e-6)
-        assert mine["objective"] == "wco"
-        assert mine["filter"]["accept"] == theirs["filter"]["accept"]
-        assert mine["filter"]["reason"] == theirs["filter"]["reason"]
-        assert mine["best_of_n"]["chosen"] == theirs["best_of_n"]["chosen"]
-        assert mine["best_of_n"]["group_size"] == theirs["best_of_n"]["group_size"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+    options = ["--best-of-n", "--objective", "wco", "--filter", tmp_path / "filter.json", "--skip-bad",
+               "--chunk-size", "5", "--batch-size", "3", "--quiet"]
+    local = run(bundle, src, "-o", tmp_path / "local.jsonl", *options)
+    assert local.exit_code == 0, local.output
+    on_ray = run(bundle, src, "-o", tmp_path / "ray.jsonl", "--ray", "--concurrency", "2", *options)
+    assert on_ray.exit_code == 0, on_ray.output
+    assert "21 records scored on Ray" in on_ray.output and "3 bad records" in on_ray.output
+    for name in ("", ".rejects"):
+        assert (tmp_path / f"ray{name}.jsonl").read_bytes() == (tmp_path / f"local{name}.jsonl").read_bytes()
+    rejects = [json.loads(line) for line in (tmp_path / "ray.rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [4, 8, 12]
+    assert [r["reason"] for r in rejects][:2] == ["field 'response' must be a string, found int",
+                                                   "missing field 'response' (has: id, j, meta, prompt)"]
+    got = [json.loads(line) for line in (tmp_path / "ray.jsonl").read_text().splitlines()]
+    assert all("response" in r and set(r) <= {"id", "prompt", "response", "j", "meta", "ensrm"} for r in got)
+    assert [r["ensrm"]["best_of_n"]["group"] for r in got] == sorted(r["ensrm"]["best_of_n"]["group"] for r in got)
+    # without --skip-bad both stop at the same first bad line, with the same message, writing nothing
+    strict = [o for o in options if o != "--skip-bad"]
+    messages = [run(bundle, src, "-o", tmp_path / f"strict{i}.jsonl", *extra, *strict)
+                for i, extra in enumerate(([], ["--ray"]))]
+    assert [m.exit_code for m in messages] == [1, 1]
+    errors = [[line for line in m.output.splitlines() if line.startswith("Error: ")] for m in messages]
+    assert errors[0] == errors[1] and len(errors[0]) == 1
+    assert "in.jsonl:4: field 'response' must be a string, found int" in messages[1].output
+    assert not list(tmp_path.glob("strict*")) and not list(tmp_path.glob(".*"))
+
+
+def scoring_actor_pids():
+    """The Ray Data actors running ScoreChunks, found in this driver's process tree (Linux /proc:
+    Ray names each worker process by its actor, ``ray::MapWorker(MapBatches(ScoreChunks))``)."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("finding the actors' processes needs Linux /proc")
+    parents, titles = {}, {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode(errors="replace")
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                titles[int(entry)] = handle.read().decode(errors="replace")
+        except (OSError, ValueError):
+            continue  # not a process, or it just ended
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    mine = {os.getpid()}
+    for _ in range(8):  # driver -> raylet -> worker: a few generations down
+        mine |= {pid for pid, parent in parents.items() if parent in mine}
+    return sorted(pid for pid in mine if "ScoreChunks" in titles.get(pid, "") and pid != os.getpid())
+
+
+def test_a_killed_actor_loses_no_row_and_doubles_none(bundle, tmp_path, local_ray):
+    src = tmp_path / "in.jsonl"
+    rows = records(600)
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    score_file(ensrm.Scorer(bundle), src, tmp_path / "undisturbed.jsonl", chunk_size=20)
+    killed = []
+
+    def kill_one(scored, rejected, seconds):
+        pids = scoring_actor_pids()
+        if not killed and pids and scored < len(rows):
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    summary = score_files(bundle, src, tmp_path / "out.jsonl", concurrency=2, chunk_size=20, progress=kill_one)
+    assert killed and summary.records == len(rows)
+    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "undisturbed.jsonl").read_bytes()
+
+    # with no restarts allowed the job fails, naming the cause, and writes nothing
+    killed.clear()
+    with pytest.raises(JobError, match="Ray job failed"):
+        score_files(bundle, src, tmp_path / "failed.jsonl", concurrency=2, chunk_size=20, progress=kill_one,
+                    max_restarts=0, max_task_retries=0)
+    assert killed and not list(tmp_path.glob("*failed*"))
+
+
+def test_a_pool_that_would_starve_its_reads_is_refused_at_once(bundle, tmp_path, local_ray):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records(8)), encoding="utf-8")
+    ds = ray.data.read_json(str(src))
+    with pytest.raises(ValueError, match="leaving none for Ray Data to read"):
+        score_dataset(ds, bundle, concurrency=2)
+    with pytest.raises(ValueError, match="need 3 CPUs but the Ray cluster has 2"):
+        score_dataset(ds, bundle, concurrency=3)
+    assert len(score_dataset(ds.materialize(), bundle, concurrency=2).take_all()) == 8  # read first: completes
 
 
 def test_cli_parquet_round_trip_in_order_with_bad_rows(bundle, scorer, tmp_path, local_ray):
@@ -226,14 +305,15 @@ def test_cli_parquet_round_trip_in_order_with_bad_rows(bundle, scorer, tmp_path,
     src = tmp_path / "in.parquet"
     pq.write_table(pa.Table.from_pylist(rows), src)
     failed = run(bundle, src, "-o", tmp_path / "out.parquet", "--ray")
-    assert failed.exit_code == 1 and "field 'response' is null" in failed.output
+    assert failed.exit_code == 1 and "field 'response' must be a string, got NoneType" in failed.output
     assert not (tmp_path / "out.parquet").exists()
 
     result = run(bundle, src, "-o", tmp_path / "out.parquet", "--ray", "--skip-bad")
     assert result.exit_code == 0, result.output
     got = read_dir(tmp_path / "out.parquet")
     assert [r["id"] for r in got] == list(range(10))  # input order
-    assert got[4]["ensrm"]["error"] == "field 'response' is null" and got[4]["ensrm"]["heads"] is None
+    assert got[4]["ensrm"]["error"] == "field 'response' must be a string, got NoneType"
+    assert got[4]["ensrm"]["heads"] is None
     good = [r for r in got if r["ensrm"]["error"] is None]
     assert_scores([dict(r, **{f"ens_{k}": r["ensrm"][k] for k in ("heads", "mean", "std", "min", "uwo", "score")})
                    for r in good], scorer)

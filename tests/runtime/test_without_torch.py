@@ -61,3 +61,14 @@ def test_export_without_torch_names_the_extra(tmp_path):
     """)
     assert result.returncode != 0
     assert "pip install 'ensrm[export]'" in result.stderr
+
+
+def test_top_level_facade_is_lazy_and_names_the_extra_when_used(tmp_path):
+    result = run_blocked(f"""
+        import sys, ensrm
+        settings = ensrm.ExportSettings(pooling="mean")  # stdlib only: no extra needed to build settings
+        assert not any(m.split(".")[0] in {{"onnxruntime", "torch"}} for m in sys.modules), sorted(sys.modules)
+        ensrm.export_bundle(["x"], {str(tmp_path / "b")!r}, settings)
+    """)
+    assert result.returncode != 0
+    assert "pip install 'ensrm[export]'" in result.stderr and "AssertionError" not in result.stderr
