@@ -125,8 +125,8 @@ def scoring_options(func):
 @click.option("--padding-side", type=click.Choice(["right", "left"]),
               help="Padding the runtime uses (default: right for encoders, left for decoders).")
 @click.option("--tolerance", type=float,
-              help="Largest |ONNX - torch| accepted by the verification (default: 1e-4 for fp32; for bf16/fp16 "
-                   "6%/2% of the largest head).")
+              help="Largest |ONNX - torch| accepted by the verification (default: a share of the largest head, "
+                   "at least 1: 1e-4 for fp32, 2% for fp16, 6% for bf16).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="What the model is loaded in and model.onnx holds: fp16 weights and products, or bf16 weights "
                    "with fp32 products; heads, normalisation and aggregates stay fp32.")
