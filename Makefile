@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[export,dev,ray,serve,triton,docs,openvino,quantize]'
+	$(BIN)/python -m pip install --quiet -e '.[export,dev,ray,serve,triton,docs,test,openvino,quantize]'
+	$(BIN)/python -m pip install --quiet --no-deps 'openrlhf==0.11.2'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -129,8 +129,8 @@ def scoring_options(func):
 @click.option("--padding-side", type=click.Choice(["right", "left"]),
               help="Padding the runtime uses (default: right for encoders, left for decoders).")
 @click.option("--tolerance", type=float,
-              help="Largest |ONNX - torch| accepted by the verification (default: 1e-4 for fp32; for bf16/fp16 "
-                   "6%/2% of the largest head).")
+              help="Largest |ONNX - torch| accepted by the verification (default: a share of the largest head, "
+                   "at least 1: 1e-4 for fp32, 2% for fp16, 6% for bf16).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="What the model is loaded in and model.onnx holds: fp16 weights and products, or bf16 weights "
                    "with fp32 products; heads, normalisation and aggregates stay fp32.")
@@ -667,21 +667,30 @@ def triton_repo_command(bundle, output, max_batch, max_wait_ms, instances, kind,
               help="Default score of /v1/score and the reward of /get_reward: mean, wco, uwo or head:K.")
 @click.option("--filter", "filter_file", type=click.Path(exists=True, dir_okay=False),
               help="A filter JSON (ResponseFilter.save) that /v1/filter applies.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Pairs per model batch.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Pairs gathered from concurrent requests into one batch; the batch runs as model calls of "
+                   "--batch-size pairs, grouped by length.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Longest wait for more requests to fill a batch.")
-@click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--max-queue", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Pairs waiting at most; beyond it requests get 503 with Retry-After.")
 @click.option("--max-body-bytes", default="8MiB", show_default=True, help="Largest request body (413 above).")
-@click.option("--max-pairs-per-request", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Most pairs in one request (413 above).")
+@click.option("--max-pairs-per-request", type=click.IntRange(min=1),
+              help="Most pairs in one request (413 above) [default: --max-queue].")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="Seconds a request waits for its scores at most (504 after); a model call running longer is "
+                   "treated as stuck and /readyz turns unready.")
 @click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False),
-              help="File holding the API key every endpoint but /healthz requires as 'Authorization: Bearer KEY'.")
+              help="File holding the API key every endpoint but /healthz requires, as 'Authorization: Bearer KEY' "
+                   "or as the password of HTTP Basic credentials (http://ensrm:KEY@host:port/get_reward).")
 @scoring_options
 @_one_line_errors
 def serve_command(bundle, host, port, objective, filter_file, max_batch, max_wait_ms, max_queue, max_body_bytes,
-                  max_pairs_per_request, api_key_file, scoring):
-    """Serve BUNDLE over HTTP with dynamic batching until SIGTERM (see README, Serving).
+                  max_pairs_per_request, request_timeout, api_key_file, scoring):
+    """Serve BUNDLE over HTTP with dynamic batching until SIGTERM (see docs/guides/deploying.md).
+
+    SIGHUP (or POST /v1/admin/reload) loads BUNDLE again (or another bundle) beside the running
+    one and switches to it without dropping a request.
 
     \b
     Examples:
@@ -700,7 +709,7 @@ def serve_command(bundle, host, port, objective, filter_file, max_batch, max_wai
         raise click.UsageError(f"--api-key-file {api_key_file} is empty")
     settings = ServeSettings(objective=objective, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              max_body_bytes=parse_size(max_body_bytes), max_pairs_per_request=max_pairs_per_request,
-                             api_key=api_key)
+                             api_key=api_key, request_timeout_s=request_timeout)
     # No spinning: between model calls the event loop needs the cores that idle onnxruntime threads would spin on.
     scorer = Scorer.from_config(scoring(bundle, spinning=False))
     response_filter = ResponseFilter.load(filter_file, scorer) if filter_file else None

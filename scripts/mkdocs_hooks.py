@@ -7,8 +7,9 @@ Three jobs, each so that the site cannot drift from the repository:
   repository paths (``benchmarks/results/serve/bench_serve.png``), so pages link to the files the
   commands wrote rather than to copies.
 - **Pages still being written elsewhere.** ``OPTIONAL_PAGES`` are nav entries whose pages come from
-  other branches; while a page is absent its entry is dropped (logged), so ``--strict`` stays green, and
-  it appears by itself once merged. Any other nav entry without a file still fails the build.
+  other branches; while a page is absent its entry is dropped and links to it are shown as plain
+  text (both logged), so ``--strict`` stays green, and the page appears by itself once merged. Any
+  other nav entry or link without a file still fails the build.
 - **Every public name in the API reference.** ``reference/api.md`` documents ``ensrm.__all__`` by hand;
   any name in ``ensrm.__all__`` that the page does not render yet is appended to it, so a name added
   to the package appears in the reference without an edit here.
@@ -17,6 +18,8 @@ Three jobs, each so that the site cannot drift from the repository:
 from __future__ import annotations
 
 import logging
+import posixpath
+import re
 from pathlib import Path
 
 from mkdocs.structure.files import File, InclusionLevel
@@ -32,6 +35,7 @@ OPTIONAL_PAGES = frozenset({
     "reference/faults.md",
 })
 API_PAGE = "reference/api.md"
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)#\s]+\.md)(#[^)\s]*)?\)")
 
 
 def _drop_absent(nav, docs_dir: Path):
@@ -84,7 +88,21 @@ def public_names() -> dict[str, str]:
     return paths
 
 
+def _unlink_absent(markdown: str, page_uri: str, docs_dir: Path) -> str:
+    """``markdown`` with links to absent ``OPTIONAL_PAGES`` reduced to their text."""
+
+    def replace(match: re.Match) -> str:
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(page_uri), match.group(2)))
+        if target in OPTIONAL_PAGES and not (docs_dir / target).is_file():
+            log.info("%s: link to %s (not written yet) shown as text", page_uri, target)
+            return match.group(1)
+        return match.group(0)
+
+    return _LINK.sub(replace, markdown)
+
+
 def on_page_markdown(markdown, page, config, files):
+    markdown = _unlink_absent(markdown, page.file.src_uri, Path(config["docs_dir"]))
     if page.file.src_uri != API_PAGE:
         return markdown
     missing = [path for path in public_names().values() if f"::: {path}\n" not in markdown + "\n"]

@@ -57,7 +57,7 @@ def export_bundle(sources: Sequence[str | Path], output: str | Path, settings: E
     from ensrm.export.memory import check_export_memory
 
     # before the staging directory and the weights: refuse what cannot fit, naming the numbers
-    check_export_memory([Path(s) for s in sources if Path(s).is_dir()], settings.dtype)
+    check_export_memory([Path(s) for s in sources if Path(s).is_dir()], settings.dtype, cpu_graph=settings.cpu_graph)
     steps = 4 + (settings.normalize_on is not None) + bool(precisions) + bool(settings.cpu_graph)
     with BundleBuilder.new(output, overwrite=overwrite, threads=settings.threads, progress=progress,
                            steps=steps) as build:
@@ -107,7 +107,10 @@ def _graph_steps(build: BundleBuilder, settings: ExportSettings, precisions: tup
     if settings.cpu_graph:
         from ensrm.export.fused import fuse_cpu_graph
 
-        fuse_cpu_graph(build, tolerance=settings.verify_tolerance)
+        # the fused graph is held to the tolerance the verification applied
+        tolerance = settings.tolerance if settings.tolerance is not None else \
+            build.spec.variants["fp32"].checks["tolerance"]
+        fuse_cpu_graph(build, tolerance=tolerance)
     if precisions:
         from ensrm.calibration.variants import build_variants
 
@@ -130,4 +133,4 @@ def _export_steps(build: BundleBuilder, sources, settings: ExportSettings) -> No
         build.note(note)
     build.step(f"loaded {source.kind} {source.model_type}: {source.num_heads} heads, {source.architecture}, "
                f"pooling {source.pooling}, max length {source.max_length}, {source.dtype}")
-    trace_and_verify(build, source, spec, tolerance=settings.verify_tolerance)
+    trace_and_verify(build, source, spec, tolerance=settings.tolerance)

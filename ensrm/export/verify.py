@@ -79,7 +79,8 @@ def verify_against_torch(session, module, tokenizer, spec: EnsembleSpec, toleran
     """Run the graph and the torch module; return a report with ``passed`` and the differences.
 
     ``tolerance=None`` takes the default of the graph's dtype relative to the largest head torch
-    gives (at least 1); the report records the absolute tolerance applied and the dtype.
+    gives (at least 1); the report records the absolute tolerance applied (and the dtype, for a
+    half-precision graph).
     """
     from ensrm.export.dtypes import RELATIVE_TOLERANCE
     from ensrm.export.memory import Shape, activation_budget, fitting_length, rows_per_run

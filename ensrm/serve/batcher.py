@@ -11,11 +11,25 @@ The worker tokenises all pairs of the batch at once, sorts them by length and ru
 one or more model calls (:func:`length_groups`): pairs of very different lengths go into
 separate calls rather than padding every short pair to the longest, which on a CPU costs as
 much as real tokens. Results are split back to each request in order. A request larger than
-``max_batch`` is gathered alone and scored in slices.
+``max_batch`` is gathered alone and scored in model calls of ``batch_size``.
 
 If the batch raises :class:`InputError` (a text the tokenizer cannot take), its requests are
 scored one by one so that only the faulty one fails. Any other error fails every request of
 the batch with one :class:`ModelError` carrying an id that is logged with the traceback.
+
+Batch size has one meaning across ensrm: **pairs per model call**, the scorer's
+``batch_size`` (``--batch-size``). ``max_batch`` is how many pairs the batcher *gathers*
+from concurrent requests before handing them to the worker, which runs them as length
+groups of at most ``batch_size`` pairs; gathering more than one call's worth lets the
+length grouping pick similar pairs out of a larger pool.
+
+A model call that never returns (a hung runtime) must not hold every client forever: with
+``timeout_s`` set, a request that waited that long for its scores fails with
+:class:`RequestTimeout`, and a model call running that long is abandoned, its requests
+answered the same way, and later batches run on a fresh worker thread (at most
+``MAX_ABANDONED`` stuck threads are left behind; beyond that new batches wait behind the
+stuck one and time out). :attr:`DynamicBatcher.stuck` says whether a call is stuck, so that
+``/readyz`` can turn a load balancer away.
 """
 
 from __future__ import annotations
@@ -37,6 +51,8 @@ log = logging.getLogger("ensrm.serve")
 
 #: A model call may hold at most this share of padding over real tokens before a new call starts.
 PADDING_SLACK = 0.25
+#: Worker threads stuck in a model call that are left behind before the batcher stops replacing them.
+MAX_ABANDONED = 2
 
 
 def length_groups(lengths: np.ndarray, max_batch: int, slack: float = PADDING_SLACK) -> list[np.ndarray]:
@@ -74,6 +90,18 @@ class ModelError(EnsrmError):
         self.error_id = error_id
 
 
+class RequestTimeout(EnsrmError):
+    """No scores within the request timeout; ``error_id`` is the id logged with the cause."""
+
+    def __init__(self, error_id: str, message: str):
+        super().__init__(f"{message} (error id {error_id})")
+        self.error_id = error_id
+
+
+def _error_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
 @dataclass
 class _Request:
     prompts: list[str]
@@ -97,9 +125,12 @@ class DynamicBatcher:
     """
 
     def __init__(self, scorer, max_batch: int, max_wait_ms: float, max_queue: int, on_batch=None,
-                 on_queue=None):
+                 on_queue=None, timeout_s: float | None = None):
         self.scorer = scorer
         self.max_batch = max_batch
+        #: pairs per model call: the scorer's batch_size (see the module docstring)
+        self.call_size = int(getattr(scorer, "batch_size", None) or max_batch)
+        self.timeout = timeout_s
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.on_batch = on_batch
@@ -113,6 +144,16 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
+        self._call_started: float | None = None  # when the running model call began (event loop only)
+        self.abandoned = 0  # model calls given up as stuck that have not returned yet
+
+    @property
+    def stuck(self) -> bool:
+        """Whether a model call has run past the timeout (abandoned, or still running)."""
+        if self.abandoned:
+            return True
+        started = self._call_started
+        return self.timeout is not None and started is not None and time.perf_counter() - started > self.timeout
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -131,7 +172,8 @@ class DynamicBatcher:
             self._wakeup.set()
             await self._task
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            # a thread stuck in the model is not waited for: it would hold the shutdown forever
+            self._executor.shutdown(wait=not self.abandoned)
 
     async def submit(self, prompts: list[str], responses: list[str]) -> Scores:
         """Queue one request's pairs; return their scores in order.
@@ -145,7 +187,19 @@ class DynamicBatcher:
         self._queue.append(request)
         self._queued(len(request))
         self._wakeup.set()
-        return await request.future
+        if self.timeout is None:
+            return await request.future
+        try:
+            # shield: a timeout here must not cancel the future the gathering task answers
+            return await asyncio.wait_for(asyncio.shield(request.future), self.timeout)
+        except asyncio.TimeoutError:
+            request.future.cancel()  # skipped if still queued, its answer dropped if in a model call
+            error_id = _error_id()
+            log.error("request timeout %s: no scores for %d pairs after %.1f s (queue %d pairs, model call %s)",
+                      error_id, len(request), self.timeout, self.queued_pairs,
+                      "stuck" if self.stuck else "running" if self._call_started else "idle")
+            raise RequestTimeout(error_id, f"no scores within the request timeout of {self.timeout:g} s "
+                                 "(--request-timeout)") from None
 
     def _queued(self, delta: int) -> None:
         self.queued_pairs += delta
@@ -178,8 +232,12 @@ class DynamicBatcher:
                 pairs += len(self._queue[0])
                 batch.append(self._queue.popleft())
             self._queued(-pairs)
+            batch = [request for request in batch if not request.future.done()]  # timed out while queued
+            if not batch:
+                continue
+            pairs = sum(len(request) for request in batch)
             start, calls = time.perf_counter(), self.model_calls
-            results = await loop.run_in_executor(self._executor, self._score, batch)
+            results = await self._call(loop, batch)
             if self.on_batch is not None:
                 self.on_batch(pairs, self.model_calls - calls, time.perf_counter() - start)
             self.waiting_for_more = len(batch) > 1 or bool(self._queue)
@@ -190,6 +248,35 @@ class DynamicBatcher:
                     request.future.set_exception(result)
                 else:
                     request.future.set_result(result)
+
+    async def _call(self, loop, batch: list[_Request]) -> list:
+        """Run ``batch`` in the worker thread; past the timeout, abandon the call (see the module docstring)."""
+        future = loop.run_in_executor(self._executor, self._score, batch)
+        self._call_started = time.perf_counter()
+        try:
+            if self.timeout is None:
+                return await future
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except asyncio.TimeoutError:
+            error_id = _error_id()
+            self.abandoned += 1
+            future.add_done_callback(self._returned)
+            replace = self.abandoned <= MAX_ABANDONED
+            log.error("model call stuck %s: a batch of %d pairs has run for more than %.1f s; its requests answer "
+                      "504 and %s", error_id, sum(len(r) for r in batch), self.timeout,
+                      "later batches run on a new worker thread" if replace else
+                      f"{self.abandoned} calls are stuck, so later batches wait behind this one")
+            if replace:
+                self._executor.shutdown(wait=False)  # the stuck thread ends when (if) its call returns
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ensrm-model")
+            return [RequestTimeout(error_id, f"the model call did not return within {self.timeout:g} s "
+                                   "(--request-timeout)")] * len(batch)
+        finally:
+            self._call_started = None
+
+    def _returned(self, future) -> None:
+        self.abandoned -= 1
+        log.warning("a model call given up as stuck returned after all; %d still stuck", self.abandoned)
 
     # -- in the worker thread --------------------------------------------------------------
 
@@ -220,7 +307,7 @@ class DynamicBatcher:
         encodings = encoder.encode(prompts, responses, truncation=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))  # [pairs]
         parts, rows = [], []
-        for group in length_groups(lengths, self.max_batch):
+        for group in length_groups(lengths, self.call_size):
             for batch_rows, feeds in encoder.batches([encodings[i] for i in group], len(group)):
                 parts.append(self.scorer.score(**feeds))
                 self.model_calls += 1
@@ -238,6 +325,6 @@ class DynamicBatcher:
 
     @staticmethod
     def _model_error(exc: Exception) -> ModelError:
-        error_id = uuid.uuid4().hex[:12]
+        error_id = _error_id()
         log.error("model error %s: %s: %s", error_id, type(exc).__name__, exc, exc_info=exc)
         return ModelError(error_id)

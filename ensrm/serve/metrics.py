@@ -6,7 +6,7 @@ from ensrm._optional import require
 
 #: Why a request was refused before (or instead of) scoring; the label of ``ensrm_rejects_total``.
 REJECT_REASONS = ("bad_input", "unauthorized", "body_too_large", "too_many_pairs", "queue_full", "no_filter",
-                  "model_error")
+                  "model_error", "non_finite", "timeout", "reload_failed")
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -40,6 +40,13 @@ class ServeMetrics:
         self.rejects = prom.Counter("ensrm_rejects", "Requests refused, by reason", ["reason"], **kw)
         for reason in REJECT_REASONS:
             self.rejects.labels(reason)  # present at 0 from the start, so rates are defined
+        self.bundle = prom.Gauge("ensrm_bundle", "1 for the bundle now serving, 0 for bundles served before",
+                                 ["fingerprint", "path"], **kw)
+        self.reloads = prom.Counter("ensrm_reloads", "Bundle reloads, by result", ["result"], **kw)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        self.unsplit = prom.Counter("ensrm_unsplit_queries", "/get_reward queries whose prompt was not found in "
+                                    "them (scored whole, as the response to an empty prompt)", **kw)
 
     def observe_batch(self, pairs: int, model_calls: int, seconds: float) -> None:
         self.batch_size.observe(pairs)

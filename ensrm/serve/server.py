@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
 import logging
 import signal
 import socket
@@ -10,21 +10,7 @@ import sys
 from collections.abc import Callable
 
 from ensrm._optional import require
-from ensrm.serve.settings import ServeSettings
-
-
-def is_loopback(host: str) -> bool:
-    """``127.0.0.1``, ``::1`` and ``localhost`` are loopback; ``0.0.0.0`` and real addresses are not.
-
-    >>> is_loopback("127.0.0.1"), is_loopback("0.0.0.0"), is_loopback("localhost")
-    (True, False, True)
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: cannot know what it resolves to
-        return False
+from ensrm.serve.settings import ServeSettings, is_loopback
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -46,12 +32,40 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _reload_on_sighup(service) -> Callable:
+    """A SIGHUP handler that reloads the bundle from its path (see ``_Service.reload``) on the event loop."""
+    log = logging.getLogger("ensrm.serve")
+    running: set = set()
+
+    async def reload() -> None:
+        try:
+            await service.reload()
+        except Exception as exc:  # noqa: BLE001 - the old bundle serves on; the failure is logged, not raised
+            log.error("SIGHUP reload failed; the previous bundle keeps serving: %s", exc)
+
+    def start() -> None:
+        task = asyncio.ensure_future(reload())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    def handler(*_):
+        if service.loop is None:
+            log.warning("SIGHUP before the server started: ignored")
+            return
+        log.info("SIGHUP: reloading the bundle at %s", service.model.bundle)
+        service.loop.call_soon_threadsafe(start)
+
+    return handler
+
+
 def run_server(scorer, settings: ServeSettings, response_filter=None, host: str = "127.0.0.1", port: int = 8000,
                echo: Callable[[str], None] = print) -> None:
     """Serve until SIGTERM or SIGINT, then finish every queued and running request and return.
 
     Prints ``listening on http://HOST:PORT`` once the socket is bound (the real port when
-    ``port`` is 0); ``/readyz`` turns 200 when the warm-up batch is scored.
+    ``port`` is 0); ``/readyz`` turns 200 when the warm-up batch is scored. SIGHUP reloads
+    the bundle from its path without dropping a request (``POST /v1/admin/reload`` does the
+    same and can name another bundle).
 
     >>> run_server(ensrm.Scorer("bundles/default"), ServeSettings(), port=0)   # doctest: +SKIP
     listening on http://127.0.0.1:40123
@@ -76,6 +90,7 @@ def run_server(scorer, settings: ServeSettings, response_filter=None, host: str 
     # uvicorn re-raises the signal it shut down on once it is done; with these handlers in
     # place that is a no-op and the process exits 0 instead of dying of SIGTERM.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _reload_on_sighup(app.state.service))
     try:
         server.run(sockets=[sock])
     finally:

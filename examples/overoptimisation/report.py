@@ -1,11 +1,11 @@
-"""The README's tables of the overoptimisation experiment, from its results file.
+"""The tables of the overoptimisation experiment (docs/benchmarks/overoptimisation.md), from its results file.
 
     python examples/overoptimisation/report.py                      # examples/overoptimisation/results/...
     python examples/overoptimisation/report.py path/to/overoptimisation.json
 
 Prints Markdown: gold of the selected response with paired differences to the single proxy,
 proxy quality, the compute table and the run's time. Every number is read from the file, so
-the README's copy can be checked against a rerun.
+the page's copy can be checked against a rerun.
 """
 
 from __future__ import annotations

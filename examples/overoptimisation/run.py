@@ -437,7 +437,7 @@ def run(out: Path, work: Path, base_model: str | None = None, cpu_graph: bool = 
     reused = {f"seed{s}": sorted(name for name, r in training[s].items() if r["reused"]) for s in seeds}
     results = {
         "description": "Best-of-n against gold for proxies trained on 25%-noisy gold preferences, several label-noise "
-                       "seeds; see README section 'The overoptimisation experiment' and the script's docstring.",
+                       "seeds; see docs/benchmarks/overoptimisation.md and the script's docstring.",
         "config": {**cfg, "base_model": Path(base_model).name, "ns": ns, "table_ns": table_ns, "layers": layers,
                    "forms": forms, "single_proxy": "member 0 of the full ensemble (full_0)"},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),

@@ -220,3 +220,24 @@ def _resolve(dotted: str):
     r"(?<![\w/.-])ensrm(?:\.[A-Za-z_]\w*)+", path.read_text(encoding="utf-8"))} - NOT_OBJECTS))
 def test_dotted_ensrm_names_in_the_docs_resolve(dotted):
     _resolve(dotted)
+
+
+def test_readme_headline_numbers_are_the_performance_pages():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| "))
+    numbers = re.findall(r"\d+\.\d+", table)
+    page = (ROOT / "docs" / "benchmarks" / "performance.md").read_text(encoding="utf-8")
+    assert len(numbers) >= 8 and [n for n in numbers if n not in page] == []
+
+
+def test_every_error_class_is_in_the_reference():
+    import inspect
+
+    import ensrm.errors
+
+    classes = [name for name, obj in vars(ensrm.errors).items()
+               if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == "ensrm.errors"]
+    api = (ROOT / "docs" / "reference" / "api.md").read_text(encoding="utf-8")
+    errors = (ROOT / "docs" / "reference" / "errors.md").read_text(encoding="utf-8")
+    assert [name for name in classes if f"::: ensrm.errors.{name}\n" not in api or f"| `{name}` |" not in errors] == []

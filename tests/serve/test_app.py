@@ -108,13 +108,40 @@ def test_get_reward_takes_openrlhf_requests(scorer, make_client):
     expected = scorer.score_texts(PROMPTS, RESPONSES)
     close(body["rewards"], expected.uwo)
     assert body["scores"] == body["rewards"]
-    close(body["extra_logs"]["ens_std"], expected.std)
+    # flat floats only: OpenRLHF 0.8.x torch.cat's extra_logs, which fails on anything JSON carries
+    assert set(body) == {"rewards", "scores"} and all(type(x) is float for x in body["rewards"])
+    assert answer.headers["X-Ensrm-Bundle"] == client.get("/v1/info").json()["fingerprint"]
     # Older clients send only "query": the whole text is scored as the response to an empty prompt.
     old = client.post("/get_reward", json={"query": queries}).json()
     close(old["rewards"], scorer.score_texts([""] * len(queries), queries).uwo)
-    # A prompt that does not begin its query is not cut out of it.
+    # A prompt that is nowhere in its query is not cut out of it, and is counted.
     odd = client.post("/get_reward", json={"query": queries[:1], "prompts": ["not a prefix"]}).json()
     close(odd["rewards"], scorer.score_texts([""], queries[:1]).uwo)
+    assert metric(client, "ensrm_unsplit_queries_total") == 1
+
+
+def test_get_reward_finds_the_response_after_a_truncated_prompt(scorer, make_client):
+    """The trainer kept the prompt's last tokens: the query starts inside the prompt (or after a BOS text)."""
+    client = make_client(scorer)
+    prompt = "You are a careful assistant. Context: " + "the river rises in spring. " * 6 + "Question: why?"
+    response = " Snow melts in the mountains upstream."
+    kept = prompt[len(prompt) // 2:]  # what survived a left truncation
+    payload = {"query": [kept + response, "<s>" + prompt + response], "prompts": [prompt, prompt]}
+    body = client.post("/get_reward", json=payload).json()
+    close(body["rewards"], scorer.score_texts([kept, "<s>" + prompt], [response, response]).uwo)
+    assert metric(client, "ensrm_unsplit_queries_total") == 0
+
+
+def test_split_query_rule():
+    from ensrm.serve.queries import split_query
+
+    prompt = "System: be brief. User: " + "tell me about tides. " * 5 + "Assistant:"
+    assert split_query(prompt + " Moon.", prompt) == (prompt, " Moon.")
+    for cut in (1, 10, len(prompt) - 16):  # every left truncation down to MIN_SUFFIX characters
+        assert split_query(prompt[cut:] + " Moon.", prompt) == (prompt[cut:], " Moon.")
+    assert split_query(prompt[-5:] + " Moon.", prompt) is None  # too short to tell from chance
+    assert split_query("<|begin_of_text|>" + prompt + " Moon.", prompt)[1] == " Moon."
+    assert split_query("Moon.", "") is None
 
 
 def test_health_ready_info_and_metrics(scorer, make_client):
@@ -200,12 +227,30 @@ def test_bad_input_names_the_field(scorer, make_client, path, body, status, fiel
     assert client.post("/v1/score", json={"prompts": ["a"], "responses": ["b"]}).status_code == 200
 
 
+class _PoisonEncoder:
+    """The bundle's encoder, except that a batch holding the response 'poison' raises InputError,
+    as a tokenizer does on a text it cannot take (the request checks catch the known cases first)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def encode(self, prompts, responses, truncation=True):
+        if "poison" in responses:
+            i = responses.index("poison")
+            raise ensrm.errors.InputError(f"responses[{i}] cannot be tokenised", field=f"responses[{i}]")
+        return self.encoder.encode(prompts, responses, truncation=truncation)
+
+
 def test_a_bad_request_batched_with_good_ones_fails_alone(held, make_client):
+    held.text_encoder = _PoisonEncoder(held.scorer.text_encoder)
     client = make_client(held, max_wait_ms=0)
     held.gate.clear()
     held.entered.clear()
     bodies = [{"prompts": ["hold"], "responses": ["the worker"]}] + [
-        {"prompts": ["q"], "responses": [text]} for text in ("fine", "bad \ud800 text", "also fine")]
+        {"prompts": ["q"], "responses": [text]} for text in ("fine", "poison", "also fine")]
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(client.post, "/v1/score", json=bodies[0])
         held.entered.wait(30)
@@ -215,7 +260,10 @@ def test_a_bad_request_batched_with_good_ones_fails_alone(held, make_client):
         held.gate.set()
         answers = [first.result(30)] + [f.result(30) for f in rest]
     assert [a.status_code for a in answers] == [200, 200, 422, 200]
-    assert answers[2].json()["error"]["field"] == "responses[0]"
+    assert answers[2].json()["error"]["field"] == "responses[0]"  # its own index, not the batch's
+    # text that is not valid Unicode is refused before it is queued
+    bad = client.post("/v1/score", content=json.dumps({"prompts": ["q"], "responses": ["bad \ud800 text"]}).encode())
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "responses[0]"
 
 
 # -- limits, auth, overload, model errors --------------------------------------------------------
