@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ensrm.bundle import read_spec
@@ -25,6 +25,7 @@ from ensrm.evaluate import stats
 from ensrm.evaluate.analysis import analyse, compare, groups_of
 from ensrm.evaluate.pairs import PreferencePairs, read_pairs
 from ensrm.evaluate.threshold import build_filter, choose_threshold
+from ensrm.progress import StageProgress
 from ensrm.runtime.config import ScorerConfig
 from ensrm.runtime.scores import Scores, parse_objective
 
@@ -33,7 +34,7 @@ REPORT_VERSION = 1
 CHECKPOINT_RUN = "checkpoint (torch)"
 
 #: ``progress(stage, done, total)``: what is running and how far it is (``total`` 0: no count).
-Progress = Callable[[str, int, int], None]
+Progress = StageProgress
 
 
 def resolve_precisions(bundle: str | os.PathLike, primary: str, others: str | Sequence[str] | None) -> list[str]:

@@ -8,16 +8,15 @@ then, when asked, build TensorRT engines beside the finished bundle.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ensrm.builder import BundleBuilder
 from ensrm.bundle import check_target
 from ensrm.errors import ExportError
 from ensrm.export.settings import ExportSettings
+from ensrm.progress import Progress
 from ensrm.spec import EnsembleSpec
-
-Progress = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:

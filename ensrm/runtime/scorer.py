@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 
 import numpy as np
 
 from ensrm.bundle import read_spec, verify_files
 from ensrm.errors import InputError
+from ensrm.progress import CountProgress
 from ensrm.runtime.backend import load_backend
 from ensrm.runtime.config import ScorerConfig
 from ensrm.runtime.inputs import check_inputs
@@ -145,7 +145,7 @@ class Scorer:
             return self._encoder
 
     def score_texts(self, prompts, responses, batch_size: int | None = None, truncation: bool = True,
-                    progress: Callable[[int, int], None] | None = None) -> Scores:
+                    progress: CountProgress | None = None) -> Scores:
         """Tokenise and score (prompt, response) pairs; results come back in input order.
 
         Pairs are grouped by token length into batches of ``batch_size`` (default: the

@@ -31,7 +31,7 @@ from ensrm._optional import require
 from ensrm.errors import EnsrmError, InputError
 from ensrm.runtime.best_of_n import choose
 from ensrm.runtime.scores import Scores, parse_objective
-from ensrm.runtime.texts import check_texts
+from ensrm.runtime.texts import as_texts, check_texts
 from ensrm.serve.batcher import DynamicBatcher, ModelError, QueueFull, RequestTimeout
 from ensrm.serve.metrics import ServeMetrics
 from ensrm.serve.queries import split_query
@@ -122,17 +122,6 @@ def _field(data: dict, name: str):
     if name not in data:
         raise InputError(f"the body lacks the field {name!r}", field=name, expected="present", actual="missing")
     return data[name]
-
-
-def _strings(value, name: str) -> list[str]:
-    if not isinstance(value, list):
-        raise InputError(f"{name} must be a list of strings, got {type(value).__name__}",
-                         field=name, expected="list of str", actual=type(value).__name__)
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise InputError(f"{name}[{i}] must be a string, got {type(item).__name__}",
-                             field=f"{name}[{i}]", expected="str", actual=type(item).__name__)
-    return value
 
 
 class _Service:
@@ -270,8 +259,8 @@ class _Service:
                         expected=f"at most {limit} bytes", actual=f"{size} bytes")
 
     def pairs(self, data: dict) -> tuple[list[str], list[str]]:
-        prompts = _strings(_field(data, "prompts"), "prompts")
-        responses = _strings(_field(data, "responses"), "responses")
+        prompts = as_texts(_field(data, "prompts"), "prompts")
+        responses = as_texts(_field(data, "responses"), "responses")
         return check_texts(prompts, responses)
 
     def objective_of(self, data: dict) -> str:
@@ -341,7 +330,7 @@ class _Service:
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a string, got {type(prompt).__name__}", field="prompt",
                              expected="str", actual=type(prompt).__name__)
-        candidates = _strings(_field(data, "candidates"), "candidates")
+        candidates = as_texts(_field(data, "candidates"), "candidates")
         if not candidates:
             raise InputError("candidates is empty; best-of-n needs at least one", field="candidates",
                              expected="at least 1 item", actual="0 items")
@@ -369,11 +358,11 @@ class _Service:
         ``torch.tensor([value])``; the other aggregates are at ``/v1/score``.
         """
         data = await self.body(request)
-        queries = _strings(_field(data, "query"), "query")
+        queries = as_texts(_field(data, "query"), "query")
         given = data.get("prompts")
         if given is None:
             given = [""] * len(queries)
-        given = _strings(given, "prompts")
+        given = as_texts(given, "prompts")
         if len(given) != len(queries):
             raise InputError(f"got {len(queries)} queries but {len(given)} prompts; they must pair up",
                              field="prompts", expected=f"{len(queries)} items", actual=f"{len(given)} items")
