@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Scorer": ("ensrm.runtime.scorer", "Scorer"),
+    "ScorerConfig": ("ensrm.runtime.config", "ScorerConfig"),
     "Scores": ("ensrm.runtime.scores", "Scores"),
     "best_of_n": ("ensrm.runtime.best_of_n", "best_of_n"),
     "best_of_n_batch": ("ensrm.runtime.best_of_n", "best_of_n_batch"),
@@ -49,7 +50,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'ensrm' has no attribute {name!r}")
 
 
-__all__ = ["Scorer", "Scores", "best_of_n", "best_of_n_batch", "ResponseFilter", "EnsrmError", "InputError",
-           "BundleError", "ExportError", "ProviderError", "__version__",
+__all__ = ["Scorer", "ScorerConfig", "Scores", "best_of_n", "best_of_n_batch", "ResponseFilter", "EnsrmError",
+           "InputError", "BundleError", "ExportError", "ProviderError", "__version__",
            "export_bundle", "ExportSettings", "add_variants", "calibrate_bundle", "train_reward_model",
            "TrainSettings"]
