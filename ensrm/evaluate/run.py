@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ensrm.bundle import read_spec
 from ensrm.errors import InputError, InputFileError
 from ensrm.evaluate import stats
@@ -60,15 +62,17 @@ def resolve_precisions(bundle: str | os.PathLike, primary: str, others: str | Se
     return list(dict.fromkeys(runs))
 
 
-def _locate(exc: InputError, pairs: PreferencePairs, path) -> Exception:
-    """Name the record (its line) behind a scoring error about text ``i`` of the chosen+rejected list."""
+def _locate(exc: InputError, pairs: PreferencePairs, path, order: Sequence[int]) -> Exception:
+    """Name the record (its line) behind a scoring error about scored text ``j``, which is text
+    ``order[j]`` of the chosen+rejected list."""
     match = re.match(r"(prompts|responses)\[(\d+)\]", exc.field or "")
     if match is None:
         return exc
-    i, n = int(match.group(2)), len(pairs)
+    j, n = int(match.group(2)), len(pairs)
+    i = order[j]
     pair, side = i % n, "chosen" if i < n else "rejected"
     what = "prompt" if match.group(1) == "prompts" else side
-    message = re.sub(rf"\b(pair {i}|prompts\[{i}\]|responses\[{i}\])", f"the (prompt, {side}) pair", str(exc))
+    message = re.sub(rf"\b(pair {j}|prompts\[{j}\]|responses\[{j}\])", f"the (prompt, {side}) pair", str(exc))
     message = f"{what}: {message}"
     line = pairs.lines[pair]
     if path is None or line is None:
@@ -78,15 +82,26 @@ def _locate(exc: InputError, pairs: PreferencePairs, path) -> Exception:
 
 def score_pairs(scorer, pairs: PreferencePairs, path=None, progress: Progress | None = None,
                 stage: str = "scoring") -> tuple[Scores, Scores]:
-    """``(chosen, rejected)`` scores of every pair, from one ``score_texts`` call over all ``2n`` texts."""
+    """``(chosen, rejected)`` scores of every pair, from one ``score_texts`` call over all ``2n`` texts.
+
+    A (prompt, response) that occurs more than once is scored once, so equal texts get equal
+    scores on every runtime (a pair whose chosen equals its rejected is an exact tie, even where
+    the runtime's kernels round differently by batch shape) and repeated texts cost nothing.
+    """
     n = len(pairs)
+    texts = list(zip(pairs.prompts + pairs.prompts, pairs.chosen + pairs.rejected))  # 2n (prompt, response)
+    first: dict[tuple[str, str], int] = {}  # each distinct text -> its first position among the 2n
+    for i, text in enumerate(texts):
+        first.setdefault(text, i)
+    row = {text: j for j, text in enumerate(first)}
+    slot = np.array([row[text] for text in texts], dtype=np.int64)  # [2n]: each text's row of scores
+    order = list(first.values())
     tick = None if progress is None else (lambda done, total: progress(stage, done, total))
     try:
-        scores = scorer.score_texts(pairs.prompts + pairs.prompts, pairs.chosen + pairs.rejected,
-                                    progress=tick)
+        scores = scorer.score_texts([p for p, _ in first], [r for _, r in first], progress=tick)
     except InputError as exc:
-        raise _locate(exc, pairs, path) from None
-    return scores.take(slice(0, n)), scores.take(slice(n, 2 * n))
+        raise _locate(exc, pairs, path, order) from None
+    return scores.take(slot[:n]), scores.take(slot[n:])
 
 
 def evaluate_pairs(config: ScorerConfig, pairs: PreferencePairs | str | os.PathLike, *,

@@ -20,7 +20,7 @@ def eval_bundle(bundles):
 def eval_scorer(eval_bundle):
     import ensrm
 
-    return ensrm.Scorer(eval_bundle, threads=1)
+    return ensrm.Scorer(eval_bundle, threads=1, backend="onnxruntime")  # see test_evaluate.RUNTIME
 
 
 @pytest.fixture(scope="session")

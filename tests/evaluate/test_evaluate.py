@@ -17,6 +17,11 @@ from ensrm.runtime.scores import Scores
 AGGREGATES = {"mean": "mean", "wco": "min", "uwo": "uwo"}
 
 
+#: onnxruntime's CPU kernels give a text the same score in any batch, so a direct computation and a
+#: second scoring pass (the written filter) agree exactly; OpenVINO's round by batch shape (~1e-7).
+RUNTIME = {"threads": 1, "backend": "onnxruntime"}
+
+
 def direct_scores(scorer, pairs):
     """Chosen and rejected scores straight from Scorer.score_texts (one call over every text)."""
     n = len(pairs)
@@ -36,7 +41,7 @@ def plain_auroc(u, margin):
 
 @pytest.fixture(scope="module")
 def evaluated(eval_bundle, synthetic_pairs):
-    report, _ = evaluate_pairs(ScorerConfig(eval_bundle, threads=1), synthetic_pairs, resamples=200)
+    report, _ = evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), synthetic_pairs, resamples=200)
     return report
 
 
@@ -158,24 +163,24 @@ def test_an_untokenizable_text_is_reported_by_its_line(write_jsonl, eval_bundle)
     good = {"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"}
     path = write_jsonl([good, good, '{"prompt": "Hi", "chosen": "Hello", "rejected": "bad \\ud800 text"}'])
     with pytest.raises(InputFileError) as info:
-        evaluate_pairs(ScorerConfig(eval_bundle, threads=1), path, resamples=0)
+        evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), path, resamples=0)
     assert info.value.line == 3 and info.value.problem.startswith("rejected: ")
     assert "lone surrogate" in info.value.problem
     with pytest.raises(InputError, match="record 2: rejected"):
-        evaluate_pairs(ScorerConfig(eval_bundle, threads=1), read_pairs(path), resamples=0)
+        evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), read_pairs(path), resamples=0)
 
 
 def test_an_empty_file_is_refused(write_jsonl, eval_bundle):
     with pytest.raises(InputFileError, match="no preference records"):
         read_pairs(write_jsonl(["", "  "]))
     with pytest.raises(InputError, match="no preference pairs"):
-        evaluate_pairs(ScorerConfig(eval_bundle), PreferencePairs.from_records([]))
+        evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), PreferencePairs.from_records([]))
 
 
 @pytest.mark.parametrize("option", [{"keep": 0.7}, {"target_accuracy": 0.6}])
 def test_the_filter_reproduces_the_reported_keep_rate_exactly(option, eval_bundle, eval_scorer, synthetic_pairs,
                                                               tmp_path):
-    report, response_filter = evaluate_pairs(ScorerConfig(eval_bundle, threads=1), synthetic_pairs, resamples=100,
+    report, response_filter = evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), synthetic_pairs, resamples=100,
                                              **option)
     path = response_filter.save(tmp_path / "filter.json")
     loaded = ResponseFilter.load(path, eval_scorer)
@@ -202,7 +207,7 @@ def test_the_filter_reproduces_the_reported_keep_rate_exactly(option, eval_bundl
 def test_a_score_threshold_joins_the_disagreement_threshold(eval_bundle, eval_scorer, synthetic_pairs):
     chosen, rejected = direct_scores(eval_scorer, synthetic_pairs)
     floor = float(np.quantile(np.r_[chosen.uwo, rejected.uwo], 0.1))
-    report, response_filter = evaluate_pairs(ScorerConfig(eval_bundle, threads=1), synthetic_pairs, resamples=0,
+    report, response_filter = evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), synthetic_pairs, resamples=0,
                                              keep=0.5, min_score=floor)
     assert response_filter.min_score == floor
     accept = lambda s: (s.uwo >= floor) & (s.std <= response_filter.max_std)  # noqa: E731
@@ -212,7 +217,7 @@ def test_a_score_threshold_joins_the_disagreement_threshold(eval_bundle, eval_sc
 
 def test_an_unreachable_target_is_refused(eval_bundle, synthetic_pairs):
     with pytest.raises(ValueError, match="no disagreement threshold reaches accuracy 1"):
-        evaluate_pairs(ScorerConfig(eval_bundle, threads=1), synthetic_pairs, resamples=0, target_accuracy=1.0)
+        evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), synthetic_pairs, resamples=0, target_accuracy=1.0)
 
 
 def test_every_run_scores_all_texts_in_one_call(eval_bundle, synthetic_pairs, monkeypatch):
@@ -226,8 +231,9 @@ def test_every_run_scores_all_texts_in_one_call(eval_bundle, synthetic_pairs, mo
         return original(self, prompts, responses, **kwargs)
 
     monkeypatch.setattr(Scorer, "score_texts", spy)
-    evaluate_pairs(ScorerConfig(eval_bundle, threads=1), synthetic_pairs, resamples=0)
-    assert calls == [2 * len(synthetic_pairs)]
+    evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), synthetic_pairs, resamples=0)
+    distinct = set(zip(synthetic_pairs.prompts * 2, synthetic_pairs.chosen + synthetic_pairs.rejected))
+    assert calls == [len(distinct)] and len(distinct) < 2 * len(synthetic_pairs)  # repeated texts scored once
 
 
 def test_precisions_must_be_accepted_ones(eval_bundle):
@@ -241,7 +247,7 @@ def test_the_checkpoint_in_torch_agrees_with_its_export(checkpoints, eval_bundle
     pairs = PreferencePairs(*(column[:40] for column in (synthetic_pairs.prompts, synthetic_pairs.chosen,
                                                           synthetic_pairs.rejected, synthetic_pairs.subsets,
                                                           synthetic_pairs.lines)))
-    report, _ = evaluate_pairs(ScorerConfig(eval_bundle, threads=1), pairs, resamples=50,
+    report, _ = evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), pairs, resamples=50,
                                checkpoint=[checkpoints("bert", 4)])
     assert [run["name"] for run in report["runs"]] == ["fp32", "checkpoint (torch)"]
     comparison = report["comparisons"]["checkpoint (torch)"]
@@ -271,7 +277,8 @@ def test_eval_needs_no_torch(eval_bundle, synthetic_records, write_jsonl, tmp_pa
         sys.meta_path.insert(0, Block())
         from ensrm.evaluate import evaluate_file
         from ensrm.runtime.config import ScorerConfig
-        report = evaluate_file(ScorerConfig({str(eval_bundle)!r}, threads=1), {str(path)!r}, {str(tmp_path / "r")!r},
+        config = ScorerConfig({str(eval_bundle)!r}, threads=1, backend='onnxruntime')
+        report = evaluate_file(config, {str(path)!r}, {str(tmp_path / "r")!r},
                                write_filter={str(tmp_path / "f.json")!r}, keep=0.5, resamples=20)
         print(json.dumps([report["pairs"], sorted(report["files"])]))
     """)

@@ -286,7 +286,7 @@ def test_fp16_variant_is_served_with_fp32_inputs_and_outputs(variant_bundle, tmp
     assert {t.data_type for t in config.input} == {pb2.TYPE_INT64}
 
 
-@pytest.mark.parametrize("precision, message", [("int8", "failed its accuracy gate"), ("bf16", "precision must be")])
+@pytest.mark.parametrize("precision, message", [("int8", "failed its accuracy gate"), ("fp8", "precision must be")])
 def test_a_rejected_or_unknown_precision_is_refused_and_nothing_is_written(variant_bundle, tmp_path, precision,
                                                                           message):
     with pytest.raises((BundleError, ValueError), match=message):
