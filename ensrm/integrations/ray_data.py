@@ -79,6 +79,7 @@ from ensrm.runtime.batch import (
     bad_row_policy,
     check_job_paths,
     chunks,
+    count_parts,
     read_chunk,
     score_isolating,
     score_lines,
@@ -541,13 +542,7 @@ class RaySummary:
         where = f"{self.output}/ ({self.files} {self.format} files)" if self.output.is_dir() else str(self.output)
         parts = [f"{self.records:,} records scored on Ray ({self.actors} actors) in {self.seconds:.1f} s "
                  f"({self.records_per_second:,.0f} records/s) -> {where}"]
-        if self.groups is not None:
-            parts.append(f"{self.groups:,} best-of-n groups")
-        if self.accepted is not None:
-            parts.append(f"{self.accepted:,} accepted by the filter")
-        if self.rejects is not None:
-            parts.append(f"{self.rejected:,} bad records -> {self.rejects}")
-        return "; ".join(parts)
+        return "; ".join(parts + count_parts(self.groups, self.accepted, self.rejected, self.rejects))
 
 
 def _count_rows(directory: Path, fmt: str) -> tuple[int, int]:

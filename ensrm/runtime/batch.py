@@ -64,6 +64,20 @@ JOURNAL_VERSION = 1
 Progress = JobProgress
 
 
+def count_parts(groups: int | None, accepted: int | None, rejected: int, rejects) -> list[str]:
+    """The best-of-n, filter and rejects counts of a job summary's line, those that apply.
+
+    >>> count_parts(3, None, 1, "out.rejects.jsonl")
+    ['3 best-of-n groups', '1 bad records -> out.rejects.jsonl']
+    """
+    parts = [] if groups is None else [f"{groups:,} best-of-n groups"]
+    if accepted is not None:
+        parts.append(f"{accepted:,} accepted by the filter")
+    if rejects is not None:
+        parts.append(f"{rejected:,} bad records -> {rejects}")
+    return parts
+
+
 @dataclass(frozen=True)
 class BatchSummary:
     """What a :func:`score_file` run (or ``score_files`` on Ray) did."""
@@ -87,13 +101,7 @@ class BatchSummary:
                  f"({self.records_per_second:,.0f} records/s) -> {self.output}"]
         if self.resumed_at is not None:
             parts.append(f"resumed at line {self.resumed_at:,}")
-        if self.groups is not None:
-            parts.append(f"{self.groups:,} best-of-n groups")
-        if self.accepted is not None:
-            parts.append(f"{self.accepted:,} accepted by the filter")
-        if self.rejects is not None:
-            parts.append(f"{self.rejected:,} bad records -> {self.rejects}")
-        return "; ".join(parts)
+        return "; ".join(parts + count_parts(self.groups, self.accepted, self.rejected, self.rejects))
 
 
 def bad_row_policy(on_bad_row: str | None = None, skip_bad: bool | None = None) -> str:
