@@ -1,4 +1,4 @@
-"""Read and write JSONL record files, reporting a malformed line by its number.
+"""Read and write JSONL record files, reporting a malformed line by its number; write a file whole.
 
 Every command that reads records (``ensrm score``, ``calibrate``, ``train``) goes through
 :func:`read_records`, so the format and its errors are the same everywhere.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -69,3 +70,26 @@ def write_records(path: str | os.PathLike, records) -> None:
     with Path(path).open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_atomically(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place (mode 0644):
+    ``path`` is never seen half-written, and the temporary file never outlives an error.
+
+    >>> import tempfile
+    >>> out = write_atomically(Path(tempfile.mkdtemp()) / "a.txt", lambda tmp: Path(tmp).write_text("hi"))
+    >>> out.read_text()
+    'hi'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

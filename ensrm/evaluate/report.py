@@ -12,12 +12,11 @@ report from a scored run: not run by the doctests.)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ensrm._optional import require
 from ensrm.evaluate.analysis import AGGREGATES, MEASURES
+from ensrm.jsonl import write_atomically
 
 PLOTS = {"accuracy_png": "accuracy.png", "selective_png": "selective.png", "deciles_png": "deciles.png",
          "diversity_png": "diversity.png"}
@@ -26,20 +25,6 @@ PLOTS = {"accuracy_png": "accuracy.png", "selective_png": "selective.png", "deci
 def check_plotting() -> None:
     """Raise :class:`MissingDependencyError` (naming ``ensrm[eval]``) when matplotlib is missing."""
     require("matplotlib", "eval")
-
-
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_report(report: dict, out_dir: Path, plots: bool = True) -> dict[str, Path]:
@@ -52,9 +37,10 @@ def write_report(report: dict, out_dir: Path, plots: bool = True) -> dict[str, P
     if plots:
         for kind, draw in (("accuracy_png", plot_accuracy), ("selective_png", plot_selective),
                            ("deciles_png", plot_deciles), ("diversity_png", plot_diversity)):
-            _atomic(paths[kind], lambda tmp, draw=draw: draw(report, tmp))
-    _atomic(paths["json"], lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8"))
-    _atomic(paths["markdown"], lambda tmp: Path(tmp).write_text(markdown(report), encoding="utf-8"))
+            write_atomically(paths[kind], lambda tmp, draw=draw: draw(report, tmp))
+    text = json.dumps(report, indent=1) + "\n"
+    write_atomically(paths["json"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomically(paths["markdown"], lambda tmp: Path(tmp).write_text(markdown(report), encoding="utf-8"))
     return paths
 
 

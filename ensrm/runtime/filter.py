@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ensrm.errors import BundleError, InputError
+from ensrm.jsonl import write_atomically
 from ensrm.runtime.scores import Scores, parse_objective
 
 OK = "ok"
@@ -172,19 +172,8 @@ class ResponseFilter:
 
         Floats are written with ``repr`` precision, so thresholds load back bit-for-bit.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-                handle.write("\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike, scorer, strict: bool = True) -> ResponseFilter:
