@@ -202,3 +202,23 @@ def test_quantize_cli_makes_an_int4_variant(bundles, record_files, tmp_path):
     assert method["compressed"]["int8"] > 1  # half the weights in NNCF's int8 backup
     bad = runner.invoke(main, ["quantize", str(bundle), "--precision", "int4", "--keep-float", "up"])
     assert bad.exit_code == 2 and "float_products" in bad.output
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
+def test_the_heads_product_is_in_both_openvino_float_scopes(bundles, kind):
+    # the heads are an ONNX Gemm that OpenVINO splits into NAME/WithoutBiases (a MatMul) + NAME (an Add):
+    # NNCF's INT8 search and the weight compression must both see the MatMul's name
+    onnx = pytest.importorskip("onnx")
+    from ensrm.calibration.graphs import float_tail_nodes
+    from ensrm.calibration.openvino_int8 import scope_names
+    from ensrm.calibration.openvino_weights import float_scope, openvino_names
+
+    source = bundles(kind) / "model.onnx"
+    graph = onnx.load(str(source), load_external_data=False).graph
+    head = next(n for n in graph.node if n.name in float_tail_nodes(graph) and n.op_type in ("MatMul", "Gemm"))
+    model = core().read_model(str(source))
+    matmul = next(op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"
+                  and op.get_friendly_name() in (head.name, f"{head.name}/WithoutBiases"))
+    assert head.name in scope_names(source)[0]
+    assert matmul in openvino_names(model, scope_names(source)[0])
+    assert matmul in float_scope(source, model)
