@@ -222,3 +222,16 @@ def test_the_heads_product_is_in_both_openvino_float_scopes(bundles, kind):
     assert head.name in scope_names(source)[0]
     assert matmul in openvino_names(model, scope_names(source)[0])
     assert matmul in float_scope(source, model)
+
+
+def test_a_bf16_decoder_graph_gets_compressed_variants(bundles, record_files, tmp_path):
+    # a large decoder is exported in bf16 (no fp32 copy): its weights compress from there
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles("llama", dtype="bf16"), bundle)
+    spec = add_variants(bundle, "int4", eval_on=record_files["eval"], gates=OPEN, threads=1, progress=None)
+    assert spec.dtype == "bf16" and spec.variants["int4"].accepted
+    assert spec.variants["int4"].method["compressed"]["int4"] >= 14
+    prompts, responses = _texts(record_files)
+    graph = Scorer(bundle, backend="onnxruntime", threads=1).score_texts(prompts, responses).heads
+    heads = Scorer(bundle, precision="int4", threads=1).score_texts(prompts, responses).heads
+    assert np.corrcoef(heads.ravel(), graph.ravel())[0, 1] > 0.9
