@@ -203,7 +203,7 @@ def _score_checkpoint(checkpoint: Sequence[str | os.PathLike], heads, primary, b
                                 batch_size=batch_size, heads=heads,
                                 progress=_ticker(progress, f"scoring {CHECKPOINT_RUN}"))
     except InputError as exc:
-        raise _locate(exc, pairs, path) from None
+        raise _locate(exc, pairs, path, range(2 * len(pairs))) from None  # every text, in order
     n = len(pairs)
     scores = both.take(slice(0, n)), both.take(slice(n, 2 * n))
     return {"name": CHECKPOINT_RUN, "kind": "torch", "seconds": time.perf_counter() - t0,
