@@ -235,3 +235,20 @@ def test_a_bf16_decoder_graph_gets_compressed_variants(bundles, record_files, tm
     graph = Scorer(bundle, backend="onnxruntime", threads=1).score_texts(prompts, responses).heads
     heads = Scorer(bundle, precision="int4", threads=1).score_texts(prompts, responses).heads
     assert np.corrcoef(heads.ravel(), graph.ravel())[0, 1] > 0.9
+
+
+def test_calibrate_rewrites_the_normalisation_inside_the_irs(llama_weights, record_files, tmp_path):
+    from ensrm.calibration.normalize import calibrate_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(llama_weights[0], bundle)
+    spec = calibrate_bundle(bundle, record_files["refs"], threads=1)
+    assert spec.normalization.calibrated and set(spec.usable_precisions) == {"fp32", "int8", "int4"}
+    load_spec(bundle)  # the rewritten .xml / .bin are listed with their new sha256
+    prompts, responses = _texts(record_files)
+    fp32 = Scorer(bundle, backend="onnxruntime", threads=1).score_texts(prompts, responses).heads
+    for precision in ("int8", "int4"):
+        heads = Scorer(bundle, precision=precision, threads=1).score_texts(prompts, responses).heads
+        # normalised like fp32: the raw heads' spread (std ~3) is gone from both
+        np.testing.assert_allclose(heads.std(axis=0), fp32.std(axis=0), rtol=0.3)
+        np.testing.assert_allclose(heads.mean(axis=0), fp32.mean(axis=0), atol=0.3)
