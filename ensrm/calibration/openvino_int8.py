@@ -66,13 +66,29 @@ def scope_names(source: str | os.PathLike, kinds=START_SCOPE) -> tuple[list[str]
     return sorted(set(every) - int8) + sorted(tail), [n for n in every if n in int8]
 
 
+def openvino_names(model, names) -> list[str]:
+    """The operations of the OpenVINO ``model`` made from the ONNX nodes ``names``.
+
+    OpenVINO keeps an ONNX node's name, and names the parts of a decomposed one ``NAME/...``
+    (a ``Gemm`` becomes ``NAME/WithoutBiases``, a MatMul, and an ``Add``), so an ignored scope
+    of ONNX names must be translated before NNCF sees it.
+    """
+    wanted = set(names)
+    found = set()
+    for op in model.get_ops():
+        name = op.get_friendly_name()
+        parts = name.split("/")
+        if any("/".join(parts[:i]) in wanted for i in range(1, len(parts) + 1)):
+            found.add(name)
+    return sorted(found)
+
+
 def nncf_quantize(source: str | os.PathLike, batches: list[dict[str, np.ndarray]], ignored: list[str],
                   smoothing: float = SMOOTHING):
     """``model.onnx`` read by OpenVINO and quantized by NNCF, the products of the ONNX nodes ``ignored`` left float."""
     nncf = require("nncf", "quantize")
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    from ensrm.calibration.openvino_weights import openvino_names
     from ensrm.runtime.openvino_backend import core
 
     logging.getLogger("nncf").setLevel(logging.ERROR)

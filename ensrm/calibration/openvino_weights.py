@@ -103,28 +103,11 @@ class WeightCompression:
         return dataclasses.replace(self, mode=MODES[precision][0])
 
 
-def openvino_names(model, names) -> list[str]:
-    """The operations of the OpenVINO ``model`` made from the ONNX nodes ``names``.
-
-    OpenVINO keeps an ONNX node's name, and names the parts of a decomposed one ``NAME/...``
-    (a ``Gemm`` becomes ``NAME/WithoutBiases``, a MatMul, and an ``Add``), so an ignored scope
-    of ONNX names must be translated before NNCF sees it.
-    """
-    wanted = set(names)
-    found = set()
-    for op in model.get_ops():
-        name = op.get_friendly_name()
-        parts = name.split("/")
-        if any("/".join(parts[:i]) in wanted for i in range(1, len(parts) + 1)):
-            found.add(name)
-    return sorted(found)
-
-
 def float_scope(source: str | os.PathLike, model, float_products=()) -> list[str]:
     """OpenVINO names of what stays float: the heads and the ensemble's tail, and ``float_products``."""
     onnx = require("onnx", "export")
     from ensrm.calibration.graphs import float_tail_nodes
-    from ensrm.calibration.openvino_int8 import scope_names
+    from ensrm.calibration.openvino_int8 import openvino_names, scope_names
 
     graph = onnx.load(str(source), load_external_data=False).graph
     products = scope_names(source, tuple(float_products))[0] if float_products else []

@@ -210,8 +210,8 @@ def test_the_heads_product_is_in_both_openvino_float_scopes(bundles, kind):
     # NNCF's INT8 search and the weight compression must both see the MatMul's name
     onnx = pytest.importorskip("onnx")
     from ensrm.calibration.graphs import float_tail_nodes
-    from ensrm.calibration.openvino_int8 import scope_names
-    from ensrm.calibration.openvino_weights import float_scope, openvino_names
+    from ensrm.calibration.openvino_int8 import openvino_names, scope_names
+    from ensrm.calibration.openvino_weights import float_scope
 
     source = bundles(kind) / "model.onnx"
     graph = onnx.load(str(source), load_external_data=False).graph
