@@ -19,7 +19,8 @@ from pathlib import Path
 from ensrm.builder import BundleBuilder
 from ensrm.calibration.data import encoder_for, feed_batches, load_records, score_records, split_holdout
 from ensrm.calibration.gate import DEFAULT_GATES, Gate, evaluate, format_report, stress_check
-from ensrm.calibration.openvino_weights import WeightCompression
+from ensrm.calibration.openvino_weights import IR_FILES as WEIGHT_IR_FILES
+from ensrm.calibration.openvino_weights import WeightCompression, compress_openvino
 from ensrm.errors import ExportError
 from ensrm.progress import Progress
 from ensrm.spec import HINTED_PRECISIONS, MODEL_FILES, EnsembleSpec, Variant
@@ -69,9 +70,7 @@ def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_r
         return bf16_method(build.path(MODEL_FILES["fp32"]), build.threads)
     source, target = build.path(MODEL_FILES["fp32"]), build.path(MODEL_FILES[precision])
     if precision == "int4" or (precision == "int8" and int8_mode == "openvino-weights"):
-        from ensrm.calibration.openvino_weights import IR_FILES, compress_openvino
-
-        return compress_openvino(source, build.path(IR_FILES[precision]), precision, weights)
+        return compress_openvino(source, build.path(WEIGHT_IR_FILES[precision]), precision, weights)
     if precision == "int8" and int8_mode == "openvino":
         return _write_openvino_int8(build, calib_records, batch_size, gate)
     if precision == "fp16":
