@@ -252,3 +252,16 @@ def test_calibrate_rewrites_the_normalisation_inside_the_irs(llama_weights, reco
         # normalised like fp32: the raw heads' spread (std ~3) is gone from both
         np.testing.assert_allclose(heads.std(axis=0), fp32.std(axis=0), rtol=0.3)
         np.testing.assert_allclose(heads.mean(axis=0), fp32.mean(axis=0), atol=0.3)
+
+
+def test_export_writes_int8_weight_and_int4_variants(checkpoints, record_files, tmp_path):
+    out = tmp_path / "rm"
+    result = CliRunner().invoke(main, ["export", str(checkpoints("gpt2")), "-o", str(out), "--no-cpu-graph",
+                                       "--precision", "int8,int4", "--int8-mode", "openvino-weights",
+                                       "--eval-on", str(record_files["eval"]), "--min-spearman", "-1",
+                                       "--min-top1", "0"])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(out)
+    assert {"fp32", "int8", "int4"} <= set(spec.usable_precisions)
+    assert {spec.variants["int8"].file, spec.variants["int4"].file} == {"model.int8.xml", "model.int4.xml"}
+    assert spec.variants["int8"].method["method"] == spec.variants["int4"].method["method"] == "nncf-weights"
