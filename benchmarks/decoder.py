@@ -156,7 +156,8 @@ class DecoderModels:
     def with_heads(self, source: Path, heads: int, seed: int = 0) -> Path:
         """``source``'s trunk (its stored dtype, unchanged) with ``heads`` seeded random heads; ``source``
         itself when it already has that many."""
-        if json.loads((source / "config.json").read_text()).get("num_labels", 2) == heads:
+        config = json.loads((source / "config.json").read_text())  # num_labels is saved as id2label's size
+        if len(config.get("id2label") or {}) == heads:
             return source
         out = self.root / f"ckpt-k{heads}-{_key(_checkpoint_id(source), heads, seed)}"
         if (out / "config.json").is_file():
