@@ -53,6 +53,11 @@ class DecoderConfig(BenchConfig):
     decoder_eval_prompts: int = 8  # x 16 candidates: the held-out best-of-16 pools every gate judges
     decoder_calibration_records: int = 64
 
+    @classmethod
+    def quick(cls, **overrides) -> DecoderConfig:
+        """:meth:`ensrm.bench.BenchConfig.quick`, and one round of one timed call per shape for the decoder."""
+        return super().quick(**{"decoder_rounds": 1, "decoder_repeats": 1, "decoder_paired_rounds": 2, **overrides})
+
 
 def parse_variant(request: str) -> tuple[str, str | None]:
     """``"int8:openvino-weights"`` -> ``("int8", "openvino-weights")``; ``"bf16"`` -> ``("bf16", None)``.
