@@ -38,6 +38,12 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: How far a served score may be from the serial in-process score of the same pair. onnxruntime
+#: reproduces it to the bit; OpenVINO's kernels round by batch shape (up to ~1e-5 on heads of
+#: magnitude ~10), so a pair scored inside a gathered batch differs in the last bits. 1e-4 is
+#: the project's cross-runtime equality criterion.
+MATCH_TOLERANCE = 1e-4
 HOST = "127.0.0.1"  # loopback only, by design
 
 
@@ -135,7 +141,7 @@ async def closed_loop(url: str, pairs: list[tuple[str, str]], reference: np.ndar
             got = np.asarray(answer.json()["heads"], dtype=np.float64)  # [k, K]
             diff = float(np.max(np.abs(got - reference[rows]))) if got.shape == reference[rows].shape else np.inf
             worst = max(worst, diff)
-            mismatched += diff > 1e-6
+            mismatched += diff > MATCH_TOLERANCE
             latencies.append(seconds)
 
         for i in range(warmup):  # connections and the first batch shapes, untimed
@@ -354,7 +360,8 @@ def markdown(report: dict) -> str:
               f"in-process score_texts {d['in_process_cpu_ms_per_call']:.2f} ms (scheduling delays excluded) | "
               f"server CPU overhead {d['server_cpu_overhead_ms']:.2f} ms | <= 2 ms | "
               f"{'yes' if d['server_cpu_overhead_ms'] <= 2 else 'no'} |",
-              f"| every answer equals the serial in-process score of its own pairs (<= 1e-6) | {t['answers']} answers: "
+              f"| every answer equals the serial in-process score of its own pairs (<= {MATCH_TOLERANCE:g}) | "
+              f"{t['answers']} answers: "
               f"{t['mismatched']} mismatched, {t['lost']} lost, max diff {t['max_abs_diff']:.1e} | 0, 0 | "
               f"{'yes' if ok else 'no'} |"]
     st = report.get("stages")
