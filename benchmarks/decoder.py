@@ -28,6 +28,10 @@ import ensrm
 from ensrm.bench import Bench, BenchConfig, dir_size_mb, interleave, onnx_size_mb, pooled_shape, run_job
 from ensrm.errors import EnsrmError
 
+#: The worker module that runs this suite's export and variant jobs (and every job of ``ensrm.bench``).
+WORKER = "benchmarks.worker"
+#: Seconds an export or a variant job may take (a 24-layer fp32 export verifies for many minutes on 2 cores).
+JOB_TIMEOUT = 4 * 3600.0
 #: Variant requests: ``PRECISION`` or ``PRECISION:INT8_MODE``, added with :func:`ensrm.add_variants`.
 DEFAULT_VARIANTS = ("bf16", "int8:openvino-weights", "int4")
 #: What a variant of each precision is, for the table (the manifest's method says more).
@@ -170,16 +174,29 @@ class DecoderModels:
         self.say(f"decoder: {source.name} with {heads} head(s) (same trunk)")
         return self._publish(out, lambda work: _save_with_heads(source, work, heads, seed))
 
-    def bundle(self, checkpoint: Path, dtype: str, heads: int) -> Path:
-        """``checkpoint`` exported (and verified) with graph ``dtype`` at the suite's length."""
+    def bundle(self, checkpoint: Path, dtype: str, heads: int) -> tuple[Path, dict]:
+        """``checkpoint`` exported (and verified) with graph ``dtype`` at the suite's length, in a process of its
+        own, and that export's time and peak RSS (recorded beside the bundle, so cached runs report them too)."""
         c = self.config
         key = _key(_checkpoint_id(checkpoint), c.decoder_length, dtype, _code_id("export"), _code_id("models"))
         out = self.root / f"bundle-k{heads}-{dtype}-{key}"
+        facts_file = out.with_name(out.name + ".export.json")
         if (out / "ensemble.json").is_file():
-            return out
-        self.say(f"decoder: exporting K = {heads}, dtype {dtype}, max length {c.decoder_length}")
-        settings = ensrm.ExportSettings(max_length=c.decoder_length, dtype=dtype, threads=c.threads)
-        return self._publish(out, lambda work: ensrm.export_bundle([checkpoint], work, settings, progress=None))
+            return out, json.loads(facts_file.read_text()) if facts_file.is_file() else {}
+        self.say(f"decoder: exporting K = {heads}, dtype {dtype}, max length {c.decoder_length} (own process)")
+        facts = {}
+
+        def export(work: Path) -> None:
+            result = run_job({"kind": "decoder_export", "checkpoint": str(checkpoint), "output": str(work),
+                              "dtype": dtype, "max_length": c.decoder_length, "threads": c.threads},
+                             timeout=JOB_TIMEOUT, worker=WORKER)
+            if "error" in result:
+                raise EnsrmError(f"the export failed: {result['error']}")
+            facts.update(export_s=result["export_s"], export_rss_peak_mb=result["rss_peak_mb"])
+
+        self._publish(out, export)
+        facts_file.write_text(json.dumps(facts))
+        return out, facts
 
     def variants(self, base: Path, group: list[tuple[str, str | None]]) -> tuple[Path, dict[str, str]]:
         """A copy of ``base`` with ``group``'s variants added and gated, and the error of each request that
@@ -198,13 +215,13 @@ class DecoderModels:
             with tempfile.TemporaryDirectory() as tmp:
                 calibration, evaluation = self._records(Path(tmp))
                 for precision, mode in group:
-                    self.say(f"decoder: adding the {precision}{f' ({mode})' if mode else ''} variant (gated)")
-                    options = {"int8_mode": mode} if mode else {}
-                    try:
-                        ensrm.add_variants(work, precision, calibration=calibration, eval_on=evaluation,
-                                           threads=c.threads, **options)
-                    except (EnsrmError, ValueError, RuntimeError, MemoryError) as exc:
-                        errors[precision] = f"{type(exc).__name__}: {exc}"
+                    self.say(f"decoder: adding the {precision}{f' ({mode})' if mode else ''} variant (gated, own "
+                             "process)")
+                    result = run_job({"kind": "decoder_variant", "bundle": str(work), "precision": precision,
+                                      "int8_mode": mode, "calibration": str(calibration), "eval_on": str(evaluation),
+                                      "threads": c.threads}, timeout=JOB_TIMEOUT, worker=WORKER)
+                    if "error" in result:  # the bundle is as before this request: add_variants is atomic
+                        errors[precision] = result["error"]
 
         self._publish(out, build)
         errors_file.write_text(json.dumps(errors))
@@ -266,12 +283,13 @@ class DecoderBench(Bench):
         checkpoints = {k: models.with_heads(source, k) for k in (lo, hi)}
         not_run: list[dict] = []
         bundles: dict[str, Path] = {}
+        exports: dict[str, dict] = {}
         for name, checkpoint, dtype, k in [(f"k{hi}/{d}", checkpoints[hi], d, hi) for d in c.decoder_dtypes] \
                 + [(f"k{lo}/fp32", checkpoints[lo], "fp32", lo)]:
             try:
-                bundles[name] = models.bundle(checkpoint, dtype, k)
-            except (EnsrmError, ValueError, RuntimeError, MemoryError) as exc:  # one export must not lose the rest
-                not_run.append({"name": f"export {name}", "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
+                bundles[name], exports[name] = models.bundle(checkpoint, dtype, k)
+            except EnsrmError as exc:  # one export must not lose the rest
+                not_run.append({"name": f"export {name}", "status": "error", "reason": str(exc)})
         configs = self._decoder_configs(models, bundles, hi, not_run)
         shapes = [[b, c.decoder_length] for b in c.decoder_batches]
         jobs = {name: self.job_spec(kind, shapes=shapes, repeats=c.decoder_repeats, warmup=1, **fields)
@@ -288,8 +306,8 @@ class DecoderBench(Bench):
             **_model_facts(checkpoints[hi]), "checkpoint": str(checkpoints[hi]), "shape": None if c.decoder_checkpoint
             else c.decoder_shape, "heads": hi, "length": c.decoder_length, "batches": list(c.decoder_batches),
             "threads": c.threads, "rounds": c.decoder_rounds, "repeats": c.decoder_repeats,
-            "bundles": {name: {"path": str(b), "mb": dir_size_mb([b]), "onnx_mb": onnx_size_mb(b, "model.onnx")}
-                        for name, b in bundles.items()},
+            "bundles": {name: {"path": str(b), "mb": dir_size_mb([b]), "onnx_mb": onnx_size_mb(b, "model.onnx"),
+                               **exports[name]} for name, b in bundles.items()},
             "rows": rows, "not_run": not_run, "k_heads": self._decoder_heads(bundles, lo, hi),
             "note": "random weights (Qwen2-0.5B's published config where the shape is built) and random heads: "
                     "trained values cost the same; unpadded random token ids, the same in every row"}
@@ -449,6 +467,12 @@ def decoder_markdown(decoder: dict | None) -> list[str]:
                          f"{s['p50_s'] * 1e3:.1f} | {s['tokens_per_s']:.0f} | {num(s.get('vs_eager_fp32'), '.2f')} | "
                          f"{num(s.get('vs_eager_bf16'), '.2f')} | {num(row.get('rss_model_mb'), '.0f')} | "
                          f"{num(row.get('rss_peak_mb'), '.0f')} |")
+    exports = [f"{name}: bundle {b['mb']:.0f} MiB (model.onnx {num(b.get('onnx_mb'), '.0f')} MiB)"
+               + (f", export {b['export_s']:.0f} s at {b['export_rss_peak_mb']:.0f} MiB peak RSS"
+                  if b.get("export_s") is not None else "") for name, b in decoder["bundles"].items()]
+    if exports:
+        lines += ["", "Bundles (K / graph dtype; each export in a process of its own, timed when it was built): "
+                  + "; ".join(exports) + "."]
     if decoder["not_run"]:
         lines += ["", "Not run:", ""] + [f"- {r['name']} ({r['status']}): {r['reason']}" for r in decoder["not_run"]]
     heads = decoder.get("k_heads") or {}
