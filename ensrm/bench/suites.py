@@ -336,14 +336,15 @@ class Bench:
         settings = sorted({1, c.threads or os.cpu_count() or 1})
         latency = {"calls": calls, "repeats": c.latency_repeats, "max_s": c.latency_max_s}
         jobs, absent = {}, {}
-        # bf16 (a runtime hint, not a file) is listed only where the bundle has judged it
-        shown = [p for p in MODEL_FILES if p not in HINTED_PRECISIONS or p in self.spec.variants]
+        # bf16 (a runtime hint, not a file) and int4 (OpenVINO's alone) are listed only where the bundle judged them
+        shown = [p for p in MODEL_FILES if (p not in HINTED_PRECISIONS and p != "int4") or p in self.spec.variants]
         names = []
         for precision in shown:
             variant = self.spec.variants.get(precision)
             # every runtime x precision: the bench's backend, and onnxruntime beside it where that is another
             backends = [(c.backend, "")]
-            if precision not in HINTED_PRECISIONS and self._resolved(precision) != "onnxruntime":
+            onnx = ((variant.file if variant is not None else None) or MODEL_FILES[precision]).endswith(".onnx")
+            if precision not in HINTED_PRECISIONS and onnx and self._resolved(precision) != "onnxruntime":
                 backends.append(("onnxruntime", "@onnxruntime"))
             for backend, suffix in backends:
                 name = f"bundle/{precision}{suffix}"
