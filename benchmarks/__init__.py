@@ -7,6 +7,9 @@ its public API (``ensrm.bench.__all__``, ``ensrm``'s top level, :mod:`ensrm.mode
   full ensembles, ...) with pass/fail, as a table in ``bench.md``;
 - :mod:`benchmarks.trunk`: the ``trunk`` experiment suite (the partially shared trunk's cost against
   its member layers m, stacked weights against K copies), with :mod:`benchmarks.worker` for its job;
+- :mod:`benchmarks.decoder`: the ``decoder`` experiment suite (a random Qwen2-0.5B-shaped reward model on
+  every accepted runtime x precision against PyTorch eager, K = 1 vs K = 8 heads on the same trunk;
+  it builds its fixture with ``tests/models.py``, so it runs from a clone of the repository);
 - ``python -m benchmarks`` (``make bench``): ``ensrm bench``'s suites plus these, one report.
 
 Run from the repository root (``benchmarks`` is not installed): ``python -m benchmarks --help``.

@@ -80,6 +80,15 @@ def evaluate_targets(report: dict) -> list[dict]:
                                "the fit)", ">= 0.95", r2, r2 is not None and r2 >= 0.95, "",
                                f"m = {', '.join(map(str, trunk['member_layer_values']))}; the issue asks for "
                                "'close to linear', 0.95 is this report's reading of it"))
+    heads = _get(res, "decoder", "k_heads") or {}
+    measured = [s for s in heads.get("shapes", []) if "ratio" in s]
+    if measured:  # only in runs of the decoder suite: at its largest batch, where the heads' share is smallest
+        lo, hi = heads["heads"]
+        shape = max(measured, key=lambda s: s["batch"])
+        extra = shape["ratio"] - 1
+        targets.append(_target(f"decoder, K={hi} heads vs K={lo} on the same trunk: extra time", "<= +2%", extra,
+                               extra <= 0.02, "%", f"{shape['batch']} x {shape['length']} tokens, median of "
+                               f"{heads['rounds']} back-to-back pairs in one process"))
     return targets
 
 
@@ -154,10 +163,11 @@ def targets_markdown(report: dict) -> list[str]:
     """The targets table (``report["targets"]``), as lines; a run without a bundle (the trunk suite alone)
     lists only what it measured."""
     model = report.get("model", {})
+    shown = [t for t in report["targets"] if model.get("bundle") or t["passed"] is not None]
+    if not shown:
+        return []
     lines = ["", "| Target | Threshold | Measured | Result |", "|---|---|---|---|"]
-    for t in report["targets"]:
-        if not model.get("bundle") and t["passed"] is None:
-            continue
+    for t in shown:
         result = "n/a" if t["passed"] is None else ("pass" if t["passed"] else "**fail**")
         note = f" ({t['detail']})" if t["detail"] else ""
         lines.append(f"| {t['target']}{note} | {t['threshold']} | {_fmt_target(t)} | {result} |")

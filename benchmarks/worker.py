@@ -1,11 +1,14 @@
 """The worker jobs of the project's experiment suites, run as ``python -m benchmarks.worker JOB OUT``.
 
-Every job kind of :data:`ensrm.bench.JOBS` runs here too; this module adds ``stacked_matmul``.
+Every job kind of :data:`ensrm.bench.JOBS` runs here too; this module adds ``stacked_matmul`` and the
+decoder suite's ``decoder_export`` and ``decoder_variant`` (each export or variant in a process of its own:
+its peak memory is its own, and a 0.5B model's export never piles up in the suite's process).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 
@@ -95,7 +98,30 @@ def stacked_matmul_job(job: dict) -> dict:
             "torch_threads": torch.get_num_threads(), "rss_peak_mb": peak_rss_mb()}
 
 
-JOBS = {"stacked_matmul": stacked_matmul_job}
+def decoder_export_job(job: dict) -> dict:
+    """``ensrm.export_bundle`` of ``checkpoint`` into ``output`` with graph ``dtype`` and ``max_length``."""
+    import ensrm
+
+    start = time.perf_counter()
+    settings = ensrm.ExportSettings(max_length=job["max_length"], dtype=job["dtype"], threads=job.get("threads"))
+    ensrm.export_bundle([job["checkpoint"]], job["output"], settings, progress=None)
+    return {"export_s": time.perf_counter() - start, "rss_peak_mb": peak_rss_mb()}
+
+
+def decoder_variant_job(job: dict) -> dict:
+    """``ensrm.add_variants`` of one ``precision`` (with ``int8_mode`` when given) to ``bundle``, gated on the
+    ``calibration`` and ``eval_on`` records."""
+    import ensrm
+
+    start = time.perf_counter()
+    options = {"int8_mode": job["int8_mode"]} if job.get("int8_mode") else {}
+    ensrm.add_variants(job["bundle"], job["precision"], calibration=job["calibration"], eval_on=job["eval_on"],
+                       threads=job.get("threads"), **options)
+    return {"variant_s": time.perf_counter() - start, "rss_peak_mb": peak_rss_mb()}
+
+
+JOBS = {"stacked_matmul": stacked_matmul_job, "decoder_export": decoder_export_job,
+        "decoder_variant": decoder_variant_job}
 
 if __name__ == "__main__":
     sys.exit(worker_main(sys.argv[1:], JOBS))
