@@ -40,6 +40,8 @@ PEAK_FACTOR = 4.0
 #: With the fused CPU graph step (fp32 graphs up to 2 GiB), whose optimizer and two comparison sessions
 #: peak at 5.2 GiB for 0.62 GiB of fp32 weights plus the budget (measured, docs/guides/decoders.md).
 FUSED_PEAK_FACTOR = 6.0
+#: The verification's activation budget is at most this share of the weights' bytes (:func:`activation_budget`).
+ACTIVATION_SHARE = 1.0
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -161,12 +163,28 @@ def activation_bytes(shape: Shape, batch: int, seq: int) -> int:
     return attention + mask + rows
 
 
-def activation_budget(available: int | None = None) -> int:
-    """Bytes one verification or stress run may take: a quarter of what is available, 256 MiB to 2 GiB."""
+def activation_budget(available: int | None = None, weights: int | None = None) -> int:
+    """Bytes one verification or stress run may take: a quarter of what is available, 256 MiB to 2 GiB,
+    and, given the ``weights`` bytes of the model run, at most :data:`ACTIVATION_SHARE` of them (never
+    below 256 MiB), so that a model's activations never outweigh its weights in the export's peak.
+
+    >>> activation_budget(available=2 ** 34) // 2 ** 20, activation_budget(2 ** 34, weights=2 ** 29) // 2 ** 20
+    (2048, 512)
+    """
     available = available_bytes() if available is None else available
-    if available is None:
-        return 2 ** 30
-    return int(min(2 * 2 ** 30, max(2 ** 28, available // 4)))
+    budget = 2 ** 30 if available is None else int(min(2 * 2 ** 30, max(2 ** 28, available // 4)))
+    if weights is not None:
+        budget = min(budget, max(2 ** 28, int(ACTIVATION_SHARE * weights)))
+    return budget
+
+
+def weight_bytes_of(module) -> int:
+    """Bytes of the parameters and buffers of a torch ``module``, each storage counted once (tied weights)."""
+    seen: dict[int, int] = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
 
 
 def fitting_length(shape: Shape, max_length: int, budget: int) -> int:
