@@ -20,7 +20,7 @@ import numpy as np
 from ensrm._optional import require
 from ensrm.builder import BundleBuilder, Progress
 from ensrm.errors import EnsrmError
-from ensrm.spec import FUSED_FILES, MODEL_FILES, EnsembleSpec, FusedGraph
+from ensrm.spec import FUSED_FILES, MODEL_FILES, OUTPUT_NAMES, EnsembleSpec, FusedGraph
 
 CPU = "CPUExecutionProvider"
 #: The optimizer's options: its generic (``bert``) fusions, no onnxruntime graph optimisation baked
@@ -83,15 +83,28 @@ def verification_batches(staging: Path, spec: EnsembleSpec) -> list[dict[str, np
 
 def compare_graphs(portable: Path, fused: Path, batches: list[dict[str, np.ndarray]], tolerance: float,
                    threads: int | None = None) -> dict:
-    """Score ``batches`` with both graphs on the CPU provider; the largest differences and ``passed``."""
-    from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    """Score ``batches`` with both graphs on the CPU provider; the largest differences and ``passed``.
 
-    a, b = OnnxRuntimeBackend(portable, [CPU], threads), OnnxRuntimeBackend(fused, [CPU], threads)
+    One graph at a time: the portable graph's outputs are kept (a few floats per row) and its
+    session is closed before the fused graph loads, so the step never holds two copies of the
+    weights (:func:`~ensrm.export.verify.verification_session`).
+    """
+    from ensrm.export.verify import release_memory, verification_session
+
+    def scores(path: Path) -> list[dict[str, np.ndarray]]:
+        session = verification_session(path, threads)
+        feeds = {i.name for i in session.get_inputs()}
+        return [dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {k: v for k, v in batch.items() if k in feeds})))
+                for batch in batches]
+
+    want = scores(portable)
+    release_memory()
+    got = scores(fused)
+    release_memory()
     head_diff = agg_diff = 0.0
-    for batch in batches:
-        want, got = a.run(batch), b.run(batch)
-        head_diff = max(head_diff, float(np.abs(want["heads"] - got["heads"]).max()))
-        agg_diff = max(agg_diff, max(float(np.abs(want[k] - got[k]).max()) for k in want if k != "heads"))
+    for a, b in zip(want, got):
+        head_diff = max(head_diff, float(np.abs(a["heads"] - b["heads"]).max()))
+        agg_diff = max(agg_diff, max(float(np.abs(a[k] - b[k]).max()) for k in a if k != "heads"))
     return {"passed": bool(head_diff <= tolerance and agg_diff <= tolerance), "max_abs_diff_heads": head_diff,
             "max_abs_diff_aggregates": agg_diff, "tolerance": tolerance, "batches": len(batches),
             "sequences": sum(len(batch["input_ids"]) for batch in batches)}
@@ -114,6 +127,8 @@ def fuse_cpu_graph(build: BundleBuilder, *, tolerance: float = 1e-4) -> None:
     Nothing fused, an optimizer failure or a difference above ``tolerance`` drops the file with a
     note; the bundle stays complete with its portable graph (and the export goes on).
     """
+    from ensrm.export.verify import release_memory
+
     name = FUSED_FILES[CPU]
     portable, target = build.path(MODEL_FILES["fp32"]), build.path(name)
     _remove(build, name)
@@ -126,6 +141,7 @@ def fuse_cpu_graph(build: BundleBuilder, *, tolerance: float = 1e-4) -> None:
     except Exception as exc:  # noqa: BLE001 - the optimizer raises anything; the portable graph suffices
         return _drop(build, f"no fused CPU graph: the optimizer failed ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''})")
+    release_memory()  # the optimizer's copy of the model, before the comparison loads the graphs
     if not fusions:
         return _drop(build, "no fused CPU graph: the optimizer found nothing to fuse in this model")
     check_fused(build, FusedGraph(CPU, name, checks={}, method={**OPTIMIZER, "fusions": fusions}), tolerance)
