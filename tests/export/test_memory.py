@@ -92,7 +92,7 @@ def test_export_refuses_up_front_when_memory_is_short(long_decoders, tmp_path, m
     from ensrm.export.exporter import export_bundle
 
     monkeypatch.setenv(memory.LIMIT_ENV, "1M")
-    with pytest.raises(ExportError, match=r"in bf16 needs about \d+\.\d+ GiB \(4 x 0\.00 GiB of weights \+ "
+    with pytest.raises(ExportError, match=r"in bf16 needs about \d+\.\d+ GiB \(3\.5 x 0\.00 GiB of weights \+ "
                                           r"0\.25 GiB for activations\), but only 0\.00 GiB is available "
                                           r"\(ENSRM_MEMORY_LIMIT\)"):
         export_bundle([long_decoders("qwen2")], tmp_path / "rm", dtype="bf16", progress=None)
