@@ -20,8 +20,11 @@ import sys
 
 import click
 
+from ensrm.calibration.openvino_weights import GROUP_SIZE, MODES  # stdlib only until it compresses
 from ensrm.errors import EnsrmError
 from ensrm.spec import INT8_MODES
+
+WEIGHT_MODES = MODES["int8"] + MODES["int4"]
 
 # Library messages name parameters in backticks (`uwo_lambda`, `padding_side='right'`); a command
 # shows them as its own options. Library names that differ from the command's parameter names:
@@ -139,8 +142,8 @@ def scoring_options(func):
 @click.option("--normalize-on", type=click.Path(exists=True, dir_okay=False),
               help="JSONL reference records (prompt, response): normalise each head to mean 0, std 1 on them.")
 @click.option("--precision", "precisions", default="fp32", show_default=True,
-              help="Comma-separated precisions to write: fp32 (always), fp16, int8. Each variant is gated "
-                   "on ranking agreement with fp32 and written only if it passes.")
+              help="Comma-separated precisions to write: fp32 (always), fp16, bf16, int8, int4 (OpenVINO IR of "
+                   "int4 weights). Each variant is gated on ranking agreement with fp32 and written only if it passes.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help="JSONL records to calibrate INT8 on (a quarter is held out for the gate unless --eval-on).")
 @click.option("--eval-on", type=click.Path(exists=True, dir_okay=False),
@@ -149,7 +152,9 @@ def scoring_options(func):
               help="static: explicit Q/DQ, symmetric, calibrated (TensorRT can build it); "
                    "per-token: one activation scale per token computed in the graph, FFN-out and the last "
                    "layer in float, calibrated (onnxruntime CPU only; passes the gate where static does not); "
-                   "dynamic: per-batch activation scales, onnxruntime CPU only.")
+                   "dynamic: per-batch activation scales, onnxruntime CPU only; "
+                   "openvino: NNCF's quantizer, an OpenVINO IR; openvino-weights: NNCF's int8 weight "
+                   "compression (data-free), an OpenVINO IR.")
 @click.option("--min-spearman", type=float, help="Override the gates' Spearman threshold (fp16 0.999, int8 0.99).")
 @click.option("--min-top1", type=float, help="Override the INT8 gate's best-of-n top-1 agreement threshold (0.95).")
 @click.option("--tensorrt", "tensorrt_batches", default=None,
@@ -230,28 +235,53 @@ def calibrate_command(bundle, references, threads):
 @click.command("quantize")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--precision", "precisions", required=True,
-              help="fp16, bf16 (OpenVINO's bf16 hint, judged on this CPU), int8, comma-separated.")
+              help="fp16, bf16 (OpenVINO's bf16 hint, judged on this CPU), int8, int4 (OpenVINO IR of int4 "
+                   "weights), comma-separated.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False), help="JSONL records for INT8.")
 @click.option("--eval-on", type=click.Path(exists=True, dir_okay=False), help="JSONL records for the gates.")
 @click.option("--int8-mode", type=click.Choice(INT8_MODES), default="static", show_default=True,
-              help="static (TensorRT can build it), per-token or dynamic (onnxruntime CPU); see ens-export --help.")
+              help="static (TensorRT can build it), per-token or dynamic (onnxruntime CPU), openvino or "
+                   "openvino-weights (OpenVINO IR); see ens-export --help.")
+@click.option("--weights-mode", type=click.Choice(WEIGHT_MODES),
+              help="NNCF weight compression mode of the precision it makes (default int8_asym for int8, "
+                   "int4_sym for int4).")
+@click.option("--group-size", type=click.IntRange(min=1), default=GROUP_SIZE, show_default=True,
+              help="int4: input channels sharing one scale (smaller for layers it does not divide).")
+@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="int4: share of the compressible weights in int4; NNCF keeps the rest in int8.")
+@click.option("--keep-float", default="",
+              help="Weight compression: also keep these products float, comma-separated: down (FFN-out), "
+                   "last (the last layer). The heads and the ensemble's tail always are.")
+@click.option("--dynamic-group-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Weight compression: OpenVINO quantizes the activations of compressed products at run "
+                   "time in groups of this many channels (0: off); judged and run with it.")
 @click.option("--min-spearman", type=float, help="Override the gates' Spearman threshold.")
-@click.option("--min-top1", type=float, help="Override the INT8 gate's top-1 agreement threshold.")
+@click.option("--min-top1", type=float, help="Override the INT8 / INT4 gates' top-1 agreement threshold.")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads.")
 @_one_line_errors
-def quantize_command(bundle, precisions, calibration, eval_on, int8_mode, min_spearman, min_top1, threads):
-    """Add gated fp16 / bf16 / INT8 variants to an existing BUNDLE.
+def quantize_command(bundle, precisions, calibration, eval_on, int8_mode, weights_mode, group_size, ratio, keep_float,
+                     dynamic_group_size, min_spearman, min_top1, threads):
+    """Add gated fp16 / bf16 / INT8 / INT4 variants to an existing BUNDLE.
 
     \b
     Examples:
       ensrm quantize bundles/rm --precision int8 --calibration calib.jsonl
       ensrm quantize bundles/rm --precision bf16
+      ensrm quantize bundles/rm --precision int8,int4 --int8-mode openvino-weights --eval-on eval.jsonl
     """
     from ensrm.calibration.gate import gates_with
+    from ensrm.calibration.openvino_weights import WeightCompression
     from ensrm.calibration.variants import add_variants
 
+    try:
+        weights = WeightCompression(mode=weights_mode, group_size=group_size, ratio=ratio,
+                                    float_products=tuple(p.strip() for p in keep_float.split(",") if p.strip()),
+                                    dynamic_group_size=dynamic_group_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     spec = add_variants(bundle, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,
-                        gates=gates_with(min_spearman, min_top1), threads=threads, progress=_echo_err)
+                        gates=gates_with(min_spearman, min_top1), threads=threads, progress=_echo_err,
+                        weights=weights)
     for precision, variant in spec.variants.items():
         click.echo(f"{precision}: {'accepted' if variant.accepted else 'rejected'}")
 

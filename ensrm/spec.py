@@ -20,8 +20,11 @@ MANIFEST_NAME = "ensemble.json"
 OUTPUT_NAMES = ("heads", "ens_mean", "ens_std", "ens_min", "ens_uwo")
 #: Possible graph inputs, in order; a bundle declares the subset its encoder uses.
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-#: The ONNX file of each precision (Contract).
-MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "bf16": "model.onnx", "int8": "model.int8.onnx"}
+#: The model file of each precision (Contract): ONNX, except ``int4``, which only OpenVINO runs (an
+#: IR of NNCF-compressed weights, :mod:`ensrm.calibration.openvino_weights`). A variant's manifest
+#: entry names its actual file (an OpenVINO INT8 variant is ``model.int8.xml``).
+MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "bf16": "model.onnx", "int8": "model.int8.onnx",
+               "int4": "model.int4.xml"}
 #: Precisions that are a runtime setting on another precision's file, not a file of their own:
 #: ``bf16`` is ``model.onnx`` compiled by OpenVINO with its bf16 inference hint. Their variant
 #: records the gate's verdict; rejecting one deletes nothing.
@@ -31,8 +34,9 @@ HINTED_PRECISIONS = {"bf16": "fp32"}
 FUSED_FILES = {"CPUExecutionProvider": "model.cpu.onnx"}
 #: How an INT8 variant is made: static Q/DQ (TensorRT), per-token scales in the graph or
 #: onnxruntime's per-batch dynamic quantizer (both onnxruntime CPU only), or NNCF's quantizer
-#: writing an OpenVINO IR (``model.int8.xml``; OpenVINO CPU only).
-INT8_MODES = ("static", "per-token", "dynamic", "openvino")
+#: writing an OpenVINO IR (``model.int8.xml``; OpenVINO CPU only), or NNCF's data-free weight
+#: compression (``openvino-weights``: int8 weights; the same IR name).
+INT8_MODES = ("static", "per-token", "dynamic", "openvino", "openvino-weights")
 
 ARCHITECTURES = ("encoder", "decoder")
 #: What ``model.onnx``'s weights are stored in (``ens-export --dtype``); inputs and outputs are int64 and
@@ -210,7 +214,7 @@ class EnsembleSpec:
     member_layers: int = 0
     normalization: Normalization | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
-    #: per precision (``fp32``, ``fp16``, ``bf16``, ``int8``): the model file and its verdict
+    #: per precision (``fp32``, ``fp16``, ``bf16``, ``int8``, ``int4``): the model file and its verdict
     variants: dict[str, Variant] = field(default_factory=dict)
     #: per execution provider: a verified faster form of the fp32 graph (``model.cpu.onnx``)
     fused: dict[str, FusedGraph] = field(default_factory=dict)

@@ -30,9 +30,11 @@ def markdown(report: dict, before: Sequence[str] = (), after: Sequence[str] = ()
     """
     machine, model = report["machine"], report.get("model", {})
     lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores ({', '.join(machine.get('isa', []))}); "
-             f"onnxruntime {machine['onnxruntime']}; load average {report['results'].get('load_average_start')} "
-             f"at start. Model: {model.get('model_type')} {model.get('layers')} layers, hidden "
-             f"{model.get('hidden_size')}" + (f", K = {model['num_heads']}" if model.get("num_heads") else "")
+             f"onnxruntime {machine['onnxruntime']}"
+             + (f", OpenVINO {machine['openvino']}" if machine.get("openvino") else "")
+             + f"; load average {report['results'].get('load_average_start')} at start. Model: "
+             f"{model.get('model_type')} {model.get('layers')} layers, hidden {model.get('hidden_size')}"
+             + (f", K = {model['num_heads']}" if model.get("num_heads") else "")
              + f". Command: `{report.get('command')}`."]
     lines += list(before)
     cmp = report["results"].get("compare")
@@ -41,15 +43,16 @@ def markdown(report: dict, before: Sequence[str] = (), after: Sequence[str] = ()
         lines += ["", f"Batch {report['config']['target_batch']} x {report['config']['target_length']} tokens, "
                   f"{report['config']['threads']} threads, median of {report['config']['rounds']} rounds in fresh "
                   "processes:", "",
-                  "| Configuration | seq/s | tokens/s | vs fp32 bundle | model memory (MiB) | peak RSS (MiB) |",
-                  "|---|---|---|---|---|---|"]
+                  "| Configuration | what ran | seq/s | tokens/s | vs fp32 bundle | model memory (MiB) "
+                  "| peak RSS (MiB) |",
+                  "|---|---|---|---|---|---|---|"]
         for name, row in cmp.items():
             if "error" in row:
-                lines.append(f"| {name} | error: {row['error']} | | | | |")
+                lines.append(f"| {name} | error: {row['error']} | | | | | |")
                 continue
             rel = f"{row['seq_per_s'] / base:.2f}x" if base else "n/a"
-            lines.append(f"| {name} | {row['seq_per_s']:.1f} | {row['tokens_per_s']:.0f} | {rel} | "
-                         f"{row['rss_model_mb']:.0f} | {row['rss_peak_mb']:.0f} |")
+            lines.append(f"| {name} | {row.get('runtime', '')} | {row['seq_per_s']:.1f} | {row['tokens_per_s']:.0f} | "
+                         f"{rel} | {row['rss_model_mb']:.0f} | {row['rss_peak_mb']:.0f} |")
     paired = report["results"].get("heads_sweep") or {}
     if paired.get("heads"):
         lines += ["", f"K sweep in one process, {paired['rounds']} rounds of back-to-back calls (time relative to "
@@ -76,11 +79,12 @@ def markdown(report: dict, before: Sequence[str] = (), after: Sequence[str] = ()
     lines += latency_markdown(report["results"].get("latency"))
     ceiling = report["results"].get("ceiling")
     if ceiling and "error" not in ceiling:
-        lines += ["", "Ceiling (onnxruntime MatMul; torch_fp32: torch.mm, what eager runs on; tokens x in x out): "
+        lines += ["", "Ceiling (fp32/int8: onnxruntime MatMul/MatMulInteger; torch_fp32: torch.mm, what eager runs "
+                  "on; openvino_fp32: OpenVINO's MatMul; tokens x in x out): "
                   + "; ".join(f"{p} " + ", ".join(f"{s['m']}x{s['k']}x{s['n']} {s['gflops']:.0f}"
                                                   for s in ceiling[p]["shapes"])
                               + (" GOP/s" if p == "int8" else " GFLOP/s")
-                              for p in ("fp32", "int8", "torch_fp32") if p in ceiling)]
+                              for p in ("fp32", "int8", "torch_fp32", "openvino_fp32") if p in ceiling)]
     lines += list(after)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -3,7 +3,7 @@
 Suites (``--suite``): ``compare`` (every configuration at the target shape, interleaved over
 rounds: precisions, PyTorch eager, the plain export, the K sweep, full ensembles), ``grid``
 (throughput over batch sizes and lengths and batch-1 latency for each precision and eager),
-``ceiling`` (onnxruntime's own MatMul rate, and torch.mm's), ``runtime`` (Scorer overhead, ``score_texts``,
+``ceiling`` (onnxruntime's own MatMul rate, torch.mm's and OpenVINO's), ``runtime`` (Scorer overhead, ``score_texts``,
 length grouping, import-and-load time), ``latency`` (per-call p50/p99 at batch 1-8 of realistic
 pairs, each precision against eager, at one thread and at all cores).
 
@@ -31,6 +31,15 @@ from ensrm.spec import HINTED_PRECISIONS, MODEL_FILES
 
 DEFAULT_SUITES = ("compare", "grid", "ceiling", "runtime", "latency")
 SUITES = DEFAULT_SUITES
+#: The ceiling suite's GEMM rates: onnxruntime's MatMul and MatMulInteger, torch.mm, OpenVINO's MatMul.
+CEILING_KINDS = ("fp32", "int8", "torch_fp32", "openvino_fp32")
+
+
+def openvino_installed() -> bool:
+    """Whether the OpenVINO rows can run (the runtime's own check, without importing OpenVINO)."""
+    from ensrm.runtime.openvino_backend import installed
+
+    return installed()
 
 
 @dataclass
@@ -83,8 +92,14 @@ def machine_info() -> dict:
         isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags.split()]
     except (OSError, subprocess.SubprocessError):
         isa = []
+    openvino = None
+    if openvino_installed():
+        from ensrm.runtime.openvino_backend import version
+
+        openvino = version()
     return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "onnxruntime": onnxruntime.__version__, "openvino": openvino, "numpy": np.__version__,
+            "platform": platform.platform(),
             "env": {k: v for k, v in os.environ.items()
                     if k.startswith(("OMP_", "OPENBLAS_", "MKL_", "ORT_"))}}
 
@@ -107,7 +122,8 @@ def pooled_shape(results: list[dict], index: int = 0) -> dict:
             "tokens_per_s": shape["batch"] * shape["length"] / stats["median_s"],
             "rss_peak_mb": _median(ok, lambda r: r["rss_peak_mb"]),
             "rss_model_mb": _median(ok, lambda r: r["rss_peak_mb"] - r["rss_baseline_mb"]),
-            "load_s": _median(ok, lambda r: r["load_s"]), "rounds": len(ok)}
+            "load_s": _median(ok, lambda r: r["load_s"]), "rounds": len(ok),
+            **({"runtime": ok[0]["runtime"]} if ok[0].get("runtime") else {})}
 
 
 def onnx_size_mb(bundle: Path, name: str) -> float | None:
@@ -193,16 +209,19 @@ class Bench:
         jobs["torch/eager"] = self.job_spec("torch", checkpoint=str(self.checkpoint), shapes=shape)
         # the runtimes side by side: auto's rows above (OpenVINO where installed) against onnxruntime's
         # fp32, and PyTorch's bf16 autocast as the peer of a bf16 runtime
-        if c.backend != "onnxruntime":
+        if self._resolved("fp32") != "onnxruntime":
             jobs["bundle/fp32@onnxruntime"] = self.job_spec("ort", mode="scorer", bundle=str(self.bundle),
                                                             precision="fp32", shapes=shape, backend="onnxruntime")
         if "bf16" in self.precisions:
             jobs["torch/eager-bf16"] = self.job_spec("torch", checkpoint=str(self.checkpoint), shapes=shape,
                                                      autocast="bf16")
         self.say("building the comparison models (cached after the first run)")
-        jobs[f"plain/k{self.spec.num_heads}"] = self.job_spec(
-            "ort", mode="plain", file=str(self.models.plain(self.spec.num_heads)),
-            vocab_size=self.spec.vocab_size, shapes=shape)
+        plain = dict(mode="plain", file=str(self.models.plain(self.spec.num_heads)), vocab_size=self.spec.vocab_size,
+                     shapes=shape)
+        jobs[f"plain/k{self.spec.num_heads}"] = self.job_spec("ort", **plain, backend="onnxruntime")
+        if c.backend != "onnxruntime" and openvino_installed():
+            # the peer a CPU user would build: the same checkpoint's plain export on OpenVINO
+            jobs[f"plain/k{self.spec.num_heads}@openvino"] = self.job_spec("ort", **plain, backend="openvino")
         sizes = {"multihead": {}, "full_sessions": {}, "full_graph": {}}
         # The multi-head model at the largest full-ensemble size is needed for the K-for-K comparison.
         # the K sweep's time is measured back to back below; fresh processes for the ends of the
@@ -273,13 +292,16 @@ class Bench:
         if "error" in result:
             self.results["ceiling"] = {"error": result["error"]}
             return
-        eager = run_job({**job, "kind": "torch_matmul"})
-        if "error" not in eager:
-            result["torch_fp32"] = eager["torch_fp32"]
+        peers = [("torch_matmul", "torch_fp32")] + ([("openvino_matmul", "openvino_fp32")]
+                                                    if openvino_installed() else [])
+        for kind, key in peers:
+            peer = run_job({**job, "kind": kind})
+            if "error" not in peer:
+                result[key] = peer[key]
         self.results["ceiling"] = {
             p: {"shapes": [{k: r[k] for k in ("m", "k", "n", "median_s", "gflops")} for r in result[p]],
                 "gflops": max(r["gflops"] for r in result[p])}
-            for p in ("fp32", "int8", "torch_fp32") if p in result}
+            for p in CEILING_KINDS if p in result}
 
     def suite_runtime(self) -> None:
         """Scorer overhead at the target shape, score_texts vs pre-tokenised, grouping, startup."""
@@ -314,17 +336,27 @@ class Bench:
         settings = sorted({1, c.threads or os.cpu_count() or 1})
         latency = {"calls": calls, "repeats": c.latency_repeats, "max_s": c.latency_max_s}
         jobs, absent = {}, {}
-        # bf16 (a runtime hint, not a file) is listed only where the bundle has judged it
-        shown = [p for p in MODEL_FILES if p not in HINTED_PRECISIONS or p in self.spec.variants]
+        # bf16 (a runtime hint, not a file) and int4 (OpenVINO's alone) are listed only where the bundle judged them
+        shown = [p for p in MODEL_FILES if (p not in HINTED_PRECISIONS and p != "int4") or p in self.spec.variants]
+        names = []
         for precision in shown:
             variant = self.spec.variants.get(precision)
-            if variant is None or not variant.usable:
-                absent[f"bundle/{precision}"] = (f"no {precision} variant in the bundle" if variant is None
-                                                 else f"the {precision} variant was rejected by its accuracy gate")
-                continue
-            for t in settings:
-                jobs[f"t{t}/bundle/{precision}"] = self.job_spec("ort", mode="scorer", bundle=str(self.bundle),
-                                                             precision=precision, threads=t, latency_calls=latency)
+            # every runtime x precision: the bench's backend, and onnxruntime beside it where that is another
+            backends = [(c.backend, "")]
+            onnx = ((variant.file if variant is not None else None) or MODEL_FILES[precision]).endswith(".onnx")
+            if precision not in HINTED_PRECISIONS and onnx and self._resolved(precision) != "onnxruntime":
+                backends.append(("onnxruntime", "@onnxruntime"))
+            for backend, suffix in backends:
+                name = f"bundle/{precision}{suffix}"
+                names.append(name)
+                if variant is None or not variant.usable:
+                    absent[name] = (f"no {precision} variant in the bundle" if variant is None
+                                    else f"the {precision} variant was rejected by its accuracy gate")
+                    continue
+                for t in settings:
+                    jobs[f"t{t}/{name}"] = self.job_spec("ort", mode="scorer", bundle=str(self.bundle),
+                                                         precision=precision, threads=t, latency_calls=latency,
+                                                         backend=backend)
         for t in settings:
             jobs[f"t{t}/torch/eager"] = self.job_spec("torch", checkpoint=str(self.checkpoint), threads=t,
                                                   latency_calls=latency)
@@ -332,8 +364,8 @@ class Bench:
                  f"{', '.join(map(str, c.latency_batches))}")
         raw = interleave(jobs, c.latency_rounds, progress=self.say)
         by_threads = []
+        names.append("torch/eager")
         for t in settings:
-            names = [f"bundle/{p}" for p in shown] + ["torch/eager"]
             runs = {name: {"absent": absent[name]} if name in absent else _pooled_latency(raw[f"t{t}/{name}"])
                     for name in names}
             eager = {r["batch"]: r["p50_s"] for r in runs["torch/eager"].get("rows", [])}
@@ -343,6 +375,13 @@ class Bench:
             by_threads.append({"threads": t, "runs": runs})
         self.results["latency"] = {"batches": list(c.latency_batches), "pairs": pairs, "rounds": c.latency_rounds,
                                    "by_threads": by_threads}
+
+    def _resolved(self, precision: str) -> str:
+        """The runtime the bench's ``backend`` runs ``precision`` of the bundle on (``auto`` resolved)."""
+        from ensrm.runtime.backend import resolve_backend
+        from ensrm.runtime.config import ScorerConfig
+
+        return resolve_backend(ScorerConfig(self.bundle, backend=self.config.backend), self.spec, precision)
 
     # -- facts about the model -----------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Job kinds: ``ort`` (a bundle through :class:`~ensrm.Scorer`, K single-head bundles as K
 sessions, or a plain graph with numpy aggregation), ``paired`` (several bundles in one
 process, calls alternated, for differences of a few percent), ``torch`` (PyTorch eager),
-``matmul`` (onnxruntime's own MatMul rate), ``torch_matmul`` (``torch.mm``'s), ``overhead`` (``Scorer.score`` minus
+``matmul`` (onnxruntime's own MatMul rate), ``torch_matmul`` (``torch.mm``'s), ``openvino_matmul``
+(OpenVINO's), ``overhead`` (``Scorer.score`` minus
 ``session.run``), ``texts`` (``score_texts`` vs pre-tokenised, length grouping vs arrival
 order), ``stacked_matmul`` (one batched product of stacked ``[K, ...]`` weights against K separate ones,
 in torch and onnxruntime). Only the ``torch``, ``torch_matmul`` and ``stacked_matmul`` jobs import torch.
@@ -106,9 +107,22 @@ def ort_job(job: dict) -> dict:
         def call(feeds):
             heads = np.concatenate([s.score(**feeds).heads for s in scorers], axis=1)  # [batch, K]
             return numpy_aggregates(heads, lam)
+    elif mode == "plain" and job.get("backend") == "openvino":
+        # the route a CPU user takes without ensrm: OpenVINO on a plain logits export, aggregates in numpy
+        from ensrm.runtime.openvino_backend import compile_options, core
+
+        compiled = core().compile_model(job["file"], "CPU", compile_options(threads, cache=False))
+        request, names, vocab = compiled.create_infer_request(), tuple(p.get_any_name() for p in compiled.inputs), \
+            job["vocab_size"]
+        described = f"OpenVINO CPU f32 ({job['file']})"
+
+        def call(feeds):
+            logits = request.infer(feeds)[compiled.output(0)]  # [batch, K]
+            return numpy_aggregates(logits, lam)
     elif mode == "plain":
         session = create_session(job["file"], threads=threads)
         names, vocab = tuple(i.name for i in session.get_inputs()), job["vocab_size"]
+        described = f"onnxruntime CPU fp32 ({job['file']})"
 
         def call(feeds):
             logits = session.run(None, feeds)[0]  # [batch, K]
@@ -118,7 +132,7 @@ def ort_job(job: dict) -> dict:
     load_s = time.perf_counter() - start
     out = _grid(call, job, names, vocab)
     out.update(load_s=load_s, rss_baseline_mb=baseline, rss_peak_mb=peak_rss_mb())
-    if mode == "scorer":
+    if mode != "sessions":
         out["runtime"] = described  # what actually ran: runtime, device, graph file, precision
     return out
 
@@ -254,6 +268,32 @@ def torch_matmul_job(job: dict) -> dict:
     return {"torch_fp32": rows, "rss_peak_mb": peak_rss_mb()}
 
 
+def openvino_matmul_job(job: dict) -> dict:
+    """OpenVINO's fp32 MatMul (oneDNN) at the same shapes and threads as :func:`matmul_job`.
+
+    The product is built as an OpenVINO model (activation ``[m, k]`` times a constant ``[k, n]``),
+    compiled with ensrm's own options, so the rate is what the OpenVINO backend's GEMMs can reach.
+    """
+    from ensrm.runtime.openvino_backend import compile_options, core, openvino
+
+    ov = openvino()
+    rng = np.random.default_rng(1)
+    rows = []
+    for m, k, n in job["shapes"]:
+        a = ov.opset13.parameter([m, k], ov.Type.f32, name="A")
+        b = ov.opset13.constant(rng.standard_normal((k, n)).astype(np.float32))
+        model = ov.Model([ov.opset13.matmul(a, b, False, False)], [a], "matmul")
+        compiled = core().compile_model(model, "CPU", compile_options(job.get("threads"), cache=False))
+        request = compiled.create_infer_request()
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        times = time_calls(lambda: request.infer({0: x}), job.get("warmup", 2), job.get("repeats", 10),
+                           job.get("min_time", 0.0))
+        stats = summarize(times)
+        rows.append({"m": m, "k": k, "n": n, "times": times, **stats,
+                     "gflops": 2.0 * m * k * n / stats["median_s"] / 1e9})
+    return {"openvino_fp32": rows, "rss_peak_mb": peak_rss_mb()}
+
+
 class _TimedSession:
     """Wraps a runtime backend (or an ``InferenceSession``) and accumulates the time spent inside ``run``."""
 
@@ -361,7 +401,8 @@ def texts_job(job: dict) -> dict:
 
 
 JOBS = {"ort": ort_job, "paired": paired_job, "torch": torch_job, "matmul": matmul_job,
-        "torch_matmul": torch_matmul_job, "overhead": overhead_job, "texts": texts_job}
+        "torch_matmul": torch_matmul_job, "openvino_matmul": openvino_matmul_job, "overhead": overhead_job,
+        "texts": texts_job}
 
 
 def main(argv: list[str], jobs: dict | None = None) -> int:

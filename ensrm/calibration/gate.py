@@ -19,9 +19,9 @@ from ensrm.spec import EnsembleSpec, Gate
 __all__ = ["DEFAULT_GATES", "Gate", "evaluate", "format_report", "gates_with", "stress_batches", "stress_check"]
 
 #: Default gates (issue: fp16 Spearman >= 0.999 and finite; INT8 Spearman >= 0.99, top-1 >= 0.95);
-#: bf16 is held to fp16's gate.
+#: bf16 is held to fp16's gate, int4 (weights) to INT8's.
 DEFAULT_GATES = {"fp16": Gate(min_spearman=0.999), "bf16": Gate(min_spearman=0.999),
-                 "int8": Gate(min_spearman=0.99, min_top1=0.95)}
+                 "int8": Gate(min_spearman=0.99, min_top1=0.95), "int4": Gate(min_spearman=0.99, min_top1=0.95)}
 
 
 def gates_with(min_spearman: float | None = None, min_top1: float | None = None,

@@ -46,12 +46,46 @@ def rewrite_constants(model_path: str | os.PathLike, normalization: Normalizatio
     from ensrm._optional import require
     from ensrm.models.graph import set_normalization
 
-    onnx = require("onnx", "export")
     model_path = Path(model_path)
+    if model_path.suffix == ".xml":  # an OpenVINO IR variant (NNCF INT8, compressed weights)
+        _rewrite_ir_constants(model_path, normalization)
+        return
+    onnx = require("onnx", "export")
     model = onnx.load(str(model_path), load_external_data=False)
     set_normalization(model, normalization.mu, normalization.sigma)
     tmp = model_path.with_name(f".{model_path.name}.tmp")
     onnx.save(model, str(tmp))
+    os.replace(tmp, model_path)
+
+
+def _rewrite_ir_constants(model_path: Path, normalization: Normalization) -> None:
+    """Replace ``mu``/``sigma`` in an OpenVINO IR: its constants keep the ONNX initializers' names."""
+    import numpy as np
+
+    from ensrm._optional import require
+    from ensrm.models.graph import MU, SIGMA
+    from ensrm.runtime.openvino_backend import core
+
+    ov = require("openvino", "openvino")
+    model = core().read_model(str(model_path))
+    values = {MU: normalization.mu, SIGMA: normalization.sigma}
+    found = set()
+    for op in model.get_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() == "Constant" and name in values:
+            new = np.asarray(values[name], dtype=np.float32)
+            if tuple(op.get_output_partial_shape(0).to_shape()) != new.shape:
+                raise ValueError(f"{model_path.name}: {name} has shape {op.get_output_partial_shape(0)}, "
+                                 f"new values have {new.shape}")
+            replacement = ov.op.Constant(new)
+            replacement.set_friendly_name(name)
+            op.output(0).replace(replacement.output(0))
+            found.add(name)
+    if found != set(values):
+        raise ValueError(f"{model_path.name} lacks the normalisation constants {sorted(set(values) - found)}")
+    tmp = model_path.with_name(f".{model_path.stem}.tmp.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), model_path.with_suffix(".bin"))
     os.replace(tmp, model_path)
 
 

@@ -50,7 +50,8 @@ Scorer = Callable[[object], object]  # compiled-model backend -> Scores
 
 
 def scope_names(source: str | os.PathLike, kinds=START_SCOPE) -> tuple[list[str], list[str]]:
-    """``(float, int8)``: the encoder's linear-layer MatMul names kept float by ``kinds`` and the rest."""
+    """``(float, int8)``: the encoder's linear-layer MatMul names kept float by ``kinds`` (and the heads'
+    products, a MatMul or a Gemm), and the rest; ONNX names (:func:`nncf_quantize` finds OpenVINO's)."""
     onnx = require("onnx", "export")
     from ensrm.calibration.graphs import float_tail_nodes
     from ensrm.calibration.int8 import _split_float_products, linear_layer_inputs
@@ -60,14 +61,31 @@ def scope_names(source: str | os.PathLike, kinds=START_SCOPE) -> tuple[list[str]
     quantized, _ = _split_float_products(graph, groups, kinds)
     every = [m.name for ms in groups.values() for m in ms]
     int8 = {m.name for ms in quantized.values() for m in ms}
-    tail = [n for n in float_tail_nodes(graph) if any(n == node.name and node.op_type == "MatMul"
-                                                      for node in graph.node)]
+    products = {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm", "Einsum")}
+    tail = [n for n in float_tail_nodes(graph) if n in products]
     return sorted(set(every) - int8) + sorted(tail), [n for n in every if n in int8]
+
+
+def openvino_names(model, names) -> list[str]:
+    """The operations of the OpenVINO ``model`` made from the ONNX nodes ``names``.
+
+    OpenVINO keeps an ONNX node's name, and names the parts of a decomposed one ``NAME/...``
+    (a ``Gemm`` becomes ``NAME/WithoutBiases``, a MatMul, and an ``Add``), so an ignored scope
+    of ONNX names must be translated before NNCF sees it.
+    """
+    wanted = set(names)
+    found = set()
+    for op in model.get_ops():
+        name = op.get_friendly_name()
+        parts = name.split("/")
+        if any("/".join(parts[:i]) in wanted for i in range(1, len(parts) + 1)):
+            found.add(name)
+    return sorted(found)
 
 
 def nncf_quantize(source: str | os.PathLike, batches: list[dict[str, np.ndarray]], ignored: list[str],
                   smoothing: float = SMOOTHING):
-    """``model.onnx`` read by OpenVINO and quantized by NNCF, ``ignored`` MatMuls left float."""
+    """``model.onnx`` read by OpenVINO and quantized by NNCF, the products of the ONNX nodes ``ignored`` left float."""
     nncf = require("nncf", "quantize")
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
@@ -75,6 +93,7 @@ def nncf_quantize(source: str | os.PathLike, batches: list[dict[str, np.ndarray]
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     model = core().read_model(str(source))
+    ignored = openvino_names(model, ignored)  # a Gemm head is NAME/WithoutBiases in OpenVINO
     names = [port.get_any_name() for port in model.inputs]
     dataset = nncf.Dataset([{name: feeds[name] for name in names} for feeds in batches])
     return nncf.quantize(

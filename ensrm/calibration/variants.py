@@ -1,9 +1,12 @@
-"""Write the fp16 / bf16 / INT8 variants of a bundle and gate each one on ranking agreement with fp32.
+"""Write the fp16 / bf16 / INT8 / INT4 variants of a bundle and gate each one on ranking agreement with fp32.
 
 A variant that fails its gate is not kept: its file is deleted and the manifest records it as
 ``accepted: false`` with the numbers, so ``Scorer(..., precision=...)`` refuses it by name.
 ``bf16`` has no file of its own: it is ``model.onnx`` run by OpenVINO with its bf16 hint, judged
 on this machine; its method records the runtime and whether this CPU really computed bf16.
+``int4`` (and ``int8`` with ``int8_mode="openvino-weights"``) is an OpenVINO IR of NNCF-compressed
+weights (:mod:`ensrm.calibration.openvino_weights`), judged on OpenVINO with the compile
+properties its method records.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from ensrm.builder import BundleBuilder
 from ensrm.calibration.data import encoder_for, feed_batches, load_records, score_records, split_holdout
 from ensrm.calibration.gate import DEFAULT_GATES, Gate, evaluate, format_report, stress_check
+from ensrm.calibration.openvino_weights import IR_FILES as WEIGHT_IR_FILES
+from ensrm.calibration.openvino_weights import WeightCompression, compress_openvino
 from ensrm.errors import ExportError
 from ensrm.progress import Progress
 from ensrm.spec import HINTED_PRECISIONS, MODEL_FILES, EnsembleSpec, Variant
@@ -57,13 +62,15 @@ def bf16_method(source: Path, threads: int | None = None) -> dict:
 
 
 def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_records, batch_size: int,
-                   gate: Gate) -> dict:
+                   gate: Gate, weights: WeightCompression | None = None) -> dict:
     from ensrm.calibration.fp16 import convert_fp16
     from ensrm.calibration.int8 import quantize_int8
 
     if precision in HINTED_PRECISIONS:
         return bf16_method(build.path(MODEL_FILES["fp32"]), build.threads)
     source, target = build.path(MODEL_FILES["fp32"]), build.path(MODEL_FILES[precision])
+    if precision == "int4" or (precision == "int8" and int8_mode == "openvino-weights"):
+        return compress_openvino(source, build.path(WEIGHT_IR_FILES[precision]), precision, weights)
     if precision == "int8" and int8_mode == "openvino":
         return _write_openvino_int8(build, calib_records, batch_size, gate)
     if precision == "fp16":
@@ -102,8 +109,13 @@ def variant_name(precision: str, method: dict | None) -> str:
     return (method or {}).get("file") or MODEL_FILES[precision]
 
 
+def _weights_file(name: str) -> str:
+    """Where an OpenVINO IR keeps its weights: ``model.int4.xml`` -> ``model.int4.bin``."""
+    return name.removesuffix(".xml") + ".bin"
+
+
 def _remove(staging: Path, name: str) -> None:
-    for path in (staging / name, staging / (name + ".data"), staging / (name.removesuffix(".xml") + ".bin")):
+    for path in (staging / name, staging / (name + ".data"), staging / _weights_file(name)):
         if path.exists():
             path.unlink()
 
@@ -118,16 +130,18 @@ def variant_runtime(precision: str, method: dict | None) -> str:
 
 
 def gate_variant(staging: Path, spec: EnsembleSpec, model: Path, eval_records: list[dict], reference,
-                 gate: Gate, threads: int | None = None, runtime: str = "onnxruntime", precision: str = "fp32") -> dict:
+                 gate: Gate, threads: int | None = None, runtime: str = "onnxruntime", precision: str = "fp32",
+                 properties: dict | None = None) -> dict:
     """Score ``eval_records`` and the stress battery with the graph ``model``; apply ``gate``.
 
     ``staging`` is the bundle whose tokenizer encodes the records; ``reference`` its fp32 scores.
-    ``runtime`` (``onnxruntime`` or ``openvino``) runs it, with ``precision``'s hint on OpenVINO.
+    ``runtime`` (``onnxruntime`` or ``openvino``) runs it, with ``precision``'s hint on OpenVINO
+    and the variant's own compile ``properties`` (those the runtime will use).
     """
     if runtime == "openvino":
         from ensrm.runtime.openvino_backend import OpenVINOBackend
 
-        backend = OpenVINOBackend(model, threads=threads, precision=precision, cache=False)
+        backend = OpenVINOBackend(model, threads=threads, precision=precision, cache=False, properties=properties)
     else:
         from ensrm.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -149,7 +163,7 @@ def _judge(build: BundleBuilder, precision: str, records: list[dict], reference,
     """Gate the variant file written for ``precision``; delete it if rejected."""
     name = variant_name(precision, method)
     report = gate_variant(build.staging, build.spec, build.path(name), records, reference, gate, build.threads,
-                          variant_runtime(precision, method), precision)
+                          variant_runtime(precision, method), precision, (method or {}).get("compile"))
     if not report["passed"] and precision not in HINTED_PRECISIONS:  # bf16's file is model.onnx: kept
         _remove(build.staging, name)
     build.note(format_report(precision, report))
@@ -176,10 +190,12 @@ def _evaluation_records(build: BundleBuilder, precisions, calibration, eval_on):
 
 
 def build_variants(build: BundleBuilder, precisions, *, calibration=None, eval_on=None, int8_mode: str = "static",
-                   gates: dict[str, Gate] | None = None, batch_size: int = 32) -> None:
+                   gates: dict[str, Gate] | None = None, batch_size: int = 32,
+                   weights: WeightCompression | None = None) -> None:
     """The variants step: write, gate and record each precision variant in the bundle being written.
 
-    A variant that fails its gate is recorded as rejected and its file deleted.
+    A variant that fails its gate is recorded as rejected and its file deleted. ``weights`` sets
+    NNCF's weight compression (``int4``, and ``int8`` with ``int8_mode="openvino-weights"``).
     """
     precisions = parse_precisions(precisions)
     if not precisions:
@@ -189,7 +205,7 @@ def build_variants(build: BundleBuilder, precisions, *, calibration=None, eval_o
     reference = _fp32_scores(build, eval_records, batch_size)
     variants = []
     for precision in precisions:
-        method = _write_variant(build, precision, int8_mode, calib_records, batch_size, gates[precision])
+        method = _write_variant(build, precision, int8_mode, calib_records, batch_size, gates[precision], weights)
         variants.append(_judge(build, precision, eval_records, reference, gates[precision], method))
     build.spec = build.spec.with_variants(*variants)
     kept = [v.precision for v in variants if v.accepted]
@@ -212,7 +228,7 @@ def regate_variants(build: BundleBuilder, records: list[dict]) -> None:
 def add_variants(bundle_dir: str | os.PathLike, precisions: str | Sequence[str], *,
                  calibration: str | os.PathLike | None = None, eval_on: str | os.PathLike | None = None,
                  int8_mode: str = "static", gates: dict[str, Gate] | None = None, threads: int | None = None,
-                 progress: Progress | None = None) -> EnsembleSpec:
+                 progress: Progress | None = None, weights: WeightCompression | None = None) -> EnsembleSpec:
     """Add (or redo) precision variants of an existing bundle, atomically.
 
     (Needs a bundle and calibration records on disk, so not run by the doctests.)
@@ -220,12 +236,16 @@ def add_variants(bundle_dir: str | os.PathLike, precisions: str | Sequence[str],
     >>> spec = add_variants("bundles/rm", "int8", calibration="calib.jsonl")   # doctest: +SKIP
     >>> spec.variants["int8"].accepted                                         # doctest: +SKIP
     True
+    >>> add_variants("bundles/rm", "int4", weights=WeightCompression(ratio=0.8)).variants["int4"].file  # doctest: +SKIP
+    'model.int4.xml'
     """
     precisions = parse_precisions(precisions)
     from ensrm.calibration.openvino_int8 import IR_FILES
 
     redo = [MODEL_FILES[p] for p in precisions if p not in HINTED_PRECISIONS]
-    redo += list(IR_FILES) if "int8" in precisions else []  # either INT8 form replaces the other
+    redo += list(IR_FILES) if "int8" in precisions else []  # any INT8 form replaces the others
+    redo += [_weights_file(MODEL_FILES["int4"])] if "int4" in precisions else []
     with BundleBuilder.update(bundle_dir, drop=redo, threads=threads, progress=progress) as build:
-        build_variants(build, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode, gates=gates)
+        build_variants(build, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode, gates=gates,
+                       weights=weights)
     return build.spec

@@ -26,7 +26,7 @@ from ensrm.errors import InputError, InputFileError
 from ensrm.evaluate import stats
 from ensrm.evaluate.analysis import analyse, compare, groups_of
 from ensrm.evaluate.pairs import PreferencePairs, read_pairs
-from ensrm.evaluate.threshold import build_filter, choose_threshold
+from ensrm.evaluate.threshold import build_filter, check_filter_options, choose_threshold
 from ensrm.progress import StageProgress
 from ensrm.runtime.config import ScorerConfig
 from ensrm.runtime.scores import Scores, parse_objective
@@ -96,9 +96,9 @@ def score_pairs(scorer, pairs: PreferencePairs, path=None, progress: Progress | 
     row = {text: j for j, text in enumerate(first)}
     slot = np.array([row[text] for text in texts], dtype=np.int64)  # [2n]: each text's row of scores
     order = list(first.values())
-    tick = None if progress is None else (lambda done, total: progress(stage, done, total))
     try:
-        scores = scorer.score_texts([p for p, _ in first], [r for _, r in first], progress=tick)
+        scores = scorer.score_texts([p for p, _ in first], [r for _, r in first],
+                                    progress=_ticker(progress, stage))
     except InputError as exc:
         raise _locate(exc, pairs, path, order) from None
     return scores.take(slot[:n]), scores.take(slot[n:])
@@ -118,6 +118,40 @@ def evaluate_pairs(config: ScorerConfig, pairs: PreferencePairs | str | os.PathL
     :class:`ResponseFilter` is chosen on the primary run and returned (else ``None``).
     """
     started = time.perf_counter()
+    pairs, path = _read(pairs, progress)
+    _check_options(resamples, target_accuracy, keep, min_score)  # before minutes of scoring
+    from ensrm.runtime.scorer import Scorer
+
+    primary = Scorer.from_config(config)  # the primary run: its precision ("auto" resolved) comes first
+    objective = parse_objective(objective, primary.num_heads)
+    runs, scored = _score_bundle(config, primary, precisions, pairs, path, progress)
+    if checkpoint:
+        run, scored[CHECKPOINT_RUN] = _score_checkpoint(checkpoint, checkpoint_heads, primary, config.batch_size,
+                                                        pairs, path, progress)
+        runs.append(run)
+    scoring_seconds = time.perf_counter() - started
+
+    if progress is not None:
+        progress("analysing", 0, 0)
+    t0 = time.perf_counter()
+    weights = stats.bootstrap_weights(groups_of(pairs.subsets), resamples, seed) if resamples else None
+    settings = {"objective": objective, "resamples": resamples, "seed": seed, "level": stats.LEVEL,
+                "bins": bins, "batch_size": config.batch_size, "backend": config.backend}
+    report = _analyse(config, pairs, path, settings, runs, scored, weights)
+    response_filter = None
+    if target_accuracy is not None or keep is not None:
+        chosen, rejected = scored[runs[0]["name"]]
+        report["filter"] = choose_threshold(chosen, rejected, objective, target_accuracy=target_accuracy, keep=keep,
+                                            min_score=min_score, weights=weights)
+        report["filter"]["run"] = runs[0]["name"]
+        response_filter = build_filter(primary, report["filter"], source=path)
+    report["timing"] = {"scoring_seconds": scoring_seconds, "analysis_seconds": time.perf_counter() - t0,
+                        "total_seconds": time.perf_counter() - started}
+    return report, response_filter
+
+
+def _read(pairs: PreferencePairs | str | os.PathLike, progress: Progress | None) -> tuple[PreferencePairs, str | None]:
+    """``(pairs, path)``: the pairs (read from the file ``pairs`` names, else as given) and their file (or ``None``)."""
     path = None
     if not isinstance(pairs, PreferencePairs):
         path = str(pairs)
@@ -126,19 +160,28 @@ def evaluate_pairs(config: ScorerConfig, pairs: PreferencePairs | str | os.PathL
         pairs = read_pairs(path)
     if len(pairs) == 0:
         raise InputError("no preference pairs to evaluate")
+    return pairs, path
+
+
+def _check_options(resamples: int, target_accuracy: float | None, keep: float | None,
+                   min_score: float | None) -> None:
+    """Refuse a negative ``resamples``, and bad filter options when a filter is wanted."""
     if resamples < 0:
         raise ValueError(f"`resamples` must be >= 0, got {resamples}")
-    want_filter = target_accuracy is not None or keep is not None
-    if want_filter:  # refuse bad filter options before minutes of scoring
-        if (target_accuracy is None) == (keep is None):
-            raise ValueError("give exactly one of `target_accuracy` and `keep`")
-        for name, value in (("target_accuracy", target_accuracy), ("keep", keep)):
-            if value is not None and not 0.0 < value <= 1.0:
-                raise ValueError(f"`{name}` must be in (0, 1], got {value}")
+    if target_accuracy is not None or keep is not None:
+        check_filter_options(target_accuracy, keep, min_score)
+
+
+def _ticker(progress: Progress | None, stage: str):
+    """``progress`` as a ``tick(done, total)`` for ``stage`` (``None`` without ``progress``)."""
+    return None if progress is None else (lambda done, total: progress(stage, done, total))
+
+
+def _score_bundle(config: ScorerConfig, primary, precisions, pairs: PreferencePairs, path,
+                  progress: Progress | None) -> tuple[list[dict], dict[str, tuple[Scores, Scores]]]:
+    """``(runs, scored)``: one run per precision of the bundle (``primary``'s first) and its pairs' scores by name."""
     from ensrm.runtime.scorer import Scorer
 
-    primary = Scorer.from_config(config)  # the primary run: its precision ("auto" resolved) comes first
-    objective = parse_objective(objective, primary.num_heads)
     runs, scored = [], {}
     for name in resolve_precisions(config.bundle, primary.precision, precisions):
         scorer = primary if name == primary.precision else Scorer.from_config(config.replace(precision=name))
@@ -146,57 +189,40 @@ def evaluate_pairs(config: ScorerConfig, pairs: PreferencePairs | str | os.PathL
         scored[name] = score_pairs(scorer, pairs, path, progress, stage=f"scoring {name}")
         runs.append({"name": name, "kind": "bundle", "description": scorer.description,
                      "seconds": time.perf_counter() - t0})
-    if checkpoint:
-        from ensrm.evaluate.checkpoint import score_checkpoint
+    return runs, scored
 
-        t0 = time.perf_counter()
-        tick = None if progress is None else (lambda done, total: progress(f"scoring {CHECKPOINT_RUN}", done, total))
-        try:
-            both = score_checkpoint(checkpoint, primary, pairs.prompts + pairs.prompts,
-                                    pairs.chosen + pairs.rejected, batch_size=config.batch_size,
-                                    heads=checkpoint_heads, progress=tick)
-        except InputError as exc:
-            raise _locate(exc, pairs, path) from None
-        n = len(pairs)
-        scored[CHECKPOINT_RUN] = both.take(slice(0, n)), both.take(slice(n, 2 * n))
-        runs.append({"name": CHECKPOINT_RUN, "kind": "torch", "seconds": time.perf_counter() - t0,
-                     "description": f"torch eager: {', '.join(map(str, checkpoint))}"})
-    scoring_seconds = time.perf_counter() - started
 
-    if progress is not None:
-        progress("analysing", 0, 0)
+def _score_checkpoint(checkpoint: Sequence[str | os.PathLike], heads, primary, batch_size: int,
+                      pairs: PreferencePairs, path, progress: Progress | None) -> tuple[dict, tuple[Scores, Scores]]:
+    """``(run, (chosen, rejected))``: the source model's scores in torch (``--checkpoint``), as ``primary`` would."""
+    from ensrm.evaluate.checkpoint import score_checkpoint
+
     t0 = time.perf_counter()
-    weights = stats.bootstrap_weights(groups_of(pairs.subsets), resamples, seed) if resamples else None
+    try:
+        both = score_checkpoint(checkpoint, primary, pairs.prompts + pairs.prompts, pairs.chosen + pairs.rejected,
+                                batch_size=batch_size, heads=heads,
+                                progress=_ticker(progress, f"scoring {CHECKPOINT_RUN}"))
+    except InputError as exc:
+        raise _locate(exc, pairs, path, range(2 * len(pairs))) from None  # every text, in order
+    n = len(pairs)
+    scores = both.take(slice(0, n)), both.take(slice(n, 2 * n))
+    return {"name": CHECKPOINT_RUN, "kind": "torch", "seconds": time.perf_counter() - t0,
+            "description": f"torch eager: {', '.join(map(str, checkpoint))}"}, scores
+
+
+def _analyse(config: ScorerConfig, pairs: PreferencePairs, path, settings: dict, runs: list[dict],
+             scored: dict[str, tuple[Scores, Scores]], weights: np.ndarray | None) -> dict:
+    """The report (without filter and timing): every run analysed, and compared with the reference run."""
     for run in runs:
         chosen, rejected = scored[run["name"]]
-        run["analysis"] = analyse(chosen, rejected, pairs.subsets, objective=objective, weights=weights, bins=bins)
+        run["analysis"] = analyse(chosen, rejected, pairs.subsets, objective=settings["objective"], weights=weights,
+                                  bins=settings["bins"])
     reference = "fp32" if "fp32" in scored else runs[0]["name"]
-    comparisons = {run["name"]: compare(scored[reference], scored[run["name"]], objective, weights)
+    comparisons = {run["name"]: compare(scored[reference], scored[run["name"]], settings["objective"], weights)
                    for run in runs if run["name"] != reference}
-    report = {
-        "format": REPORT_FORMAT,
-        "version": REPORT_VERSION,
-        "bundle": str(config.bundle),
-        "pairs_file": path,
-        "pairs": len(pairs),
-        "subsets": _subset_counts(pairs),
-        "settings": {"objective": objective, "resamples": resamples, "seed": seed, "level": stats.LEVEL,
-                     "bins": bins, "batch_size": config.batch_size, "backend": config.backend},
-        "runs": runs,
-        "reference": reference,
-        "comparisons": comparisons,
-    }
-    response_filter = None
-    if want_filter:
-        chosen, rejected = scored[runs[0]["name"]]
-        choice = choose_threshold(chosen, rejected, objective, target_accuracy=target_accuracy, keep=keep,
-                                  min_score=min_score, weights=weights)
-        choice["run"] = runs[0]["name"]
-        report["filter"] = choice
-        response_filter = build_filter(primary, choice, source=path)
-    report["timing"] = {"scoring_seconds": scoring_seconds, "analysis_seconds": time.perf_counter() - t0,
-                        "total_seconds": time.perf_counter() - started}
-    return report, response_filter
+    return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "bundle": str(config.bundle), "pairs_file": path,
+            "pairs": len(pairs), "subsets": _subset_counts(pairs), "settings": settings, "runs": runs,
+            "reference": reference, "comparisons": comparisons}
 
 
 def _subset_counts(pairs: PreferencePairs) -> dict[str, int]:

@@ -52,14 +52,7 @@ def choose_threshold(chosen: Scores, rejected: Scores, objective: str = "uwo", *
     rate at them, with bootstrap intervals from ``weights`` (the same pairs: an in-sample,
     hence optimistic, estimate).
     """
-    if (target_accuracy is None) == (keep is None):
-        raise ValueError("give exactly one of `target_accuracy` and `keep`")
-    if target_accuracy is not None and not 0.0 < target_accuracy <= 1.0:
-        raise ValueError(f"`target_accuracy` must be in (0, 1], got {target_accuracy}")
-    if keep is not None and not 0.0 < keep <= 1.0:
-        raise ValueError(f"`keep` must be in (0, 1], got {keep}")
-    if min_score is not None and not math.isfinite(min_score):
-        raise ValueError(f"`min_score` must be a finite number, got {min_score}")
+    check_filter_options(target_accuracy, keep, min_score)
     objective = parse_objective(objective, chosen.heads.shape[1])
     n = len(chosen)
     margin = chosen.objective(objective).astype(np.float64) - rejected.objective(objective).astype(np.float64)
@@ -71,6 +64,40 @@ def choose_threshold(chosen: Scores, rejected: Scores, objective: str = "uwo", *
     curve = stats.selective_curve(u, correct, keep=allowed)
     if not curve["threshold"]:
         raise ValueError("no pair passes the score check (`min_score`); no disagreement threshold can keep any")
+    max_std = _between(curve["threshold"][_point(curve, target_accuracy, keep)], np.concatenate([std_c, std_r]))
+    accept_c = _accepted(chosen, objective, min_score, max_std)
+    accept_r = _accepted(rejected, objective, min_score, max_std)
+    return {
+        "objective": objective,
+        "min_score": min_score,
+        "max_std": max_std,
+        "chosen_by": {"target_accuracy": target_accuracy} if target_accuracy is not None else {"keep": keep},
+        "pairs": n,
+        "kept_pairs": int((accept_c & accept_r).sum()),
+        "expected": _expected(correct, accept_c, accept_r, weights),
+        "accuracy_without_filter": float(correct.mean()) if n else None,
+    }
+
+
+def check_filter_options(target_accuracy: float | None, keep: float | None, min_score: float | None = None) -> None:
+    """Refuse anything but exactly one of ``target_accuracy`` and ``keep`` in (0, 1], or a non-finite ``min_score``.
+
+    >>> check_filter_options(0.9, 0.5)
+    Traceback (most recent call last):
+    ValueError: give exactly one of `target_accuracy` and `keep`
+    """
+    if (target_accuracy is None) == (keep is None):
+        raise ValueError("give exactly one of `target_accuracy` and `keep`")
+    for name, value in (("target_accuracy", target_accuracy), ("keep", keep)):
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(f"`{name}` must be in (0, 1], got {value}")
+    if min_score is not None and not math.isfinite(min_score):
+        raise ValueError(f"`min_score` must be a finite number, got {min_score}")
+
+
+def _point(curve: dict, target_accuracy: float | None, keep: float | None) -> int:
+    """The index on the selective ``curve`` that ``target_accuracy`` (the most pairs kept at that accuracy) or
+    ``keep`` (the fewest pairs kept that are at least that share) picks."""
     coverage, accuracy = np.array(curve["coverage"]), np.array(curve["accuracy"])
     if target_accuracy is not None:
         reach = np.flatnonzero(accuracy >= target_accuracy)
@@ -78,18 +105,27 @@ def choose_threshold(chosen: Scores, rejected: Scores, objective: str = "uwo", *
             best = int(np.argmax(accuracy))
             raise ValueError(f"no disagreement threshold reaches accuracy {target_accuracy:g} on these pairs; the "
                              f"best is {accuracy[best]:.4f} keeping {coverage[best]:.2%} of them")
-        index = int(reach[-1])
-    else:
-        reach = np.flatnonzero(coverage >= keep - 1e-12)
-        if reach.size == 0:
-            raise ValueError(f"at most {coverage[-1]:.2%} of the pairs pass the score check; cannot keep {keep:g}")
-        index = int(reach[0])
-    last = curve["threshold"][index]
-    responses = np.concatenate([std_c, std_r])
+        return int(reach[-1])
+    reach = np.flatnonzero(coverage >= keep - 1e-12)
+    if reach.size == 0:
+        raise ValueError(f"at most {coverage[-1]:.2%} of the pairs pass the score check; cannot keep {keep:g}")
+    return int(reach[0])
+
+
+def _between(last: float, responses: np.ndarray) -> float | None:
+    """``max_std`` halfway between ``last`` (the largest std kept) and the next larger one of ``responses``
+    ``[2n]``, so a rescoring's last-bit changes keep the same pairs; ``None`` (no check) when none is larger.
+
+    >>> _between(0.25, np.array([0.1, 0.25, 0.75, np.nan]))
+    0.5
+    """
     above = responses[np.isfinite(responses) & (responses > last)]
-    max_std = None if above.size == 0 else float((last + above.min()) / 2.0)
-    accept_c = _accepted(chosen, objective, min_score, max_std)
-    accept_r = _accepted(rejected, objective, min_score, max_std)
+    return None if above.size == 0 else float((last + above.min()) / 2.0)
+
+
+def _expected(correct: np.ndarray, accept_c: np.ndarray, accept_r: np.ndarray, weights: np.ndarray | None) -> dict:
+    """The kept pairs' accuracy, the pair and the response keep rates, each with its interval over ``weights``."""
+    n = len(correct)
     kept = accept_c & accept_r  # [n]
     w = stats.ones(n) if weights is None else weights
 
@@ -107,17 +143,8 @@ def choose_threshold(chosen: Scores, rejected: Scores, objective: str = "uwo", *
         return {"value": value if math.isfinite(value) else None,
                 "interval": stats.interval(function(w)) if weights is not None else [None, None]}
 
-    return {
-        "objective": objective,
-        "min_score": min_score,
-        "max_std": max_std,
-        "chosen_by": {"target_accuracy": target_accuracy} if target_accuracy is not None else {"keep": keep},
-        "pairs": n,
-        "kept_pairs": int(kept.sum()),
-        "expected": {"accuracy": estimate(kept_accuracy), "pair_keep": estimate(pair_keep),
-                     "response_keep": estimate(response_keep)},
-        "accuracy_without_filter": float(correct.mean()) if n else None,
-    }
+    return {"accuracy": estimate(kept_accuracy), "pair_keep": estimate(pair_keep),
+            "response_keep": estimate(response_keep)}
 
 
 def build_filter(scorer, choice: dict, source: str | None = None):

@@ -53,7 +53,8 @@ def resolve_backend(config: ScorerConfig, spec: EnsembleSpec | None = None, prec
       for ``fp16`` (a GPU variant; OpenVINO's CPU plugin would compute it in f32) and for an
       ``int8`` file made for onnxruntime (its ``method`` names no other runtime);
     - OpenVINO when it is installed (faster CPU kernels than onnxruntime's CPU provider, and the only
-      runtime with ``bf16``), else onnxruntime.
+      runtime with ``bf16`` and ``int4``, and with an OpenVINO INT8 IR), else onnxruntime (which
+      refuses those by naming ``ensrm[openvino]``).
 
     >>> from ensrm.runtime.config import ScorerConfig
     >>> resolve_backend(ScorerConfig("b", providers=["cuda"]))
@@ -68,7 +69,7 @@ def resolve_backend(config: ScorerConfig, spec: EnsembleSpec | None = None, prec
         return "onnxruntime"
     if precision == "fp16":
         return "onnxruntime"
-    if precision == "int8" and spec is not None:
+    if precision == "int8" and spec is not None:  # int4 is OpenVINO's alone: no check needed
         variant = spec.variants.get("int8")
         if variant is None or (variant.method or {}).get("runtime", "onnxruntime").split()[0].lower() != "openvino":
             return "onnxruntime"

@@ -23,7 +23,7 @@ from ensrm.bundle import VERIFY_MODES
 #: Runtimes a scorer can run on; ``auto`` picks the fastest installed one for the device.
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 #: Precisions a scorer can ask for; ``auto`` takes ``ensrm tune``'s choice for this machine, else fp32.
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
 #: OpenVINO's performance hint: one stream for a caller at a time, or several for concurrent callers.
 HINTS = ("latency", "throughput")
 

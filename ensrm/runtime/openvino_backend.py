@@ -31,15 +31,17 @@ import numpy as np
 from ensrm._optional import require
 from ensrm.bundle import variant_file
 from ensrm.errors import BundleError
-from ensrm.spec import OUTPUT_NAMES, EnsembleSpec
+from ensrm.spec import MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
 
 if TYPE_CHECKING:
     from ensrm.runtime.config import ScorerConfig
 
 #: The extra that installs this backend's runtime.
 EXTRA = "openvino"
-#: OpenVINO's INFERENCE_PRECISION_HINT for each precision this backend runs (int8 files carry their own).
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: OpenVINO's INFERENCE_PRECISION_HINT for each precision this backend runs (int8 / int4 files carry their own).
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int4": "f32"}
+#: Compile properties a variant's method may record (``compile``); nothing else a manifest says reaches the compiler.
+VARIANT_PROPERTIES = ("DYNAMIC_QUANTIZATION_GROUP_SIZE",)
 #: ScorerConfig.hint -> OpenVINO's PERFORMANCE_HINT.
 PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
@@ -116,11 +118,13 @@ def cache_dir() -> Path | None:
 
 
 def compile_options(threads: int | None = None, precision: str = "fp32", hint: str = "latency",
-                    cache: bool = True) -> dict:
-    """The CPU plugin's properties for ensrm's settings.
+                    cache: bool = True, properties: dict | None = None) -> dict:
+    """The CPU plugin's properties for ensrm's settings, and a variant's own ``properties``.
 
     >>> compile_options(2, "bf16", cache=False)
     {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'bf16', 'INFERENCE_NUM_THREADS': 2}
+    >>> compile_options(precision="int4", cache=False, properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
+    {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32', 'DYNAMIC_QUANTIZATION_GROUP_SIZE': 0}
     """
     if hint not in PERFORMANCE_HINTS:
         raise ValueError(f"hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {hint!r}")
@@ -129,6 +133,7 @@ def compile_options(threads: int | None = None, precision: str = "fp32", hint: s
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         options["INFERENCE_NUM_THREADS"] = int(threads)
+    options.update(properties or {})
     directory = cache_dir() if cache else None
     if directory is not None:
         options["CACHE_DIR"] = str(directory)
@@ -139,16 +144,18 @@ class OpenVINOBackend:
     """Runs a bundle graph compiled by OpenVINO for the CPU, feeding only the graph's declared inputs.
 
     ``precision`` picks the inference precision hint (``fp32`` → f32, ``bf16`` → bf16; an INT8
-    file carries its own quantization). ``hint`` is ``"latency"`` (one stream: small batches,
+    or INT4 file carries its own quantization). ``hint`` is ``"latency"`` (one stream: small batches,
     one caller) or ``"throughput"`` (several streams: a server with concurrent callers).
+    ``properties`` are the variant's own compile properties (its method's ``compile``, e.g.
+    ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` for compressed weights), applied as the gate applied them.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str = "fp32",
-                 hint: str = "latency", cache: bool = True):
+                 hint: str = "latency", cache: bool = True, properties: dict | None = None):
         openvino()
         self.model_path = Path(path)
         self.precision = precision
-        options = compile_options(threads, precision, hint, cache)
+        options = compile_options(threads, precision, hint, cache, properties)
         try:
             # compiling from the path lets a cache hit skip reading the model at all
             self.compiled = core().compile_model(str(self.model_path), "CPU", options)
@@ -161,11 +168,12 @@ class OpenVINOBackend:
 
     @classmethod
     def from_model(cls, model, threads: int | None = None, precision: str = "fp32",
-                   hint: str = "latency") -> OpenVINOBackend:
+                   hint: str = "latency", properties: dict | None = None) -> OpenVINOBackend:
         """A backend on an in-memory ``openvino.Model`` (e.g. one being quantized); nothing is cached."""
         backend = cls.__new__(cls)
         backend.model_path, backend.precision = Path(f"<{model.get_friendly_name()}>"), precision
-        backend.compiled = core().compile_model(model, "CPU", compile_options(threads, precision, hint, cache=False))
+        backend.compiled = core().compile_model(model, "CPU", compile_options(threads, precision, hint, cache=False,
+                                                                              properties=properties))
         backend._setup(hint)
         return backend
 
@@ -208,17 +216,39 @@ def _short(precision) -> str:
 
 
 def load_backend(config: ScorerConfig, spec: EnsembleSpec, precision: str) -> OpenVINOBackend:
-    """OpenVINO on the bundle's ``precision`` file (bf16: ``model.onnx`` with the bf16 hint).
+    """OpenVINO on the bundle's ``precision`` file (bf16: ``model.onnx`` with the bf16 hint), compiled
+    with the compile properties the variant was judged with (its method's ``compile``).
 
     A graph OpenVINO cannot compile raises :class:`CompileError` naming the file and OpenVINO's
     message; on a CPU without bf16 instructions a bf16 scorer warns once (:class:`BF16Warning`).
     """
     openvino()  # MissingDependencyError naming ensrm[openvino] before anything else
     path = variant_file(config.bundle_dir, spec, precision)
-    backend = OpenVINOBackend(path, config.threads, precision, config.hint)
+    backend = OpenVINOBackend(path, config.threads, precision, config.hint,
+                              properties=variant_properties(spec, precision))
     if precision == "bf16" and not cpu_has_bf16():
         warnings.warn(bf16_note(backend.inference_precision), BF16Warning, stacklevel=4)
     return backend
+
+
+def variant_properties(spec: EnsembleSpec, precision: str) -> dict:
+    """The compile properties the ``precision`` variant was judged with: its method's ``compile``.
+
+    >>> from ensrm.spec import Variant
+    >>> spec = EnsembleSpec(2, "decoder", "llama", "last", ("input_ids", "attention_mask"), 16, 100, 0,
+    ...     variants={"int4": Variant("int4", "model.int4.xml", True,
+    ...                               method={"compile": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}})})
+    >>> variant_properties(spec, "int4")
+    {'DYNAMIC_QUANTIZATION_GROUP_SIZE': 32}
+    """
+    variant = spec.variants.get(precision)
+    recorded = ((variant.method if variant else None) or {}).get("compile") or {}
+    for key, value in recorded.items() if isinstance(recorded, dict) else [("compile", recorded)]:
+        if key not in VARIANT_PROPERTIES or isinstance(value, bool) or not isinstance(value, int):
+            raise BundleError(f"the {precision} variant's method records the compile property {key}={value!r}; "
+                              f"a variant may set only integer {', '.join(VARIANT_PROPERTIES)} (manifest damaged?)",
+                              file=MANIFEST_NAME)
+    return dict(recorded)
 
 
 def bf16_note(computed: str) -> str:

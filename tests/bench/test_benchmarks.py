@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.__main__ import run
 from benchmarks.trunk import TrunkConfig, linear_fit, trunk_member_layers
+from ensrm.runtime.openvino_backend import installed as openvino_installed
 from tests.bench.test_bench import TINY
 
 
@@ -27,20 +28,27 @@ def test_bench_runs_end_to_end_on_a_tiny_model(checkpoints, bundles, tmp_path):
     assert set(results) >= {"compare", "grid", "ceiling", "overhead", "texts", "startup", "bundle_size_mb"}
     assert report["model"]["last_layer_pooled_token_only"]  # a BERT bundle: first-token pooling, narrowed
     compare = results["compare"]
+    with_openvino = openvino_installed()  # make test installs it: the OpenVINO rows then run beside the others
+    peers = ("plain/k2@openvino", "bundle/fp32@onnxruntime") if with_openvino else ()
     for name in ("bundle/fp32", "torch/eager", "plain/k2", "multihead/k1", "multihead/k2", "full_sessions/k1",
-                 "full_sessions/k2", "full_graph/k2"):
+                 "full_sessions/k2", "full_graph/k2", *peers):
         assert "error" not in compare[name], compare[name]
         assert compare[name]["seq_per_s"] > 0 and compare[name]["rss_peak_mb"] > 0
+    assert compare["bundle/fp32"]["runtime"].startswith("OpenVINO" if with_openvino else "onnxruntime")
+    assert compare["plain/k2"]["runtime"].startswith("onnxruntime")
     sweep = results["heads_sweep"]
     assert sweep["heads"] == [1, 2] and sweep["paired_ratio"][0] == 1.0 and sweep["paired_ratio"][1] > 0
     assert "K sweep in one process" in paths["markdown"].read_text()
     assert {(r["batch"], r["length"]) for r in results["grid"]["bundle/fp32"]["shapes"]} == \
         {(1, 8), (2, 8), (1, 16), (2, 16)}
-    assert all(results["ceiling"][p]["gflops"] > 0 for p in ("fp32", "int8", "torch_fp32"))
+    gemms = ("fp32", "int8", "torch_fp32") + (("openvino_fp32",) if with_openvino else ())
+    assert all(results["ceiling"][p]["gflops"] > 0 for p in gemms)
     assert "torch_fp32 32x16x32" in paths["markdown"].read_text()
     assert set(results["texts"]["cases"]) == {"score_texts", "pretokenised_grouped", "pretokenised_arrival"}
     targets = {t["target"] for t in report["targets"]}
-    assert any("vs PyTorch eager" in t for t in targets) and any("ceiling" in t for t in targets)
+    assert any("vs PyTorch eager" in t for t in targets) and any("fastest GEMM" in t for t in targets)
+    peer = next(t for t in report["targets"] if "plain logits export on OpenVINO" in t["target"])
+    assert (peer["value"] is not None) == with_openvino
     int8 = next(t for t in report["targets"] if t["target"].startswith("int8"))
     assert int8["passed"] is None and int8["value"] is None  # the tiny bundle has no int8 variant
     table = paths["markdown"].read_text()

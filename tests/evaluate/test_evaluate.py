@@ -170,6 +170,34 @@ def test_an_untokenizable_text_is_reported_by_its_line(write_jsonl, eval_bundle)
         evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), read_pairs(path), resamples=0)
 
 
+def test_a_checkpoint_scoring_error_is_reported_by_its_line(write_jsonl, eval_bundle, monkeypatch):
+    """The torch run scores the 2n chosen+rejected texts in order: an error about text j names its record's line."""
+    import ensrm.evaluate.checkpoint
+
+    def fail(sources, scorer, prompts, responses, **options):
+        assert len(responses) == 6
+        raise InputError("responses[4] has a lone surrogate", field="responses[4]")  # the rejected of pair 1
+
+    monkeypatch.setattr(ensrm.evaluate.checkpoint, "score_checkpoint", fail)
+    good = {"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"}
+    path = write_jsonl([good, "", dict(good, rejected="No"), good])
+    with pytest.raises(InputFileError) as info:
+        evaluate_pairs(ScorerConfig(eval_bundle, **RUNTIME), path, resamples=0, checkpoint=["source"])
+    assert info.value.line == 3
+    assert info.value.problem == "rejected: the (prompt, rejected) pair has a lone surrogate"
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"resamples": -1}, "`resamples` must be >= 0"),
+    ({"keep": 0.5, "target_accuracy": 0.9}, "exactly one of `target_accuracy` and `keep`"),
+    ({"keep": 1.5}, r"`keep` must be in \(0, 1\]"),
+    ({"keep": 0.5, "min_score": float("nan")}, "`min_score` must be a finite number"),
+])
+def test_bad_options_are_refused_before_any_scoring(synthetic_pairs, tmp_path, options, problem):
+    with pytest.raises(ValueError, match=problem):  # the bundle is never opened
+        evaluate_pairs(ScorerConfig(tmp_path / "no-bundle"), synthetic_pairs, **options)
+
+
 def test_an_empty_file_is_refused(write_jsonl, eval_bundle):
     with pytest.raises(InputFileError, match="no preference records"):
         read_pairs(write_jsonl(["", "  "]))

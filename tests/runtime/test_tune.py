@@ -183,3 +183,57 @@ def test_openvino_int8_is_a_listed_gated_ir(bundles, tmp_path):
     (bundle / "model.int8.bin").write_bytes(bytes(raw))
     with pytest.raises(BundleError, match="model.int8.bin does not match its sha256"):
         ensrm.Scorer(bundle, precision="int8")
+
+
+@pytest.fixture(scope="module")
+def int4_bundle(bundles, tmp_path_factory):
+    """The tiny llama bundle with an accepted INT4-weight variant (an OpenVINO IR)."""
+    pytest.importorskip("nncf")
+    from ensrm.calibration.gate import gates_with
+    from ensrm.calibration.variants import add_variants
+    from ensrm.data.synthetic import generate_references
+    from ensrm.jsonl import write_records
+
+    tmp = tmp_path_factory.mktemp("int4")
+    write_records(tmp / "eval.jsonl", generate_references(24, seed=3))
+    bundle = tmp / "b"
+    shutil.copytree(bundles("llama"), bundle)
+    add_variants(bundle, "int4", eval_on=tmp / "eval.jsonl", threads=1, progress=None,
+                 gates=gates_with(min_spearman=-1.0, min_top1=0.0))
+    return bundle, tmp / "eval.jsonl"
+
+
+def test_tune_times_an_accepted_int4_on_openvino_only_and_can_choose_it(int4_bundle, tmp_path):
+    from ensrm.runtime.backend import resolve_backend
+    from ensrm.runtime.config import ScorerConfig
+
+    bundle = tmp_path / "b"
+    shutil.copytree(int4_bundle[0], bundle)
+    spec = load_spec(bundle)
+    assert resolve_backend(ScorerConfig(bundle), spec, "int4") == "openvino"
+    record = tune_bundle(bundle, threads=1, batches=(2,), seq=8, repeats=1, budget_s=0.1)
+    timed = {(r["backend"], r["precision"]) for r in record["results"]}
+    assert ("openvino", "int4") in timed and ("onnxruntime", "int4") not in timed
+    # int4 made the fastest here: precision="auto" runs it, on OpenVINO
+    for row in record["results"]:
+        row["seconds"] = 1e-9 if row["precision"] == "int4" else 1.0
+    (bundle / TUNE_FILE).write_text(json.dumps(record), encoding="utf-8")
+    scorer = ensrm.Scorer(bundle, precision="auto", batch_size=2, threads=1)
+    assert scorer.precision == "int4" and scorer.description.startswith("OpenVINO")
+
+
+def test_tune_never_times_or_chooses_a_rejected_int4(int4_bundle, tmp_path):
+    from ensrm.calibration.gate import Gate
+    from ensrm.calibration.variants import add_variants
+
+    bundle = tmp_path / "b"
+    shutil.copytree(int4_bundle[0], bundle)
+    spec = add_variants(bundle, "int4", eval_on=int4_bundle[1], threads=1, progress=None,
+                        gates={"int4": Gate(min_spearman=1.01)})  # no scores reach it
+    assert not spec.variants["int4"].accepted and not (bundle / "model.int4.xml").exists()
+    record = tune_bundle(bundle, threads=1, batches=(2,), seq=8, repeats=1, budget_s=0.1)
+    assert all(r["precision"] != "int4" for r in record["results"])
+    record["results"].append({"backend": "openvino", "precision": "int4", "batch": 2, "seconds": 1e-9})
+    (bundle / TUNE_FILE).write_text(json.dumps(record), encoding="utf-8")
+    choice = tuned_choice(bundle, load_spec(bundle), 2)
+    assert choice is not None and choice.precision == "fp32"
