@@ -100,11 +100,13 @@ def trace_and_verify(build: BundleBuilder, source: LoadedSource, spec: EnsembleS
     """Trace ``source`` into the new bundle as ``spec`` describes it (:func:`spec_for`), check it
     against torch (in the source's dtype), save its tokenizer; set the builder's spec.
 
-    The steps take turns in memory, so the export's peak stays near one copy of the weights plus
-    one run's activations: the trace (torch's weights and the exporter's), torch scoring the
-    verification inputs, then the torch weights are released (``source.module`` cannot run
-    afterwards, :func:`~ensrm.export.verify.release_weights`) before onnxruntime loads the graph
-    and scores the same inputs (:func:`~ensrm.export.verify.verification_session`).
+    The steps take turns in memory: the trace, torch scoring the verification inputs, then the
+    torch module's weights are released (``source.module`` cannot run afterwards,
+    :func:`~ensrm.export.verify.release_weights`) before onnxruntime loads the graph and scores the
+    same inputs in a lean session (:func:`~ensrm.export.verify.verification_session`). After a
+    dynamo trace the exporter keeps views of the weights alive (measured: the release frees little),
+    so the onnxruntime check still runs beside torch's copy; the estimate
+    (:data:`~ensrm.export.memory.PEAK_FACTOR`) counts both.
 
     Raises :class:`ExportError` (and nothing is written) when a head differs by more than ``tolerance``
     (``None``: the dtype's default, relative to the largest head, :data:`~ensrm.export.dtypes.RELATIVE_TOLERANCE`).

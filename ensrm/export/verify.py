@@ -114,7 +114,8 @@ def score_with_torch(module, tokenizer, spec: EnsembleSpec, budget: int | None =
 def release_weights(module) -> None:
     """Free the weights of a torch ``module`` that is not run again: its parameters and buffers move
     to the meta device (shapes only), whoever still refers to the module, and the freed heap goes
-    back to the system, so that the onnxruntime check never holds torch's copy beside its own."""
+    back to the system. Storage that something else still references stays (after a dynamo trace,
+    the exporter's views of the weights: measured on the Qwen2-0.5B shape, 0.16 of 1.84 GiB freed)."""
     module.to("meta")
     release_memory()
 
