@@ -194,11 +194,11 @@ def run_load(server: Server, *args, **kwargs) -> dict:
 class InProcess:
     """``Scorer.score_texts`` in this process, the baseline each server figure is compared with."""
 
-    def __init__(self, bundle: Path, threads: int | None):
+    def __init__(self, bundle: Path, threads: int | None, backend: str = "auto"):
         import ensrm
 
         # The server's own scorer settings (no spinning), so the comparison isolates the server.
-        self.scorer = ensrm.Scorer(bundle, threads=threads, spinning=False)
+        self.scorer = ensrm.Scorer(bundle, threads=threads, spinning=False, backend=backend)
         self.scorer.score_texts(["warm"] * 32, ["up"] * 32)
 
     def reference(self, pairs) -> np.ndarray:
@@ -353,7 +353,7 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     d, b1, t = report["paired"], report["paired_max_batch_1"], report["targets"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores; load average at the start {m['load_before']}. "
-             f"Bundle {report['bundle']}, {report['pool_pairs']} distinct pairs, server "
+             f"Bundle {report['bundle']} on {report.get('backend')}, {report['pool_pairs']} distinct pairs, server "
              f"--max-batch {report['settings']['max_batch']} --max-wait-ms {report['settings']['max_wait_ms']}.", "",
              "| clients | pairs/request | pairs/s | p50 ms | p95 ms | p99 ms | mean gathered batch | errors |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -437,7 +437,8 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="Requests per load level at most.")
     parser.add_argument("--seconds", type=float, default=20.0, help="Seconds per load level at most.")
     parser.add_argument("--pool", type=int, default=256, help="Distinct (prompt, response) pairs.")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads, server and in-process alike.")
+    parser.add_argument("--threads", type=int, help="Runtime threads, server and in-process alike.")
+    parser.add_argument("--backend", default="auto", help="Runtime, server and in-process alike.")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3, help="Alternated in-process / server rounds.")
@@ -457,11 +458,11 @@ def main(argv=None) -> int:
     machine = {**machine_info(), "load_before": [round(x, 2) for x in os.getloadavg()]}
     threads = ["--threads", str(args.threads)] if args.threads else []
     print(f"in-process reference scores of {len(pairs)} pairs ...", flush=True)
-    local = InProcess(bundle, args.threads)
+    local = InProcess(bundle, args.threads, args.backend)
     reference = local.reference(pairs)
     clients = [int(x) for x in args.clients.split(",")]
     sizes = [int(x) for x in args.pairs.split(",")]
-    common = ["--max-queue", "4096", *threads]
+    common = ["--max-queue", "4096", "--backend", args.backend, *threads]
 
     server = Server(bundle, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), *common,
                     log=args.output / "server.log")
@@ -510,6 +511,7 @@ def main(argv=None) -> int:
     stages = profile_stages(local, pairs)
     print(json.dumps({"stages": stages}), flush=True)
     report = {"bundle": str(bundle), "machine": machine, "stages": stages, "threads": args.threads,
+              "backend": local.scorer.description,
               "pool_pairs": len(pairs),
               "settings": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "requests": args.requests,
                            "seconds": args.seconds, "rounds": args.rounds},
