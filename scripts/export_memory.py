@@ -3,11 +3,13 @@
 Builds a random-weight decoder reward model of a real shape (tests/models.py: Qwen2-0.5B or
 Llama-3.2-1B, optionally with fewer layers) saved in bf16 as sharded safetensors, exports it once
 per dtype in a child process, samples the child's RSS every 0.1 s and attributes each sample to
-the export step running at the time (the progress lines). Prints one JSON line per export.
+the export step running at the time (the progress lines, echoed to stderr as they come with the peak
+since the line before). The overall peak is the kernel's (``ru_maxrss`` of the child, from
+``os.wait4``). Prints one JSON line per export. The checkpoint is built in a child too.
 
     python scripts/export_memory.py --shape qwen2-0.5b --layers 2 --dtype bf16,fp32 --max-length 512
 
-Run it alone on a shared machine: the full 0.5B shape in fp32 takes several GB.
+Run it alone on a shared machine: the full 0.5B shape in fp32 peaks at about 4 GiB.
 """
 
 from __future__ import annotations
@@ -44,18 +46,29 @@ def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict
     if max_length:
         cmd += ["--max-length", str(max_length)]
     start = time.perf_counter()
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": path})
     samples: list[tuple[float, int]] = []
     steps: list[tuple[float, str]] = []
 
-    def read_steps():
+    def read_steps():  # each progress line as it comes, with the peak RSS since the one before
         for line in proc.stderr:
-            steps.append((time.perf_counter() - start, line.strip()))
+            at = time.perf_counter() - start
+            if line.startswith("["):
+                last = max((t for t, text in steps if text.startswith("[")), default=0.0)
+                since = max((r for t, r in samples if t > last), default=0)
+                print(f"  {at:7.1f}s  peak {since / 2 ** 30:5.2f} GiB before: {line.strip()[:110]}",
+                      file=sys.stderr, flush=True)
+            steps.append((at, line.strip()))
 
     reader = threading.Thread(target=read_steps, daemon=True)
     reader.start()
-    while proc.poll() is None:
+    while True:  # wait4, not poll: the kernel's own peak of this child (ru_maxrss), which sampling can miss
+        done, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if done:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            break
         samples.append((time.perf_counter() - start, rss_bytes(proc.pid)))
         time.sleep(0.1)
     reader.join()
@@ -65,14 +78,15 @@ def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict
         label = label.split("] ", 1)[-1].split(":")[0].split(" (")[0][:40]
         peaks[label] = max(peaks.get(label, 0), rss)
     return {"returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
-            "peak_rss_bytes": max((r for _, r in samples), default=0), "peak_by_step": peaks,
+            "peak_rss_bytes": max(usage.ru_maxrss * 1024, max((r for _, r in samples), default=0)),
+            "peak_by_step": peaks,
             "last_lines": [line for _, line in steps[-3:]]}
 
 
 def main() -> None:
     from ensrm.export.dtypes import ITEMSIZE
     from ensrm.export.memory import checkpoint_parameters
-    from tests.models import REAL_SHAPES, build_real_shape
+    from tests.models import REAL_SHAPES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(REAL_SHAPES), default="qwen2-0.5b")
@@ -83,8 +97,11 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ensrm-export-memory-"))
     source = work / f"{args.shape}-l{args.layers or 'full'}"
-    if not (source / "config.json").is_file():
-        build_real_shape(args.shape, source, layers=args.layers)
+    if not (source / "config.json").is_file():  # in a child, so this process holds no torch model
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from tests.models import "
+                        "build_real_shape as b; b(sys.argv[1], Path(sys.argv[2]), "
+                        "layers=int(sys.argv[3]) if sys.argv[3] else None)",
+                        args.shape, str(source), str(args.layers or "")], check=True, cwd=ROOT)
     params = checkpoint_parameters(source)
     for dtype in args.dtype.split(","):
         result = measure(source, work / f"bundle-{dtype}", dtype, args.max_length)

@@ -32,14 +32,16 @@ LIMIT_ENV = "ENSRM_MEMORY_LIMIT"
 #: Verification never runs a sequence longer than this, whatever memory allows: its cost grows with
 #: the square of the length, and the graph's shapes are dynamic (a longer input runs the same graph).
 MAX_VERIFY_LENGTH = 2048
-#: The export's peak is about this many times the weights in the export's dtype: torch's copy, the
-#: exporter's, the written file read back by the verifying onnxruntime session and its pre-packed
-#: weights (measured on a reduced Qwen2-0.5B, docs/guides/decoders.md); an fp32 graph of bf16/fp16
-#: weights (bf16 upcasts in the session) counts the session's fp32 copy.
-PEAK_FACTOR = 4.0
-#: With the fused CPU graph step (fp32 graphs up to 2 GiB), whose optimizer and two comparison sessions
-#: peak at 5.2 GiB for 0.62 GiB of fp32 weights plus the budget (measured, docs/guides/decoders.md).
-FUSED_PEAK_FACTOR = 6.0
+#: The export's peak is at most about this many times the weights in the export's dtype, plus the
+#: activation budget (measured on the full Qwen2-0.5B shape at 512 tokens, docs/guides/decoders.md:
+#: bf16 3.5x, fp32 2.5x): the Python process with torch and onnx (about 0.45 GiB), torch's weights,
+#: which stay referenced by the exporter after the trace, and the verifying onnxruntime session's.
+PEAK_FACTOR = 3.5
+#: With the fused CPU graph step (fp32 graphs up to :data:`ensrm.export.fused.MAX_BYTES`), whose
+#: optimizer holds several copies of the model (13.5 GiB for 1.84 GiB of fp32 weights).
+FUSED_PEAK_FACTOR = 7.5
+#: The verification's activation budget is at most this share of the weights' bytes (:func:`activation_budget`).
+ACTIVATION_SHARE = 1.0
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -161,12 +163,28 @@ def activation_bytes(shape: Shape, batch: int, seq: int) -> int:
     return attention + mask + rows
 
 
-def activation_budget(available: int | None = None) -> int:
-    """Bytes one verification or stress run may take: a quarter of what is available, 256 MiB to 2 GiB."""
+def activation_budget(available: int | None = None, weights: int | None = None) -> int:
+    """Bytes one verification or stress run may take: a quarter of what is available, 256 MiB to 2 GiB,
+    and, given the ``weights`` bytes of the model run, at most :data:`ACTIVATION_SHARE` of them (never
+    below 256 MiB), so that a model's activations never outweigh its weights in the export's peak.
+
+    >>> activation_budget(available=2 ** 34) // 2 ** 20, activation_budget(2 ** 34, weights=2 ** 29) // 2 ** 20
+    (2048, 512)
+    """
     available = available_bytes() if available is None else available
-    if available is None:
-        return 2 ** 30
-    return int(min(2 * 2 ** 30, max(2 ** 28, available // 4)))
+    budget = 2 ** 30 if available is None else int(min(2 * 2 ** 30, max(2 ** 28, available // 4)))
+    if weights is not None:
+        budget = min(budget, max(2 ** 28, int(ACTIVATION_SHARE * weights)))
+    return budget
+
+
+def weight_bytes_of(module) -> int:
+    """Bytes of the parameters and buffers of a torch ``module``, each storage counted once (tied weights)."""
+    seen: dict[int, int] = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
 
 
 def fitting_length(shape: Shape, max_length: int, budget: int) -> int:
@@ -189,21 +207,23 @@ def rows_per_run(shape: Shape, seq: int, budget: int) -> int:
 def check_export_memory(paths, dtype: str, *, cpu_graph: bool = False, available: int | None = None) -> dict:
     """Refuse an export whose estimated peak exceeds the memory available; return the estimate.
 
-    The estimate is :data:`PEAK_FACTOR` (:data:`FUSED_PEAK_FACTOR` when an fp32 graph of at most
-    2 GiB also gets its fused CPU form, ``cpu_graph``) times the weights in ``dtype`` plus the
-    activation budget.
+    The estimate is :data:`PEAK_FACTOR` (:data:`FUSED_PEAK_FACTOR` when an fp32 graph small enough
+    also gets its fused CPU form, ``cpu_graph``) times the weights in ``dtype`` plus the activation
+    budget (:func:`activation_budget` of those weights).
     (Not run by the doctests: it needs a checkpoint on disk.)
 
     >>> check_export_memory(["checkpoints/qwen2-rm"], "bf16", available=2 ** 30)   # doctest: +SKIP
     Traceback (most recent call last):
-    ensrm.errors.ExportError: the export of checkpoints/qwen2-rm in bf16 needs about 3.93 GiB ...
+    ensrm.errors.ExportError: the export of checkpoints/qwen2-rm in bf16 needs about 4.14 GiB ...
     """
     from ensrm.export.dtypes import ITEMSIZE
 
     available = available_bytes() if available is None else available
     weights = weight_bytes(paths, ITEMSIZE[dtype])
-    budget = activation_budget(available)
-    factor = FUSED_PEAK_FACTOR if cpu_graph and dtype == "fp32" and weights <= 2 ** 31 else PEAK_FACTOR
+    from ensrm.export.fused import MAX_BYTES
+
+    budget = activation_budget(available, weights=weights)
+    factor = FUSED_PEAK_FACTOR if cpu_graph and dtype == "fp32" and weights <= MAX_BYTES else PEAK_FACTOR
     needed = int(factor * weights) + budget
     estimate = {"weights_bytes": weights, "estimated_peak_bytes": needed, "available_bytes": available}
     if available is not None and needed > available:

@@ -100,17 +100,36 @@ def trace_and_verify(build: BundleBuilder, source: LoadedSource, spec: EnsembleS
     """Trace ``source`` into the new bundle as ``spec`` describes it (:func:`spec_for`), check it
     against torch (in the source's dtype), save its tokenizer; set the builder's spec.
 
+    The steps take turns in memory: the trace, torch scoring the verification inputs, then the
+    torch module's weights are released (``source.module`` cannot run afterwards,
+    :func:`~ensrm.export.verify.release_weights`) before onnxruntime loads the graph and scores the
+    same inputs in a lean session (:func:`~ensrm.export.verify.verification_session`). After a
+    dynamo trace the exporter keeps views of the weights alive (measured: the release frees little),
+    so the onnxruntime check still runs beside torch's copy; the estimate
+    (:data:`~ensrm.export.memory.PEAK_FACTOR`) counts both.
+
     Raises :class:`ExportError` (and nothing is written) when a head differs by more than ``tolerance``
     (``None``: the dtype's default, relative to the largest head, :data:`~ensrm.export.dtypes.RELATIVE_TOLERANCE`).
     """
-    from ensrm.export.verify import verify_against_torch
-    from ensrm.runtime.onnxruntime_backend import create_session
+    from ensrm.export.memory import activation_budget, weight_bytes_of
+    from ensrm.export.verify import (
+        release_memory,
+        release_weights,
+        score_with_torch,
+        verification_session,
+        verify_graph,
+    )
 
     model_path = build.path(MODEL_FILES["fp32"])
     trace_to_onnx(source.module, spec, model_path)
+    release_memory()  # the exporter's copies
     build.step("traced the ensemble graph")
-    session = create_session(model_path, threads=build.threads)
-    report = verify_against_torch(session, source.module, source.tokenizer, spec, tolerance)
+    reference = score_with_torch(source.module, source.tokenizer, spec,
+                                 activation_budget(weights=weight_bytes_of(source.module)))
+    release_weights(source.module)
+    session = verification_session(model_path, threads=build.threads)
+    report = verify_graph(session, reference, spec, tolerance)
+    del session
     build.step(f"verified against torch ({spec.dtype}): max |diff| {report['max_abs_diff_heads']:.2e} "
                f"on {report['sequences']} sequences, padding {'+'.join(report['padding_sides'])}")
     if not report["passed"]:
@@ -119,6 +138,5 @@ def trace_and_verify(build: BundleBuilder, source: LoadedSource, spec: EnsembleS
             f"(aggregates {report['max_abs_diff_aggregates']:.3g}), above the tolerance {report['tolerance']:g}; "
             "no bundle was written"
         )
-    del session
     source.tokenizer.save_pretrained(build.staging)
     build.spec = spec.with_variants(Variant("fp32", MODEL_FILES["fp32"], accepted=True, checks=report))

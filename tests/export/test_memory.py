@@ -50,6 +50,29 @@ def test_limit_env_caps_what_is_available(monkeypatch):
     assert memory.activation_budget() == 2 ** 28  # never below 256 MiB
 
 
+def test_the_activation_budget_follows_the_weights():
+    assert memory.activation_budget(available=2 ** 36) == 2 * 2 ** 30  # the ceiling
+    assert memory.activation_budget(available=2 ** 36, weights=2 ** 29) == int(memory.ACTIVATION_SHARE * 2 ** 29)
+    assert memory.activation_budget(available=2 ** 36, weights=2 ** 20) == 2 ** 28  # never below 256 MiB
+    assert memory.activation_budget(available=2 ** 30, weights=2 ** 34) == 2 ** 28  # a quarter of what is free
+
+
+def test_torch_scores_then_its_weights_are_released(checkpoints):
+    """The verification scores torch first and frees its weights before onnxruntime loads the graph."""
+    from ensrm.export.sources import load_source
+    from ensrm.export.trace import padding_side_for, spec_for
+    from ensrm.export.verify import release_weights, score_with_torch
+
+    source = load_source([checkpoints("llama")])
+    spec = spec_for(source, uwo_lambda=0.5, padding_side=padding_side_for(source, None))
+    params = sum(p.numel() for p in source.module.parameters())  # a tied weight is listed once
+    assert 4 * params <= memory.weight_bytes_of(source.module) < 4 * params + 1024  # fp32, and small buffers
+    reference = score_with_torch(source.module, source.tokenizer, spec, budget=2 ** 28)
+    assert reference.heads.shape == (len(reference.items), 4) and np.isfinite(reference.heads).all()
+    release_weights(source.module)
+    assert all(t.is_meta for t in [*source.module.parameters(), *source.module.buffers()])
+
+
 def test_sharded_checkpoint_parameters_are_counted(long_decoders):
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -69,7 +92,7 @@ def test_export_refuses_up_front_when_memory_is_short(long_decoders, tmp_path, m
     from ensrm.export.exporter import export_bundle
 
     monkeypatch.setenv(memory.LIMIT_ENV, "1M")
-    with pytest.raises(ExportError, match=r"in bf16 needs about \d+\.\d+ GiB \(4 x 0\.00 GiB of weights \+ "
+    with pytest.raises(ExportError, match=r"in bf16 needs about \d+\.\d+ GiB \(3\.5 x 0\.00 GiB of weights \+ "
                                           r"0\.25 GiB for activations\), but only 0\.00 GiB is available "
                                           r"\(ENSRM_MEMORY_LIMIT\)"):
         export_bundle([long_decoders("qwen2")], tmp_path / "rm", dtype="bf16", progress=None)

@@ -5,7 +5,10 @@ saved in bf16 as sharded safetensors, with a BPE tokenizer trained here; nothing
 from __future__ import annotations
 
 import json
-import resource
+import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -42,27 +45,56 @@ def test_reduced_qwen2_exports_in_bf16_from_shards(qwen2_reduced, tmp_path):
     assert scores.heads.shape == (2, 4) and np.isfinite(scores.heads).all()
 
 
+@pytest.fixture(scope="module")
+def real_checkpoints(tmp_path_factory):
+    """``real_checkpoints(shape)``: the full-depth checkpoint of a real shape, built once per module."""
+    from tests.models import build_real_shape
+
+    cache = {}
+
+    def get(shape: str):
+        if shape not in cache:
+            cache[shape] = build_real_shape(shape, tmp_path_factory.mktemp(shape))
+        return cache[shape]
+
+    return get
+
+
+def peak_rss_of(cmd: list[str]) -> tuple[int, int, str]:
+    """Run ``cmd`` in a child; (its exit status, its peak RSS in bytes as the kernel counted it, its stderr)."""
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the test process's
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, usage.ru_maxrss * 1024, err.read()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", ["qwen2-0.5b", "llama-3.2-1b"])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_full_shape_exports_verifies_and_scores(tmp_path, shape, dtype):
-    """The real shapes at full depth; the export is refused cleanly (and the test skipped) where this
-    machine's memory cannot hold it. Prints the peak RSS against the weights' bytes."""
+def test_full_shape_exports_verifies_and_scores_within_its_memory_bound(real_checkpoints, tmp_path, shape, dtype):
+    """The real shapes at full depth, exported by ``ens-export`` in a child process whose peak RSS must
+    stay within the export's own up-front estimate; the export is refused cleanly (and the test
+    skipped) where this machine's memory cannot hold it. Prints the peak against the weights' bytes."""
     from ensrm.errors import ExportError
     from ensrm.export.dtypes import ITEMSIZE
-    from ensrm.export.exporter import export_bundle
-    from tests.models import build_real_shape
 
-    source = build_real_shape(shape, tmp_path / "ckpt")
+    source = real_checkpoints(shape)
     try:
-        estimate = memory.check_export_memory([source], dtype)
+        estimate = memory.check_export_memory([source], dtype, cpu_graph=dtype == "fp32")
     except ExportError as exc:
         pytest.skip(str(exc))
-    spec = export_bundle([source], tmp_path / "rm", dtype=dtype, max_length=512)
-    assert spec.variants["fp32"].checks["passed"] and load_spec(tmp_path / "rm").dtype == dtype
+    code, peak, err = peak_rss_of([sys.executable, "-m", "ensrm.cli", "export", str(source), "-o",
+                                   str(tmp_path / "rm"), "--dtype", dtype, "--max-length", "512"])
+    assert code == 0, err[-3000:]
+    spec = load_spec(tmp_path / "rm")
+    assert spec.variants["fp32"].checks["passed"] and spec.dtype == dtype
+    assert spec.variants["fp32"].checks["lengths"][1] == 512
     scores = ensrm.Scorer(tmp_path / "rm", verify="size").score_texts(*PAIRS)
-    assert np.isfinite(scores.heads).all()
+    assert scores.heads.shape == (2, 4) and np.isfinite(scores.heads).all()
     weights = memory.checkpoint_parameters(source) * ITEMSIZE[dtype]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("real-shape:", json.dumps({"shape": shape, "dtype": dtype, "weights_bytes": weights, "peak_rss_bytes": peak,
                                      "peak_over_weights": round(peak / weights, 2), **estimate}))
+    # the up-front estimate (ensrm.export.memory) must cover what the export really took
+    assert peak <= estimate["estimated_peak_bytes"], f"peak RSS {memory.gib(peak)} for {memory.gib(weights)} of weights"
