@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ensrm
+from benchmarks.targets import or_na
 from ensrm.bench import Bench, BenchConfig, dir_size_mb, interleave, onnx_size_mb, pooled_shape, run_job
 from ensrm.errors import EnsrmError
 
@@ -455,19 +456,16 @@ def decoder_markdown(decoder: dict | None) -> list[str]:
              "| runtime / precision | graph | batch x tokens | p50 (ms) | tokens/s | x eager fp32 | x eager bf16 "
              "| model memory (MiB) | peak RSS (MiB) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
 
-    def num(value, spec):
-        return "n/a" if value is None else format(value, spec)
-
     for row in decoder["rows"]:
         if "error" in row:
             lines.append(f"| {row['name']} | {row.get('graph', '')} | error: {row['error']} | | | | | | |")
             continue
         for s in row["shapes"]:
             lines.append(f"| {row['name']} | {row.get('graph', '')} | {s['batch']} x {s['length']} | "
-                         f"{s['p50_s'] * 1e3:.1f} | {s['tokens_per_s']:.0f} | {num(s.get('vs_eager_fp32'), '.2f')} | "
-                         f"{num(s.get('vs_eager_bf16'), '.2f')} | {num(row.get('rss_model_mb'), '.0f')} | "
-                         f"{num(row.get('rss_peak_mb'), '.0f')} |")
-    exports = [f"{name}: bundle {b['mb']:.0f} MiB (model.onnx {num(b.get('onnx_mb'), '.0f')} MiB)"
+                         f"{s['p50_s'] * 1e3:.1f} | {s['tokens_per_s']:.0f} | {or_na(s.get('vs_eager_fp32'), '.2f')} | "
+                         f"{or_na(s.get('vs_eager_bf16'), '.2f')} | {or_na(row.get('rss_model_mb'), '.0f')} | "
+                         f"{or_na(row.get('rss_peak_mb'), '.0f')} |")
+    exports = [f"{name}: bundle {b['mb']:.0f} MiB (model.onnx {or_na(b.get('onnx_mb'), '.0f')} MiB)"
                + (f", export {b['export_s']:.0f} s at {b['export_rss_peak_mb']:.0f} MiB peak RSS"
                   if b.get("export_s") is not None else "") for name, b in decoder["bundles"].items()]
     if exports:

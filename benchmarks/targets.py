@@ -16,6 +16,15 @@ def _get(data: dict, *keys):
     return data
 
 
+def or_na(value, spec: str) -> str:
+    """``value`` formatted by ``spec``, or ``n/a`` where it was not measured (a report's table cell).
+
+    >>> or_na(1.234, ".1f"), or_na(None, ".1f")
+    ('1.2', 'n/a')
+    """
+    return "n/a" if value is None else format(value, spec)
+
+
 def _ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 

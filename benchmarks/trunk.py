@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.targets import or_na
 from ensrm.bench import (
     Bench,
     BenchConfig,
@@ -249,17 +250,14 @@ def trunk_markdown(trunk: dict | None) -> list[str]:
              "| m | layers run | seq/s | s / 1000 seq | paired time ratio | model.onnx (MiB) | model.cpu.onnx (MiB) "
              "| model memory (MiB) | peak RSS (MiB) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
-    def num(value, spec):
-        return "n/a" if value is None else format(value, spec)
-
     for row in trunk["rows"]:
         if "error" in row:
             lines.append(f"| {row['member_layers']} | {row['layers_run']} | error: {row['error']} | | | | | | |")
             continue
-        lines.append(f"| {row['member_layers']} | {row['layers_run']} | {num(row.get('seq_per_s'), '.1f')} | "
-                     f"{num(row.get('s_per_1000_seq'), '.2f')} | {num(row.get('paired_ratio'), '.3f')} | "
-                     f"{num(row.get('onnx_mb'), '.1f')} | {num(row.get('cpu_onnx_mb'), '.1f')} | "
-                     f"{num(row.get('rss_model_mb'), '.0f')} | {num(row.get('rss_peak_mb'), '.0f')} |")
+        lines.append(f"| {row['member_layers']} | {row['layers_run']} | {or_na(row.get('seq_per_s'), '.1f')} | "
+                     f"{or_na(row.get('s_per_1000_seq'), '.2f')} | {or_na(row.get('paired_ratio'), '.3f')} | "
+                     f"{or_na(row.get('onnx_mb'), '.1f')} | {or_na(row.get('cpu_onnx_mb'), '.1f')} | "
+                     f"{or_na(row.get('rss_model_mb'), '.0f')} | {or_na(row.get('rss_peak_mb'), '.0f')} |")
     fit = trunk["fit"]
     time_fit = fit.get("s_per_1000_seq") or {}
     layers = ""

@@ -20,6 +20,7 @@ import numpy as np
 from ensrm._optional import require
 from ensrm.builder import BundleBuilder, Progress
 from ensrm.errors import EnsrmError
+from ensrm.export.memory import FUSED_MAX_BYTES
 from ensrm.spec import FUSED_FILES, MODEL_FILES, OUTPUT_NAMES, EnsembleSpec, FusedGraph
 
 CPU = "CPUExecutionProvider"
@@ -27,10 +28,8 @@ CPU = "CPUExecutionProvider"
 #: in (the session applies its own at load), heads and width found from the graph.
 OPTIMIZER = {"tool": "onnxruntime.transformers.optimizer", "model_type": "bert", "opt_level": 0,
              "num_heads": 0, "hidden_size": 0}
-#: Above this size (graph and weights) the step is not attempted: the optimizer holds several copies
-#: of the model (measured: 13.5 GiB peak RSS for the 1.84 GiB fp32 graph of the Qwen2-0.5B shape,
-#: docs/guides/decoders.md), far above what the rest of the export takes.
-MAX_BYTES = 2 ** 29
+#: Above this size (graph and weights) the step is not attempted (:data:`ensrm.export.memory.FUSED_MAX_BYTES`).
+MAX_BYTES = FUSED_MAX_BYTES
 
 
 def optimize_graph(portable: Path, target: Path) -> dict[str, int]:

@@ -37,9 +37,13 @@ MAX_VERIFY_LENGTH = 2048
 #: bf16 3.5x, fp32 2.5x): the Python process with torch and onnx (about 0.45 GiB), torch's weights,
 #: which stay referenced by the exporter after the trace, and the verifying onnxruntime session's.
 PEAK_FACTOR = 3.5
-#: With the fused CPU graph step (fp32 graphs up to :data:`ensrm.export.fused.MAX_BYTES`), whose
+#: With the fused CPU graph step (fp32 graphs up to :data:`FUSED_MAX_BYTES`), whose
 #: optimizer holds several copies of the model (13.5 GiB for 1.84 GiB of fp32 weights).
 FUSED_PEAK_FACTOR = 7.5
+#: Above this size (graph and weights) the fused CPU graph step is not attempted: the optimizer holds
+#: several copies of the model (measured: 13.5 GiB peak RSS for the 1.84 GiB fp32 graph of the
+#: Qwen2-0.5B shape, docs/guides/decoders.md), far above what the rest of the export takes.
+FUSED_MAX_BYTES = 2 ** 29
 #: The verification's activation budget is at most this share of the weights' bytes (:func:`activation_budget`).
 ACTIVATION_SHARE = 1.0
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
@@ -220,10 +224,8 @@ def check_export_memory(paths, dtype: str, *, cpu_graph: bool = False, available
 
     available = available_bytes() if available is None else available
     weights = weight_bytes(paths, ITEMSIZE[dtype])
-    from ensrm.export.fused import MAX_BYTES
-
     budget = activation_budget(available, weights=weights)
-    factor = FUSED_PEAK_FACTOR if cpu_graph and dtype == "fp32" and weights <= MAX_BYTES else PEAK_FACTOR
+    factor = FUSED_PEAK_FACTOR if cpu_graph and dtype == "fp32" and weights <= FUSED_MAX_BYTES else PEAK_FACTOR
     needed = int(factor * weights) + budget
     estimate = {"weights_bytes": weights, "estimated_peak_bytes": needed, "available_bytes": available}
     if available is not None and needed > available:
