@@ -33,10 +33,16 @@ LIMIT_ENV = "ENSRM_MEMORY_LIMIT"
 #: the square of the length, and the graph's shapes are dynamic (a longer input runs the same graph).
 MAX_VERIFY_LENGTH = 2048
 #: The export's peak is at most about this many times the weights in the export's dtype, plus the
-#: activation budget (measured on the full Qwen2-0.5B shape at 512 tokens, docs/guides/decoders.md:
-#: bf16 3.5x, fp32 2.5x): the Python process with torch and onnx (about 0.45 GiB), torch's weights,
-#: which stay referenced by the exporter after the trace, and the verifying onnxruntime session's.
+#: activation budget, when the source is traced in-process (below :data:`TRACE_CHILD_MIN_BYTES`;
+#: measured on the full Qwen2-0.5B shape at 512 tokens before the trace moved to a child,
+#: docs/guides/decoders.md: bf16 3.5x, fp32 2.5x): the Python process with torch and onnx (about
+#: 0.45 GiB, which dominates a small model), torch's weights, which stay referenced by the exporter
+#: after the trace, and the verifying onnxruntime session's.
 PEAK_FACTOR = 3.5
+#: The same when the source is traced in a child process (:data:`TRACE_CHILD_MIN_BYTES` and above):
+#: torch's weights, the child's and onnxruntime's take turns; the peak is the parent (Python with
+#: torch) beside the child's trace, or the parent's verifying session (docs/guides/decoders.md).
+CHILD_PEAK_FACTOR = 2.5
 #: With the fused CPU graph step (fp32 graphs up to :data:`FUSED_MAX_BYTES`), whose
 #: optimizer holds several copies of the model (13.5 GiB for 1.84 GiB of fp32 weights).
 FUSED_PEAK_FACTOR = 7.5
@@ -44,6 +50,16 @@ FUSED_PEAK_FACTOR = 7.5
 #: several copies of the model (measured: 13.5 GiB peak RSS for the 1.84 GiB fp32 graph of the
 #: Qwen2-0.5B shape, docs/guides/decoders.md), far above what the rest of the export takes.
 FUSED_MAX_BYTES = 2 ** 29
+#: Sources with at least this many bytes of weights are traced in a child process
+#: (:mod:`ensrm.export.trace_child`), so that torch's weights, which the exporter keeps alive after a
+#: trace, are gone before onnxruntime verifies the graph; smaller ones are traced in-process (spawning
+#: costs seconds of imports). Read when an export runs, so a test can lower it.
+TRACE_CHILD_MIN_BYTES = 2 ** 28
+#: The child's peak while it loads the weights again and traces them, in weights' bytes, on top of
+#: :data:`PROCESS_BYTES` (:func:`trace_child_estimate`).
+CHILD_TRACE_FACTOR = 1.5
+#: A Python process with torch, transformers and onnx imported, before any weights (measured: about 0.45 GiB).
+PROCESS_BYTES = 2 ** 29
 #: The verification's activation budget is at most this share of the weights' bytes (:func:`activation_budget`).
 ACTIVATION_SHARE = 1.0
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
@@ -191,6 +207,15 @@ def weight_bytes_of(module) -> int:
     return sum(seen.values())
 
 
+def trace_child_estimate(weights: int) -> int:
+    """Bytes the trace's child process is expected to peak at, for ``weights`` bytes of weights.
+
+    >>> gib(trace_child_estimate(2 ** 30))
+    '2.00 GiB'
+    """
+    return PROCESS_BYTES + int(CHILD_TRACE_FACTOR * weights)
+
+
 def fitting_length(shape: Shape, max_length: int, budget: int) -> int:
     """The longest sequence (at most ``max_length`` and :data:`MAX_VERIFY_LENGTH`) one row of which fits ``budget``."""
     low, high = 1, min(max_length, MAX_VERIFY_LENGTH)
@@ -211,9 +236,10 @@ def rows_per_run(shape: Shape, seq: int, budget: int) -> int:
 def check_export_memory(paths, dtype: str, *, cpu_graph: bool = False, available: int | None = None) -> dict:
     """Refuse an export whose estimated peak exceeds the memory available; return the estimate.
 
-    The estimate is :data:`PEAK_FACTOR` (:data:`FUSED_PEAK_FACTOR` when an fp32 graph small enough
-    also gets its fused CPU form, ``cpu_graph``) times the weights in ``dtype`` plus the activation
-    budget (:func:`activation_budget` of those weights).
+    The estimate is :data:`PEAK_FACTOR` (:data:`CHILD_PEAK_FACTOR` for weights traced in a child
+    process, :data:`TRACE_CHILD_MIN_BYTES` and above; :data:`FUSED_PEAK_FACTOR` when an fp32 graph small
+    enough also gets its fused CPU form, ``cpu_graph``) times the weights in ``dtype`` plus the
+    activation budget (:func:`activation_budget` of those weights).
     (Not run by the doctests: it needs a checkpoint on disk.)
 
     >>> check_export_memory(["checkpoints/qwen2-rm"], "bf16", available=2 ** 30)   # doctest: +SKIP
@@ -225,7 +251,10 @@ def check_export_memory(paths, dtype: str, *, cpu_graph: bool = False, available
     available = available_bytes() if available is None else available
     weights = weight_bytes(paths, ITEMSIZE[dtype])
     budget = activation_budget(available, weights=weights)
-    factor = FUSED_PEAK_FACTOR if cpu_graph and dtype == "fp32" and weights <= FUSED_MAX_BYTES else PEAK_FACTOR
+    if cpu_graph and dtype == "fp32" and weights <= FUSED_MAX_BYTES:
+        factor = FUSED_PEAK_FACTOR
+    else:  # the threshold is the one the trace step reads (ensrm.export.trace.trace_and_verify)
+        factor = CHILD_PEAK_FACTOR if weights >= TRACE_CHILD_MIN_BYTES else PEAK_FACTOR
     needed = int(factor * weights) + budget
     estimate = {"weights_bytes": weights, "estimated_peak_bytes": needed, "available_bytes": available}
     if available is not None and needed > available:
