@@ -76,4 +76,4 @@ def test_a_child_that_dies_without_an_answer_gives_its_last_line(tmp_path, monke
     with pytest.raises(ExportError, match=r"^the trace's child process failed \(exit status 1\): "
                                           r"RuntimeError: out of file handles; no bundle was written$"):
         trace_child.trace_in_child({}, None, tmp_path / "model.onnx", weights=2 ** 30)
-    assert memory.trace_child_estimate(2 ** 30) == memory.PROCESS_BYTES + int(memory.CHILD_TRACE_FACTOR * 2 ** 30)
+    assert memory.trace_child_estimate(2 ** 30) == memory.PROCESS_BYTES + int(memory.CHILD_PEAK_FACTOR * 2 ** 30)
