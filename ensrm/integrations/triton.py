@@ -42,7 +42,7 @@ from ensrm.bundle import bundle_file, load_spec, read_spec, staged_bundle, varia
 from ensrm.errors import BundleError, InputError
 from ensrm.runtime.config import ScorerConfig
 from ensrm.runtime.texts import TextEncoder, as_texts, check_texts
-from ensrm.spec import MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
+from ensrm.spec import HINTED_PRECISIONS, MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
 
 #: The ensemble's text inputs (TYPE_STRING, one string per pair).
 TEXT_INPUTS = ("prompt", "response")
@@ -156,6 +156,11 @@ def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str |
                    max_queue_delay_us=max_queue_delay_us)
     spec = load_spec(bundle)  # every file checked against its sha256 before it is copied
     model_file = variant_file(bundle, spec, precision).name
+    if precision in HINTED_PRECISIONS or not model_file.endswith(".onnx"):  # OpenVINO's alone
+        what = "an OpenVINO compile hint on model.onnx" if precision in HINTED_PRECISIONS else \
+            f"an OpenVINO IR ({model_file})"
+        raise ValueError(f"the {precision} variant is {what}, which Triton's onnxruntime backend cannot run; "
+                         f"write the repository at {', '.join(p for p in spec.usable_precisions if _onnx(spec, p))}")
     if not spec.tokenizer_file:
         raise BundleError(f"bundle {bundle} has no tokenizer file, which the tokenize step needs")
     repo = TritonRepository(Path(out), ensemble=name, tokenize=f"{name}_tokenize", onnx=f"{name}_onnx",
@@ -180,6 +185,12 @@ def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str |
             (staging / model / "config.pbtxt").write_text(header + text_format.MessageToString(config),
                                                           encoding="utf-8")
     return repo
+
+
+def _onnx(spec: EnsembleSpec, precision: str) -> bool:
+    """Whether the ``precision`` variant is an ONNX file of its own (what Triton's onnxruntime backend runs)."""
+    variant = spec.variants.get(precision)
+    return precision not in HINTED_PRECISIONS and bool(variant and variant.file and variant.file.endswith(".onnx"))
 
 
 def _check_options(config: ScorerConfig, name: str, kind: str, **counts: int) -> None:
