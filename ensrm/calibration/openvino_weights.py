@@ -38,10 +38,12 @@ from collections import Counter
 from pathlib import Path
 
 from ensrm._optional import require
+from ensrm.calibration.openvino_int8 import IR_FILE as INT8_IR_FILE
 from ensrm.errors import ExportError
+from ensrm.spec import MODEL_FILES
 
 #: The IR each weight-compressed precision is written to (weights in the ``.bin`` beside it).
-IR_FILES = {"int8": "model.int8.xml", "int4": "model.int4.xml"}
+IR_FILES = {"int8": INT8_IR_FILE, "int4": MODEL_FILES["int4"]}
 #: NNCF modes per precision; the first is the default.
 MODES = {"int8": ("int8_asym", "int8_sym"), "int4": ("int4_sym", "int4_asym")}
 #: INT4's group of input channels sharing one scale (NNCF's usual choice for LLMs).

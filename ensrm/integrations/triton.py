@@ -42,7 +42,7 @@ from ensrm.bundle import bundle_file, load_spec, read_spec, staged_bundle, varia
 from ensrm.errors import BundleError, InputError
 from ensrm.runtime.config import ScorerConfig
 from ensrm.runtime.texts import TextEncoder, as_texts, check_texts
-from ensrm.spec import MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
+from ensrm.spec import HINTED_PRECISIONS, MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
 
 #: The ensemble's text inputs (TYPE_STRING, one string per pair).
 TEXT_INPUTS = ("prompt", "response")
@@ -155,7 +155,7 @@ def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str |
     _check_options(config, name, kind, max_batch=max_batch, instances=instances, pad_to_multiple=pad_to_multiple,
                    max_queue_delay_us=max_queue_delay_us)
     spec = load_spec(bundle)  # every file checked against its sha256 before it is copied
-    model_file = variant_file(bundle, spec, precision).name
+    model_file = _onnx_file(bundle, spec, precision)
     if not spec.tokenizer_file:
         raise BundleError(f"bundle {bundle} has no tokenizer file, which the tokenize step needs")
     repo = TritonRepository(Path(out), ensemble=name, tokenize=f"{name}_tokenize", onnx=f"{name}_onnx",
@@ -180,6 +180,22 @@ def write_triton_repository(bundle: str | os.PathLike | ScorerConfig, out: str |
             (staging / model / "config.pbtxt").write_text(header + text_format.MessageToString(config),
                                                           encoding="utf-8")
     return repo
+
+
+def _onnx_file(bundle: Path, spec: EnsembleSpec, precision: str) -> str:
+    """The ``precision`` variant's graph file, refused when it is OpenVINO's alone (a bf16 hint, an IR):
+    Triton's onnxruntime backend runs ONNX files of their own."""
+    def onnx(p: str) -> bool:
+        file = spec.variants[p].file
+        return p not in HINTED_PRECISIONS and bool(file and file.endswith(".onnx"))
+
+    model_file = variant_file(bundle, spec, precision).name
+    if not onnx(precision):
+        what = "an OpenVINO compile hint on model.onnx" if precision in HINTED_PRECISIONS else \
+            f"an OpenVINO IR ({model_file})"
+        raise ValueError(f"the {precision} variant is {what}, which Triton's onnxruntime backend cannot run; "
+                         f"write the repository at {', '.join(p for p in spec.usable_precisions if onnx(p))}")
+    return model_file
 
 
 def _check_options(config: ScorerConfig, name: str, kind: str, **counts: int) -> None:

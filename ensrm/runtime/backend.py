@@ -34,12 +34,15 @@ class Backend(Protocol):
     """Runs one bundle graph: int64 feeds by input name in, float32 outputs by name out.
 
     ``description`` says what runs (runtime, device, file); ``model_path`` is the file loaded;
-    ``threads`` the CPU threads it runs on, where it has a say (0: the runtime's default).
+    ``threads`` the CPU threads it runs on, where it has a say (0: the runtime's default);
+    ``concurrency`` how many calls from different threads run side by side to good effect
+    (OpenVINO's streams; 1 where concurrent calls would only share the same threads).
     """
 
     input_names: tuple[str, ...]
     description: str
     model_path: Path
+    concurrency: int
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on one batch; ``feeds`` holds exactly ``input_names``."""

@@ -126,6 +126,7 @@ class OnnxRuntimeBackend:
         #: intra-op threads (0: onnxruntime's default, one per core)
         self.threads = self.session.get_session_options().intra_op_num_threads
         self.description = f"onnxruntime {self.providers[0]} ({self.model_path.name})"
+        self.concurrency = 1  # one session's intra-op pool: concurrent runs share its threads
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(list(OUTPUT_NAMES), {name: feeds[name] for name in self.input_names})

@@ -191,6 +191,8 @@ class OpenVINOBackend:
         #: what the compiled model computes in (``f32``, ``bf16``), as OpenVINO reports it
         self.inference_precision = _short(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         streams = self.compiled.get_property("NUM_STREAMS")
+        #: infer requests worth running at once: one per stream (``hint="throughput"``), else 1
+        self.concurrency = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.description = (f"OpenVINO {version()} CPU {self.inference_precision} {hint} "
                             f"{streams} stream{'s' if int(streams) != 1 else ''} ({self.model_path.name})")
 

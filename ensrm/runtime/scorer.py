@@ -108,6 +108,12 @@ class Scorer:
         return f"{self.backend.description}, {self.precision}{dtype}"
 
     @property
+    def concurrency(self) -> int:
+        """How many :meth:`score` calls from different threads run side by side to good effect: OpenVINO's
+        streams with ``hint="throughput"``, else 1 (the server runs this many batches at once)."""
+        return self.backend.concurrency
+
+    @property
     def num_heads(self) -> int:
         return self.spec.num_heads
 

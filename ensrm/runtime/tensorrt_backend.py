@@ -79,6 +79,7 @@ class TensorRTBackend:
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.model_path = engine_path
         self.description = f"TensorRT {trt.__version__} ({engine_path.name})"
+        self.concurrency = 1  # one execution context and stream
 
     def _buffer(self, name: str, nbytes: int) -> int:
         pointer, size = self._buffers.get(name, (0, 0))

@@ -3,7 +3,10 @@
 Requests wait in a FIFO queue bounded in pairs. One gathering task on the event loop takes
 whole requests from the head of the queue until ``max_batch`` pairs are reached or
 ``max_wait_ms`` have passed since the oldest of them arrived, and hands the batch to a
-single worker thread (one per scorer, so the loop keeps accepting while the model runs).
+worker thread, so the loop keeps accepting while the model runs. There are as many workers as
+the scorer's ``concurrency`` (OpenVINO's streams with ``hint="throughput"``; 1 elsewhere): each
+stream runs its own batch on its own threads, and a batch is gathered only when a worker is free,
+so requests that arrive while every stream is busy join the next batch.
 The wait is skipped while traffic shows no concurrency: when the previous batch held one
 request and nothing arrived while it ran, a lone client is not made to wait for company
 that never comes. Requests that pile up while the model runs are gathered either way.
@@ -37,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -137,14 +141,20 @@ class DynamicBatcher:
         self.on_queue = on_queue
         self._queue: collections.deque[_Request] = collections.deque()
         self.queued_pairs = 0
-        self.model_calls = 0  # written by the worker thread only
+        self.model_calls = 0  # written by the event loop only
+        self._local = threading.local()  # each worker's model calls in its current batch
         #: whether the next gathering waits up to max_wait for more requests (see the module docstring)
         self.waiting_for_more = True
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
-        self._call_started: float | None = None  # when the running model call began (event loop only)
+        #: model calls run at once (the scorer's streams); a batch is gathered when one is free
+        self.concurrency = max(1, int(getattr(scorer, "concurrency", 1)))
+        self._free: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
+        self._busy = 0  # batches handed to workers and not yet answered (event loop only)
+        self._call_started: dict[int, float] = {}  # when each running model call began (event loop only)
         self.abandoned = 0  # model calls given up as stuck that have not returned yet
 
     @property
@@ -152,12 +162,13 @@ class DynamicBatcher:
         """Whether a model call has run past the timeout (abandoned, or still running)."""
         if self.abandoned:
             return True
-        started = self._call_started
-        return self.timeout is not None and started is not None and time.perf_counter() - started > self.timeout
+        oldest = min(self._call_started.values(), default=None)
+        return self.timeout is not None and oldest is not None and time.perf_counter() - oldest > self.timeout
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ensrm-model")
+        self._free = asyncio.Semaphore(self.concurrency)
+        self._executor = self._new_executor()
         self._task = asyncio.create_task(self._run(), name="ensrm-batcher")
 
     async def warm_up(self) -> None:
@@ -206,41 +217,66 @@ class DynamicBatcher:
         if self.on_queue is not None:
             self.on_queue(self.queued_pairs)
 
+    def _new_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ensrm-model")
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            # Wait for more requests until the batch is full or the oldest has waited max_wait.
-            deadline = self._queue[0].arrived + self.max_wait
-            while self.waiting_for_more and self.queued_pairs < self.max_batch and not self._closing:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            batch = [self._queue.popleft()]
-            pairs = len(batch[0])
-            while self._queue and pairs + len(self._queue[0]) <= self.max_batch:
-                pairs += len(self._queue[0])
-                batch.append(self._queue.popleft())
-            self._queued(-pairs)
-            batch = [request for request in batch if not request.future.done()]  # timed out while queued
-            if not batch:
-                continue
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._free.acquire()  # gather only when a worker can take the batch
+                batch = await self._gather()
+                if not batch:
+                    self._free.release()
+                    continue
+                self._busy += 1
+                task = asyncio.create_task(self._dispatch(loop, batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+        finally:
+            if self._running:  # stopping: answer what the workers hold
+                await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _gather(self) -> list[_Request]:
+        """Wait for more requests until the batch is full or the oldest has waited max_wait; take them."""
+        deadline = self._queue[0].arrived + self.max_wait
+        while self.waiting_for_more and self.queued_pairs < self.max_batch and not self._closing:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        # Share what waits between the free workers: one batch of everything would leave the other
+        # streams idle while it runs, and closed-loop clients would stay in one cohort for good.
+        free = self.concurrency - self._busy  # >= 1: the caller holds a free slot
+        limit = min(self.max_batch, -(-self.queued_pairs // free))
+        batch = [self._queue.popleft()]
+        pairs = len(batch[0])
+        while self._queue and pairs + len(self._queue[0]) <= limit:
+            pairs += len(self._queue[0])
+            batch.append(self._queue.popleft())
+        self._queued(-pairs)
+        return [request for request in batch if not request.future.done()]  # timed out while queued
+
+    async def _dispatch(self, loop, batch: list[_Request]) -> None:
+        """Score ``batch`` in a worker thread and answer its requests; frees the worker's slot."""
+        try:
             pairs = sum(len(request) for request in batch)
-            start, calls = time.perf_counter(), self.model_calls
-            results = await self._call(loop, batch)
+            start = time.perf_counter()
+            results, calls = await self._call(loop, batch)
+            self.model_calls += calls
             if self.on_batch is not None:
-                self.on_batch(pairs, self.model_calls - calls, time.perf_counter() - start)
-            self.waiting_for_more = len(batch) > 1 or bool(self._queue)
+                self.on_batch(pairs, calls, time.perf_counter() - start)
+            self.waiting_for_more = len(batch) > 1 or bool(self._queue) or self._busy > 1
             for request, result in zip(batch, results):
                 if request.future.done():  # the client went away
                     continue
@@ -248,11 +284,17 @@ class DynamicBatcher:
                     request.future.set_exception(result)
                 else:
                     request.future.set_result(result)
+        finally:
+            self._busy -= 1
+            self._free.release()
+            self._wakeup.set()  # the gathering task may be waiting for this slot's batch to end
 
-    async def _call(self, loop, batch: list[_Request]) -> list:
-        """Run ``batch`` in the worker thread; past the timeout, abandon the call (see the module docstring)."""
+    async def _call(self, loop, batch: list[_Request]) -> tuple[list, int]:
+        """Run ``batch`` in a worker thread: one result per request, and the model calls it took. Past
+        the timeout, abandon the call (see the module docstring)."""
         future = loop.run_in_executor(self._executor, self._score, batch)
-        self._call_started = time.perf_counter()
+        key = id(future)
+        self._call_started[key] = time.perf_counter()
         try:
             if self.timeout is None:
                 return await future
@@ -268,11 +310,11 @@ class DynamicBatcher:
                       f"{self.abandoned} calls are stuck, so later batches wait behind this one")
             if replace:
                 self._executor.shutdown(wait=False)  # the stuck thread ends when (if) its call returns
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ensrm-model")
+                self._executor = self._new_executor()
             return [RequestTimeout(error_id, f"the model call did not return within {self.timeout:g} s "
-                                   "(--request-timeout)")] * len(batch)
+                                   "(--request-timeout)")] * len(batch), 0
         finally:
-            self._call_started = None
+            del self._call_started[key]
 
     def _returned(self, future) -> None:
         self.abandoned -= 1
@@ -280,7 +322,11 @@ class DynamicBatcher:
 
     # -- in the worker thread --------------------------------------------------------------
 
-    def _score(self, batch: list[_Request]) -> list[Scores | Exception]:
+    def _score(self, batch: list[_Request]) -> tuple[list[Scores | Exception], int]:
+        self._local.calls = 0
+        return self._score_each(batch), self._local.calls
+
+    def _score_each(self, batch: list[_Request]) -> list[Scores | Exception]:
         try:
             return self._score_together(batch)
         except InputError as exc:
@@ -310,7 +356,7 @@ class DynamicBatcher:
         for group in length_groups(lengths, self.call_size):
             for batch_rows, feeds in encoder.batches([encodings[i] for i in group], len(group)):
                 parts.append(self.scorer.score(**feeds))
-                self.model_calls += 1
+                self._local.calls = getattr(self._local, "calls", 0) + 1
                 rows.append(group[batch_rows])
         scores = Scores.concatenate(parts, self.scorer.num_heads)
         return scores.take(np.argsort(np.concatenate(rows), kind="stable"))  # back to input order

@@ -227,7 +227,8 @@ def test_readme_headline_numbers_are_the_performance_pages():
     section = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
     table = "\n".join(line for line in section.splitlines() if line.startswith("| "))
     numbers = re.findall(r"\d+\.\d+", table)
-    page = (ROOT / "docs" / "benchmarks" / "performance.md").read_text(encoding="utf-8")
+    page = "".join((ROOT / "docs" / "benchmarks" / name).read_text(encoding="utf-8")
+                   for name in ("performance.md", "serving.md"))
     assert len(numbers) >= 8 and [n for n in numbers if n not in page] == []
 
 

@@ -294,6 +294,23 @@ def test_a_rejected_or_unknown_precision_is_refused_and_nothing_is_written(varia
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("precision, file, what", [("bf16", "model.onnx", "an OpenVINO compile hint on model.onnx"),
+                                                   ("int4", "model.int4.xml", r"an OpenVINO IR \(model.int4.xml\)")])
+def test_an_openvino_only_variant_is_refused_naming_what_triton_can_run(bert, tmp_path, precision, file, what):
+    bundle = tmp_path / "rm"
+    shutil.copytree(bert, bundle)
+    if file.endswith(".xml"):  # stand-ins: the check reads the manifest, not the IR
+        (bundle / file).write_text("<net/>")
+        (bundle / "model.int4.bin").write_bytes(b"\0")
+    spec = read_spec(bundle)
+    variants = {**spec.variants, precision: Variant(precision, file, accepted=True)}
+    write_manifest(bundle, spec.replace(variants=variants, files=file_entries(bundle)))
+    with pytest.raises(ValueError, match=f"{what}, which Triton's onnxruntime backend cannot run; "
+                                         "write the repository at fp32$"):
+        write_triton_repository(bundle, tmp_path / "repo", precision=precision)
+    assert not (tmp_path / "repo").exists()
+
+
 def test_a_precision_the_bundle_lacks_names_the_command_that_makes_it(bert, tmp_path):
     with pytest.raises(BundleError, match=r"no int8 model file .*ensrm quantize"):
         write_triton_repository(bert, tmp_path / "repo", precision="int8")

@@ -36,13 +36,21 @@ class HeldScorer:
         self.entered = threading.Event()
         self.calls: list[int] = []
         self.fail = False
+        self.inside = 0  # model calls blocked at the gate right now
+        self._lock = threading.Lock()
 
     def __getattr__(self, name):
         return getattr(self.scorer, name)
 
     def score(self, input_ids, attention_mask, token_type_ids=None):
+        with self._lock:
+            self.inside += 1
         self.entered.set()
-        assert self.gate.wait(60), "the test never released the model"
+        try:
+            assert self.gate.wait(60), "the test never released the model"
+        finally:
+            with self._lock:
+                self.inside -= 1
         self.calls.append(len(input_ids))
         if self.fail:
             raise RuntimeError("simulated onnxruntime failure")

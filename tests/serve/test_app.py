@@ -266,6 +266,28 @@ def test_a_bad_request_batched_with_good_ones_fails_alone(held, make_client):
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "responses[0]"
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_batches_run_side_by_side_up_to_the_scorers_concurrency(held, make_client, concurrency, scorer):
+    held.concurrency = concurrency  # OpenVINO's streams with hint="throughput"
+    client = make_client(held, max_wait_ms=0, max_batch=1)  # each request a batch of its own
+    held.gate.clear()
+    held.entered.clear()
+    with ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(client.post, "/v1/score", json={"prompts": [PROMPTS[i]], "responses": [RESPONSES[i]]})
+                   for i in range(3)]
+        service = client.app.state.service
+        # as many batches reach the model as it has streams; the rest wait in the queue
+        wait_for(lambda: held.inside == concurrency and service.batcher.queued_pairs == 3 - concurrency)
+        time.sleep(0.2)
+        assert held.inside == concurrency and service.batcher.queued_pairs == 3 - concurrency
+        held.gate.set()
+        answers = [a.result(30) for a in answers]
+    assert [a.status_code for a in answers] == [200] * 3
+    expected = scorer.score_texts(PROMPTS[:3], RESPONSES[:3]).heads  # [3, K]
+    np.testing.assert_allclose([a.json()["heads"][0] for a in answers], expected, atol=1e-5)
+    assert metric(client, "ensrm_model_calls_total") == len(held.calls) - 1  # the warm-up is not a batch
+
+
 # -- limits, auth, overload, model errors --------------------------------------------------------
 
 
