@@ -255,12 +255,15 @@ def calibrate_command(bundle, references, threads):
 @click.option("--dynamic-group-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Weight compression: OpenVINO quantizes the activations of compressed products at run "
                    "time in groups of this many channels (0: off); judged and run with it.")
+@click.option("--smoothing", type=click.FloatRange(0, 1),
+              help="Weight compression: SmoothQuant strength applied to the products it compresses (needs "
+                   "--calibration); with --dynamic-group-size, activation outliers move into the weights.")
 @click.option("--min-spearman", type=float, help="Override the gates' Spearman threshold.")
 @click.option("--min-top1", type=float, help="Override the INT8 / INT4 gates' top-1 agreement threshold.")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads.")
 @_one_line_errors
 def quantize_command(bundle, precisions, calibration, eval_on, int8_mode, weights_mode, group_size, ratio, keep_float,
-                     dynamic_group_size, min_spearman, min_top1, threads):
+                     dynamic_group_size, smoothing, min_spearman, min_top1, threads):
     """Add gated fp16 / bf16 / INT8 / INT4 variants to an existing BUNDLE.
 
     \b
@@ -276,7 +279,7 @@ def quantize_command(bundle, precisions, calibration, eval_on, int8_mode, weight
     try:
         weights = WeightCompression(mode=weights_mode, group_size=group_size, ratio=ratio,
                                     float_products=tuple(p.strip() for p in keep_float.split(",") if p.strip()),
-                                    dynamic_group_size=dynamic_group_size)
+                                    dynamic_group_size=dynamic_group_size, smoothing=smoothing)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     spec = add_variants(bundle, precisions, calibration=calibration, eval_on=eval_on, int8_mode=int8_mode,

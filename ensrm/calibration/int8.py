@@ -160,6 +160,35 @@ def _quantize_calibrated(source, target, mode: str, calibration, smoothing: floa
             "calibration_batches": len(calibration)}
 
 
+def smooth_graph(source, target, batches: list[dict[str, np.ndarray]], alpha: float,
+                 float_products: tuple[str, ...] = ()) -> int:
+    """Write ``source`` to ``target`` (external data beside it) with SmoothQuant's migration on the
+    products that are not ``float_products``: each such input divided per channel by
+    ``s = max|x|^alpha / max|w|^(1-alpha)`` (an explicit ``Mul``, ranges over real tokens of
+    ``batches``) and the weight rows multiplied by ``s``. Exact in float; the outlier channels of
+    the activations move into weights that are quantized per channel. Returns the products smoothed.
+    """
+    model = onnx.load(str(source))
+    groups, _ = _split_float_products(model.graph, linear_layer_inputs(model.graph), float_products)
+    ranges, _ = calibration_statistics(model, list(groups), batches)
+    inits = {i.name: i for i in model.graph.initializer}
+    inserted = {}
+    for tensor, matmuls in groups.items():
+        weights = [numpy_helper.to_array(inits[m.input[1]]).astype(np.float64) for m in matmuls]  # [in, out] each
+        smooth = _smoothing(ranges[tensor], weights, alpha)  # [in]
+        source_name, new_inits, inserted[matmuls[0].name] = _smoothed(tensor, smooth, True)
+        model.graph.initializer.extend(new_inits)
+        for matmul, weight in zip(matmuls, weights):
+            inits[matmul.input[1]].CopyFrom(numpy_helper.from_array((weight * smooth[:, None]).astype(np.float32),
+                                                                    matmul.input[1]))
+            matmul.input[0] = source_name
+    nodes = list(model.graph.node)
+    model.graph.ClearField("node")
+    model.graph.node.extend(new for node in nodes for new in inserted.get(node.name, []) + [node])
+    save_model(model, target)
+    return sum(map(len, groups.values()))
+
+
 def linear_layer_inputs(graph) -> dict[str, list]:
     """``{input tensor: [MatMul nodes reading it]}`` for the encoder's linear layers, in graph order.
 

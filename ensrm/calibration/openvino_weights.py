@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -57,8 +58,9 @@ DYNAMIC_QUANTIZATION = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
 
 @dataclasses.dataclass(frozen=True)
 class WeightCompression:
-    """How ``compress_weights`` runs: NNCF mode, INT4 group size and ratio, products kept float, and
-    the run-time dynamic activation quantization group (0: off).
+    """How ``compress_weights`` runs: NNCF mode, INT4 group size and ratio, products kept float, the
+    run-time dynamic activation quantization group (0: off), and SmoothQuant's ``smoothing`` strength
+    applied to the float graph first (``None``: off; needs calibration records).
 
     >>> WeightCompression(float_products=("down", "last")).for_precision("int8").mode
     'int8_asym'
@@ -73,6 +75,7 @@ class WeightCompression:
     ratio: float = 1.0
     float_products: tuple[str, ...] = ()
     dynamic_group_size: int = 0
+    smoothing: float | None = None
 
     def __post_init__(self):
         from ensrm.calibration.int8 import FLOAT_PRODUCTS
@@ -84,6 +87,8 @@ class WeightCompression:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.dynamic_group_size < 0:
             raise ValueError(f"dynamic_group_size must be >= 0 (0: off), got {self.dynamic_group_size}")
+        if self.smoothing is not None and not 0.0 <= self.smoothing <= 1.0:
+            raise ValueError(f"smoothing must be between 0 and 1, got {self.smoothing}")
         unknown = [p for p in self.float_products if p not in FLOAT_PRODUCTS]
         if unknown:
             raise ValueError(f"float_products must be among {', '.join(FLOAT_PRODUCTS)}, got {unknown[0]!r}")
@@ -149,18 +154,36 @@ def _group_size(node, shape: list[int]) -> int:
 
 
 def compress_openvino(source: str | os.PathLike, target: str | os.PathLike, precision: str,
-                      settings: WeightCompression | None = None) -> dict:
+                      settings: WeightCompression | None = None, batches: list | None = None) -> dict:
     """Compress the weights of ``source`` (``model.onnx``) to ``precision``, write the IR ``target``; return its method.
 
-    ``precision`` is ``int8`` or ``int4``; the file is the variant the gate then judges.
+    ``precision`` is ``int8`` or ``int4``; the file is the variant the gate then judges. With
+    ``settings.smoothing``, the products to compress are smoothed first
+    (:func:`~ensrm.calibration.int8.smooth_graph`, ranges from the calibration ``batches``).
     """
+    settings = (settings or WeightCompression()).for_precision(precision)
+    if settings.smoothing is None:
+        return _compress(source, target, precision, settings)
+    if not batches:
+        raise ExportError("smoothing the weights before compressing them needs calibration records: "
+                          "pass `calibration=CALIB.jsonl` (--calibration)")
+    from ensrm.calibration.int8 import smooth_graph
+
+    with tempfile.TemporaryDirectory(dir=Path(target).parent, prefix=".smoothed-") as tmp:
+        smoothed = Path(tmp) / Path(source).name
+        products = smooth_graph(source, smoothed, batches, settings.smoothing, settings.float_products)
+        method = _compress(smoothed, target, precision, settings)
+    return {**method, "data_free": False, "smoothing": settings.smoothing, "smoothed_products": products,
+            "calibration_batches": len(batches)}
+
+
+def _compress(source: Path, target, precision: str, settings: WeightCompression) -> dict:
     ov = require("openvino", "quantize")
     nncf = require("nncf", "quantize")
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     from ensrm.runtime.openvino_backend import core, version
 
-    settings = (settings or WeightCompression()).for_precision(precision)
     started = time.perf_counter()
     logging.getLogger("nncf").setLevel(logging.ERROR)
     model = core().read_model(str(source))

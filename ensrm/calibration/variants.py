@@ -70,7 +70,11 @@ def _write_variant(build: BundleBuilder, precision: str, int8_mode: str, calib_r
         return bf16_method(build.path(MODEL_FILES["fp32"]), build.threads)
     source, target = build.path(MODEL_FILES["fp32"]), build.path(MODEL_FILES[precision])
     if precision == "int4" or (precision == "int8" and int8_mode == "openvino-weights"):
-        return compress_openvino(source, build.path(WEIGHT_IR_FILES[precision]), precision, weights)
+        batches = None
+        if weights is not None and weights.smoothing is not None and calib_records:
+            batches = [feeds for _, feeds in feed_batches(encoder_for(build.staging, build.spec),
+                                                          calib_records[:MAX_CALIBRATION_RECORDS], batch_size)]
+        return compress_openvino(source, build.path(WEIGHT_IR_FILES[precision]), precision, weights, batches)
     if precision == "int8" and int8_mode == "openvino":
         return _write_openvino_int8(build, calib_records, batch_size, gate)
     if precision == "fp16":

@@ -19,7 +19,7 @@ from ensrm import Scorer
 from ensrm.bundle import load_spec, read_spec, sha256_file
 from ensrm.calibration.data import load_records
 from ensrm.calibration.gate import Gate, gates_with
-from ensrm.errors import BundleError, ProviderError
+from ensrm.errors import BundleError, ExportError, ProviderError
 
 pytest.importorskip("onnx")
 pytest.importorskip("openvino")
@@ -164,6 +164,43 @@ def test_encoder_variant_records_and_runs_with_dynamic_quantization(bert_weights
     assert spec.variants["int8"].method["compressed"]["int8"] < 12 + 3
 
 
+def test_smoothing_is_exact_in_float_and_recorded_with_the_variant(bundles, record_files, tmp_path):
+    import onnxruntime as ort
+
+    from ensrm.calibration.data import encoder_for, feed_batches
+    from ensrm.calibration.int8 import smooth_graph
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles("bert"), bundle)
+    spec = read_spec(bundle)
+    records = load_records(record_files["calib"], "calib")
+    batches = [feeds for _, feeds in feed_batches(encoder_for(bundle, spec), records)]
+    smoothed = tmp_path / "smoothed.onnx"
+    assert smooth_graph(bundle / "model.onnx", smoothed, batches, 0.9, ("down",)) > 0
+    runs = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["heads"], batches[0])[0]
+            for path in (bundle / "model.onnx", smoothed)]  # [batch, K] each
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-4, atol=1e-4 * float(np.abs(runs[0]).max()))
+
+    weights = WeightCompression(float_products=("down", "last"), dynamic_group_size=32, smoothing=0.9)
+    spec = add_variants(bundle, "int8", int8_mode="openvino-weights", calibration=record_files["calib"],
+                        eval_on=record_files["eval"], gates=OPEN, threads=1, weights=weights, progress=None)
+    method = spec.variants["int8"].method
+    assert spec.variants["int8"].accepted and method["smoothing"] == 0.9 and method["smoothed_products"] > 0
+    assert method["data_free"] is False and method["compile"] == {DYNAMIC_QUANTIZATION: 32}
+    assert not [p for p in bundle.iterdir() if p.name.startswith(".")]  # the smoothed graph was temporary
+    assert Scorer(bundle, precision="int8", threads=1).score_texts(*_texts(record_files)).heads.shape[1] == \
+        spec.num_heads
+
+
+def test_smoothing_without_calibration_records_is_refused(bundles, record_files, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles("bert"), bundle)
+    with pytest.raises(ExportError, match="needs calibration records"):
+        add_variants(bundle, "int8", int8_mode="openvino-weights", eval_on=record_files["eval"], gates=OPEN,
+                     threads=1, weights=WeightCompression(smoothing=0.5), progress=None)
+    assert read_spec(bundle).variants.keys() == {"fp32"}
+
+
 def test_a_manifest_cannot_pass_other_compile_properties(llama_weights):
     spec = llama_weights[1]
     variant = spec.variants["int4"]
@@ -182,6 +219,7 @@ def test_bundles_without_int4_keep_their_manifest_byte_for_byte(bundles):
 @pytest.mark.parametrize("bad, message", [(dict(ratio=0.0), "ratio"), (dict(group_size=0), "group_size"),
                                           (dict(float_products=("up",)), "float_products"),
                                           (dict(dynamic_group_size=-1), "dynamic_group_size"),
+                                          (dict(smoothing=1.5), "smoothing"),
                                           (dict(mode="nf4"), "mode")])
 def test_weight_settings_are_checked(bad, message):
     with pytest.raises(ValueError, match=message):
