@@ -2,10 +2,14 @@
 
 Builds a random-weight decoder reward model of a real shape (tests/models.py: Qwen2-0.5B or
 Llama-3.2-1B, optionally with fewer layers) saved in bf16 as sharded safetensors, exports it once
-per dtype in a child process, samples the child's RSS every 0.1 s and attributes each sample to
-the export step running at the time (the progress lines, echoed to stderr as they come with the peak
-since the line before). The overall peak is the kernel's (``ru_maxrss`` of the child, from
-``os.wait4``). Prints one JSON line per export. The checkpoint is built in a child too.
+per dtype in a child process, samples the RSS of that process and of its own children (a large
+source is traced in one, ``ensrm.export.trace_child``) every 0.1 s, summed, and attributes each
+sample to the export step running at the time (the progress lines, echoed to stderr as they come
+with the peak since the line before). The overall peak is the larger of the sampled sum and the
+kernel's ``ru_maxrss`` (the largest single process, from ``os.wait4``). The sum counts pages that
+the processes share (libraries) once per process, so it is an upper bound; ``peak_pss_bytes``
+(proportional set size, shared pages split between their processes) is the tighter figure.
+Prints one JSON line per export. The checkpoint is built in a child too.
 
     python scripts/export_memory.py --shape qwen2-0.5b --layers 2 --dtype bf16,fp32 --max-length 512
 
@@ -39,6 +43,30 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            with open(f"/proc/{pids[i]}/task/{pids[i]}/children", encoding="ascii") as handle:
+                pids += [int(child) for child in handle.read().split()]
+        except OSError:
+            pass
+        i += 1
+    return pids
+
+
+def pss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict:
     """Run one export; its peak RSS overall and per step (the step a sample falls in is the one
     whose progress line comes next)."""
@@ -49,7 +77,8 @@ def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONPATH": path})
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int]] = []  # (seconds, RSS summed over the export's processes)
+    pss: list[int] = []
     steps: list[tuple[float, str]] = []
 
     def read_steps():  # each progress line as it comes, with the peak RSS since the one before
@@ -69,7 +98,9 @@ def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict
         if done:
             proc.returncode = os.waitstatus_to_exitcode(status)
             break
-        samples.append((time.perf_counter() - start, rss_bytes(proc.pid)))
+        pids = tree(proc.pid)
+        samples.append((time.perf_counter() - start, sum(rss_bytes(pid) for pid in pids)))
+        pss.append(sum(pss_bytes(pid) for pid in pids))
         time.sleep(0.1)
     reader.join()
     peaks: dict[str, int] = {}
@@ -79,7 +110,7 @@ def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict
         peaks[label] = max(peaks.get(label, 0), rss)
     return {"returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
             "peak_rss_bytes": max(usage.ru_maxrss * 1024, max((r for _, r in samples), default=0)),
-            "peak_by_step": peaks,
+            "peak_pss_bytes": max(pss, default=0), "peak_by_step": peaks,
             "last_lines": [line for _, line in steps[-3:]]}
 
 
@@ -108,7 +139,8 @@ def main() -> None:
         weights = params * ITEMSIZE[dtype]
         print(json.dumps({"shape": args.shape, "layers": args.layers or REAL_SHAPES[args.shape]["num_hidden_layers"],
                           "dtype": dtype, "max_length": args.max_length, "params": params, "weights_bytes": weights,
-                          "peak_over_weights": round(result["peak_rss_bytes"] / weights, 2), **result}), flush=True)
+                          "peak_over_weights": round(result["peak_rss_bytes"] / weights, 2),
+                          "peak_pss_over_weights": round(result["peak_pss_bytes"] / weights, 2), **result}), flush=True)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def export_bundle(sources: Sequence[str | Path], output: str | Path, settings: E
 
     # before the staging directory and the weights: refuse what cannot fit, naming the numbers
     check_export_memory([Path(s) for s in sources if Path(s).is_dir()], settings.dtype, cpu_graph=settings.cpu_graph)
-    steps = 4 + (settings.normalize_on is not None) + bool(precisions) + bool(settings.cpu_graph)
+    steps = 5 + (settings.normalize_on is not None) + bool(precisions) + bool(settings.cpu_graph)
     with BundleBuilder.new(output, overwrite=overwrite, threads=settings.threads, progress=progress,
                            steps=steps) as build:
         _export_steps(build, sources, settings)

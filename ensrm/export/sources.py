@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from pickle import UnpicklingError  # the exception only, raised by transformers' weights_only loader
 
@@ -53,6 +53,9 @@ class LoadedSource:
     fingerprint: str
     member_layers: int = 0  # a partial trunk's layers per member (0: every layer shared)
     dtype: str = "fp32"  # the dtype the weights were loaded in, which the graph keeps (ensrm.export.dtypes)
+    # load_source's keywords that loaded it (paths and strings: picklable), so that another process
+    # can load the same source again (ensrm.export.trace_child); None when built otherwise
+    load_args: dict | None = field(default=None, compare=False, repr=False)
 
 
 def _uses_token_type_ids(model) -> bool:
@@ -222,7 +225,11 @@ def load_source(sources: list[str | Path], heads: str | Path | None = None, pool
                                               dtype=dtype)
         else:
             source = load_full_ensemble(paths, attn_implementation, trust_remote_code, tokenizer=given, dtype=dtype)
-    source = dataclasses.replace(source, dtype=dtype)
+    load_args = {"sources": [str(p) for p in paths], "heads": None if heads is None else str(heads),
+                 "pooling": pooling, "max_length": max_length, "attn_implementation": attn_implementation,
+                 "trust_remote_code": trust_remote_code, "tokenizer": None if given is None else str(given),
+                 "dtype": dtype}
+    source = dataclasses.replace(source, dtype=dtype, load_args=load_args)
     if max_length is not None:
         if max_length < 1 or max_length > source.max_length:
             raise ExportError(f"`max_length` must be between 1 and the model's limit {source.max_length}, "

@@ -100,18 +100,23 @@ def trace_and_verify(build: BundleBuilder, source: LoadedSource, spec: EnsembleS
     """Trace ``source`` into the new bundle as ``spec`` describes it (:func:`spec_for`), check it
     against torch (in the source's dtype), save its tokenizer; set the builder's spec.
 
-    The steps take turns in memory: the trace, torch scoring the verification inputs, then the
-    torch module's weights are released (``source.module`` cannot run afterwards,
-    :func:`~ensrm.export.verify.release_weights`) before onnxruntime loads the graph and scores the
-    same inputs in a lean session (:func:`~ensrm.export.verify.verification_session`). After a
-    dynamo trace the exporter keeps views of the weights alive (measured: the release frees little),
-    so the onnxruntime check still runs beside torch's copy; the estimate
-    (:data:`~ensrm.export.memory.PEAK_FACTOR`) counts both.
+    The steps take turns in memory. Torch scores the verification inputs first
+    (:func:`~ensrm.export.verify.score_with_torch`); then the graph is traced and torch's weights are
+    released (``source.module`` cannot run afterwards, :func:`~ensrm.export.verify.release_weights`)
+    before onnxruntime loads the graph and scores the same inputs in a lean session
+    (:func:`~ensrm.export.verify.verification_session`). A dynamo trace leaves views of the weights
+    alive in the process that ran it, so a source of at least
+    :data:`~ensrm.export.memory.TRACE_CHILD_MIN_BYTES` is traced in a child process
+    (:mod:`ensrm.export.trace_child`) after this process released its weights: torch's copy, the
+    child's and onnxruntime's are then never in memory together. A smaller source is traced here
+    (no seconds of spawning), and its torch weights stay beside the onnxruntime session; the estimate
+    (:func:`~ensrm.export.memory.check_export_memory`) counts each case.
 
     Raises :class:`ExportError` (and nothing is written) when a head differs by more than ``tolerance``
-    (``None``: the dtype's default, relative to the largest head, :data:`~ensrm.export.dtypes.RELATIVE_TOLERANCE`).
+    (``None``: the dtype's default, relative to the largest head, :data:`~ensrm.export.dtypes.RELATIVE_TOLERANCE`),
+    or with the child's message when the trace failed there.
     """
-    from ensrm.export.memory import activation_budget, weight_bytes_of
+    from ensrm.export import memory
     from ensrm.export.verify import (
         release_memory,
         release_weights,
@@ -121,15 +126,24 @@ def trace_and_verify(build: BundleBuilder, source: LoadedSource, spec: EnsembleS
     )
 
     model_path = build.path(MODEL_FILES["fp32"])
-    trace_to_onnx(source.module, spec, model_path)
-    release_memory()  # the exporter's copies
-    build.step("traced the ensemble graph")
-    reference = score_with_torch(source.module, source.tokenizer, spec,
-                                 activation_budget(weights=weight_bytes_of(source.module)))
-    release_weights(source.module)
+    weights = memory.weight_bytes_of(source.module)
+    reference = score_with_torch(source.module, source.tokenizer, spec, memory.activation_budget(weights=weights))
+    build.step(f"scored {len(reference.items)} verification sequences in torch ({spec.dtype})")
+    # decided here, not in the child: the threshold is read when the export runs
+    in_child = source.load_args is not None and weights >= memory.TRACE_CHILD_MIN_BYTES
+    if in_child:
+        from ensrm.export.trace_child import trace_in_child
+
+        release_weights(source.module)  # nothing traced them here: they are freed before the child loads its copy
+        trace_in_child(source.load_args, spec, model_path, weights=weights)
+    else:
+        trace_to_onnx(source.module, spec, model_path)
+        release_weights(source.module)  # frees what the exporter did not keep
+    build.step("traced the ensemble graph" + (" in a child process" if in_child else ""))
     session = verification_session(model_path, threads=build.threads)
     report = verify_graph(session, reference, spec, tolerance)
     del session
+    release_memory()
     build.step(f"verified against torch ({spec.dtype}): max |diff| {report['max_abs_diff_heads']:.2e} "
                f"on {report['sequences']} sequences, padding {'+'.join(report['padding_sides'])}")
     if not report["passed"]:

@@ -114,8 +114,10 @@ def score_with_torch(module, tokenizer, spec: EnsembleSpec, budget: int | None =
 def release_weights(module) -> None:
     """Free the weights of a torch ``module`` that is not run again: its parameters and buffers move
     to the meta device (shapes only), whoever still refers to the module, and the freed heap goes
-    back to the system. Storage that something else still references stays (after a dynamo trace,
-    the exporter's views of the weights: measured on the Qwen2-0.5B shape, 0.16 of 1.84 GiB freed)."""
+    back to the system. Storage that something else still references stays: after a dynamo trace,
+    the exporter's views of the weights (measured on the Qwen2-0.5B shape, 0.16 of 1.84 GiB freed),
+    which is why a large source is traced in a child process after this release
+    (:mod:`ensrm.export.trace_child`): untraced, the weights go."""
     module.to("meta")
     release_memory()
 

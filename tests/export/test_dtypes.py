@@ -16,6 +16,15 @@ from ensrm.spec import MANIFEST_NAME, EnsembleSpec
 PAIRS = (["How do I bake bread?", "Hi", "Explain tuples."], ["Knead, rise, bake.", "Hello!", "They are immutable."])
 
 
+def _gathered_table_types(bundle) -> set[str]:
+    """Element types of the initializers that ``Gather`` nodes read rows from (the embeddings)."""
+    import onnx
+
+    model = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
+    types = {init.name: onnx.TensorProto.DataType.Name(init.data_type) for init in model.graph.initializer}
+    return {types[node.input[0]] for node in model.graph.node if node.op_type == "Gather" and node.input[0] in types}
+
+
 def _initializer_types(bundle) -> set[str]:
     import onnx
 
@@ -33,6 +42,8 @@ def test_half_precision_graph_equals_torch_in_its_dtype(bundles, kind, dtype):
     assert 0 < checks["max_abs_diff_heads"] <= checks["tolerance"]  # half precision is never exact
     assert checks["relative_tolerance"] > 0
     assert {"FLOAT16" if dtype == "fp16" else "BFLOAT16"} <= _initializer_types(bundle)
+    if dtype == "bf16":  # embedding rows are gathered in bf16, then cast: no fp32 copy of a table
+        assert _gathered_table_types(bundle) == {"BFLOAT16"}
     assert "model.cpu.onnx" not in spec.files  # onnxruntime's CPU fusions start from fp32
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     assert manifest["dtype"] == dtype

@@ -101,6 +101,21 @@ def test_export_refuses_up_front_when_memory_is_short(long_decoders, tmp_path, m
     assert list(tmp_path.iterdir()) == []  # no bundle, no staging directory
 
 
+def test_the_estimate_of_a_source_traced_in_a_child_uses_its_factor(long_decoders, monkeypatch):
+    path = long_decoders("qwen2")
+    weights = memory.weight_bytes([path], 2)
+    assert weights < memory.TRACE_CHILD_MIN_BYTES  # a tiny model is traced in-process
+    estimate = memory.check_export_memory([path], "bf16", available=2 ** 40)
+    assert estimate["estimated_peak_bytes"] == int(memory.PEAK_FACTOR * weights) + 2 ** 28
+    monkeypatch.setattr(memory, "TRACE_CHILD_MIN_BYTES", weights)  # as if it were large
+    estimate = memory.check_export_memory([path], "bf16", available=2 ** 40)
+    two = 2 * memory.PROCESS_BYTES  # the parent and the child, each with torch imported
+    assert estimate["estimated_peak_bytes"] == two + int(memory.CHILD_PEAK_FACTOR * weights) + 2 ** 28
+    with pytest.raises(ExportError, match=rf"needs about 1\.25 GiB \(2 processes x 0\.50 GiB \+ "
+                                          rf"{memory.CHILD_PEAK_FACTOR:g} x 0\.00 GiB of weights \+ 0\.25 GiB"):
+        memory.check_export_memory([path], "bf16", available=2 ** 20)
+
+
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_a_32k_config_verifies_2048_tokens_left_padded(long_decoders, tmp_path, kind):
     """The bundle accepts the config's 32,768 tokens; verification runs at the 2,048 that fit, on both
