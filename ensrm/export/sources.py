@@ -53,7 +53,7 @@ class LoadedSource:
     fingerprint: str
     member_layers: int = 0  # a partial trunk's layers per member (0: every layer shared)
     dtype: str = "fp32"  # the dtype the weights were loaded in, which the graph keeps (ensrm.export.dtypes)
-    # load_source's keywords that loaded it (paths and strings: picklable), so that another process
+    # load_source's keywords that loaded it (paths, strings and flags: JSON), so that another process
     # can load the same source again (ensrm.export.trace_child); None when built otherwise
     load_args: dict | None = field(default=None, compare=False, repr=False)
 

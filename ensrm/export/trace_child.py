@@ -12,8 +12,8 @@ Spawning costs a few seconds of imports (torch, transformers), so only sources o
 :data:`ensrm.export.memory.TRACE_CHILD_MIN_BYTES` of weights are traced this way
 (:func:`ensrm.export.trace.trace_and_verify` decides, in the parent).
 
-The child is ``python -m ensrm.export.trace_child``: its request (the load arguments, the spec,
-the output path) comes pickled on stdin from the parent; its answer is one JSON line on stdout
+The child is ``python -m ensrm.export.trace_child``: its request (the load arguments, the spec's
+manifest form, the output path) comes as JSON on stdin from the parent; its answer is one JSON line on stdout
 (``{"ok": true}``, or ``{"error": MESSAGE}`` for an :class:`~ensrm.errors.ExportError`), and
 everything else it prints goes to stderr. The parent raises the child's error with the same text.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -60,7 +59,7 @@ def trace_in_child(load_args: dict, spec, path: Path, *, weights: int) -> None:
     """
     from ensrm.export.memory import available_bytes, gib, trace_child_estimate
 
-    request = pickle.dumps({"load_args": load_args, "spec": spec, "path": str(path)})
+    request = json.dumps({"load_args": load_args, "spec": spec.to_json(), "path": str(path)}).encode()
     proc = subprocess.run(child_command(), input=request, capture_output=True, env=_child_env(), check=False)
     reply = _reply(proc.stdout)
     if proc.returncode == 0 and reply.get("ok"):
@@ -95,11 +94,12 @@ def main() -> int:
     """The child: read the request, load, trace, answer; an :class:`ExportError` becomes the answer."""
     answer = os.fdopen(os.dup(1), "w")  # the answer's channel; anything else printed goes to stderr
     os.dup2(2, 1)
-    request = pickle.load(sys.stdin.buffer)
+    request = json.loads(sys.stdin.buffer.read())
     from ensrm.export.sources import load_source
     from ensrm.export.trace import trace_to_onnx
+    from ensrm.spec import EnsembleSpec
 
-    spec = request["spec"]
+    spec = EnsembleSpec.from_json(request["spec"])
     try:
         source = load_source(**request["load_args"])
         if source.fingerprint != spec.source_fingerprint:

@@ -13,6 +13,7 @@ import pytest
 import ensrm
 from ensrm.errors import ExportError
 from ensrm.export import memory, trace_child
+from ensrm.spec import EnsembleSpec
 
 PAIRS = (["How do I bake bread?", "Hi", "Explain tuples."], ["Knead, rise, bake.", "Hello!", "They are immutable."])
 
@@ -75,5 +76,6 @@ def test_a_child_that_dies_without_an_answer_gives_its_last_line(tmp_path, monke
     monkeypatch.setattr(trace_child, "child_command", lambda: [sys.executable, "-c", crash])
     with pytest.raises(ExportError, match=r"^the trace's child process failed \(exit status 1\): "
                                           r"RuntimeError: out of file handles; no bundle was written$"):
-        trace_child.trace_in_child({}, None, tmp_path / "model.onnx", weights=2 ** 30)
+        spec = EnsembleSpec(2, "decoder", "llama", "last", ("input_ids", "attention_mask"), 16, 100, 0)
+        trace_child.trace_in_child({}, spec, tmp_path / "model.onnx", weights=2 ** 30)
     assert memory.trace_child_estimate(2 ** 30) == memory.PROCESS_BYTES + int(memory.CHILD_PEAK_FACTOR * 2 ** 30)
