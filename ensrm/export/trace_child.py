@@ -12,7 +12,7 @@ Spawning costs a few seconds of imports (torch, transformers), so only sources o
 :data:`ensrm.export.memory.TRACE_CHILD_MIN_BYTES` of weights are traced this way
 (:func:`ensrm.export.trace.trace_and_verify` decides, in the parent).
 
-The child is ``python -m ensrm.export.trace_child``: its request (the load arguments, the spec's
+The child is ``python -m ensrm.export.trace_worker``: its request (the load arguments, the spec's
 manifest form, the output path) comes as JSON on stdin from the parent; its answer is one JSON line on stdout
 (``{"ok": true}``, or ``{"error": MESSAGE}`` for an :class:`~ensrm.errors.ExportError`), and
 everything else it prints goes to stderr. The parent raises the child's error with the same text.
@@ -36,7 +36,7 @@ from ensrm.errors import ExportError
 
 def child_command() -> list[str]:
     """The command that runs the child (a function, so a test can run another one)."""
-    return [sys.executable, "-m", "ensrm.export.trace_child"]
+    return [sys.executable, "-m", "ensrm.export.trace_worker"]
 
 
 def _child_env() -> dict[str, str]:
@@ -88,33 +88,3 @@ def _reply(stdout: bytes) -> dict:
         if isinstance(reply, dict):
             return reply
     return {}
-
-
-def main() -> int:
-    """The child: read the request, load, trace, answer; an :class:`ExportError` becomes the answer."""
-    answer = os.fdopen(os.dup(1), "w")  # the answer's channel; anything else printed goes to stderr
-    os.dup2(2, 1)
-    request = json.loads(sys.stdin.buffer.read())
-    from ensrm.export.sources import load_source
-    from ensrm.export.trace import trace_to_onnx
-    from ensrm.spec import EnsembleSpec
-
-    spec = EnsembleSpec.from_json(request["spec"])
-    try:
-        source = load_source(**request["load_args"])
-        if source.fingerprint != spec.source_fingerprint:
-            raise ExportError(f"the source {', '.join(map(str, request['load_args']['sources']))} changed during "
-                              "the export (its files no longer match what was loaded and checked); no bundle "
-                              "was written")
-        trace_to_onnx(source.module, spec, Path(request["path"]))
-    except ExportError as exc:
-        answer.write(json.dumps({"error": str(exc)}) + "\n")
-        answer.close()
-        return 1
-    answer.write(json.dumps({"ok": True}) + "\n")
-    answer.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
