@@ -32,15 +32,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def rss_bytes(pid: int) -> int:
+def _proc_bytes(path: str, key: str) -> int:
+    """The ``key:`` line of a /proc file given in kB, in bytes (0 when the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        with open(path, encoding="ascii") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    return _proc_bytes(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_bytes(pid: int) -> int:
+    return _proc_bytes(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def tree(pid: int) -> list[int]:
@@ -54,17 +63,6 @@ def tree(pid: int) -> list[int]:
             pass
         i += 1
     return pids
-
-
-def pss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict:
