@@ -12,6 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_compiled_cache(tmp_path_factory):
+    """Compiled graphs go to the run's own cache (servers and workers inherit it), never the user's."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ENSRM_CACHE_DIR", str(tmp_path_factory.mktemp("ensrm-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """``checkpoints(kind, num_labels=4, seed=0)`` -> path of a tiny saved classifier (cached)."""

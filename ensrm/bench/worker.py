@@ -111,7 +111,7 @@ def ort_job(job: dict) -> dict:
         # the route a CPU user takes without ensrm: OpenVINO on a plain logits export, aggregates in numpy
         from ensrm.runtime.openvino_backend import compile_options, core
 
-        compiled = core().compile_model(job["file"], "CPU", compile_options(threads, cache=False))
+        compiled = core().compile_model(job["file"], "CPU", compile_options(threads))
         request, names, vocab = compiled.create_infer_request(), tuple(p.get_any_name() for p in compiled.inputs), \
             job["vocab_size"]
         described = f"OpenVINO CPU f32 ({job['file']})"
@@ -283,7 +283,7 @@ def openvino_matmul_job(job: dict) -> dict:
         a = ov.opset13.parameter([m, k], ov.Type.f32, name="A")
         b = ov.opset13.constant(rng.standard_normal((k, n)).astype(np.float32))
         model = ov.Model([ov.opset13.matmul(a, b, False, False)], [a], "matmul")
-        compiled = core().compile_model(model, "CPU", compile_options(job.get("threads"), cache=False))
+        compiled = core().compile_model(model, "CPU", compile_options(job.get("threads")))
         request = compiled.create_infer_request()
         x = rng.standard_normal((m, k)).astype(np.float32)
         times = time_calls(lambda: request.infer({0: x}), job.get("warmup", 2), job.get("repeats", 10),

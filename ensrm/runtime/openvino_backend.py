@@ -10,8 +10,10 @@ AVX512_BF16: 46 s against 2.0 s). :func:`cpu_has_bf16` says whether the CPU has 
 CPU without them warns once.
 
 A compiled model is cached in the user's cache directory (:func:`cache_dir`), so a second
-process skips the compilation. Requests come from a pool: a backend may be shared by threads,
-each call takes its own infer request. (The example is not run by the doctests: it needs a bundle.)
+process skips the compilation; :mod:`ensrm.runtime.compiled_cache` keeps one entry per graph
+content (a bundle rewritten in place compiles afresh) and bounds the cache's size. Requests come
+from a pool: a backend may be shared by threads, each call takes its own infer request.
+(The example is not run by the doctests: it needs a bundle.)
 
 >>> backend = OpenVINOBackend("bundles/default/model.onnx", threads=2)     # doctest: +SKIP
 >>> backend.run({"input_ids": ids, "attention_mask": mask})["ens_uwo"].shape   # doctest: +SKIP
@@ -31,6 +33,7 @@ import numpy as np
 from ensrm._optional import require
 from ensrm.bundle import variant_file
 from ensrm.errors import BundleError
+from ensrm.runtime import compiled_cache
 from ensrm.spec import MANIFEST_NAME, OUTPUT_NAMES, EnsembleSpec
 
 if TYPE_CHECKING:
@@ -118,12 +121,12 @@ def cache_dir() -> Path | None:
 
 
 def compile_options(threads: int | None = None, precision: str = "fp32", hint: str = "latency",
-                    cache: bool = True, properties: dict | None = None) -> dict:
+                    properties: dict | None = None) -> dict:
     """The CPU plugin's properties for ensrm's settings, and a variant's own ``properties``.
 
-    >>> compile_options(2, "bf16", cache=False)
+    >>> compile_options(2, "bf16")
     {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'bf16', 'INFERENCE_NUM_THREADS': 2}
-    >>> compile_options(precision="int4", cache=False, properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
+    >>> compile_options(precision="int4", properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
     {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32', 'DYNAMIC_QUANTIZATION_GROUP_SIZE': 0}
     """
     if hint not in PERFORMANCE_HINTS:
@@ -134,9 +137,6 @@ def compile_options(threads: int | None = None, precision: str = "fp32", hint: s
             raise ValueError(f"threads must be >= 1, got {threads}")
         options["INFERENCE_NUM_THREADS"] = int(threads)
     options.update(properties or {})
-    directory = cache_dir() if cache else None
-    if directory is not None:
-        options["CACHE_DIR"] = str(directory)
     return options
 
 
@@ -148,14 +148,21 @@ class OpenVINOBackend:
     one caller) or ``"throughput"`` (several streams: a server with concurrent callers).
     ``properties`` are the variant's own compile properties (its method's ``compile``, e.g.
     ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` for compressed weights), applied as the gate applied them.
+    ``digests`` (file name → sha256, the bundle manifest's) tell the compiled-model cache what the
+    files hold; ``cache=False`` compiles without it.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str = "fp32",
-                 hint: str = "latency", cache: bool = True, properties: dict | None = None):
+                 hint: str = "latency", cache: bool = True, properties: dict | None = None,
+                 digests: dict[str, str] | None = None):
         openvino()
         self.model_path = Path(path)
         self.precision = precision
-        options = compile_options(threads, precision, hint, cache, properties)
+        options = compile_options(threads, precision, hint, properties)
+        root, limit = cache_dir() if cache else None, compiled_cache.limit_bytes()
+        entry = compiled_cache.cache_entry(root, self.model_path, digests) if root and limit else None
+        if entry is not None:
+            options["CACHE_DIR"] = str(entry)
         try:
             # compiling from the path lets a cache hit skip reading the model at all
             self.compiled = core().compile_model(str(self.model_path), "CPU", options)
@@ -164,6 +171,8 @@ class OpenVINOBackend:
             raise CompileError(f"OpenVINO {version()} cannot compile {self.model_path.name} of "
                               f"{self.model_path.parent}: {message[0][:300] if message else type(exc).__name__}",
                               file=self.model_path.name) from None
+        if entry is not None:
+            compiled_cache.prune(root, entry, limit)
         self._setup(hint)
 
     @classmethod
@@ -172,8 +181,7 @@ class OpenVINOBackend:
         """A backend on an in-memory ``openvino.Model`` (e.g. one being quantized); nothing is cached."""
         backend = cls.__new__(cls)
         backend.model_path, backend.precision = Path(f"<{model.get_friendly_name()}>"), precision
-        backend.compiled = core().compile_model(model, "CPU", compile_options(threads, precision, hint, cache=False,
-                                                                              properties=properties))
+        backend.compiled = core().compile_model(model, "CPU", compile_options(threads, precision, hint, properties))
         backend._setup(hint)
         return backend
 
@@ -226,8 +234,9 @@ def load_backend(config: ScorerConfig, spec: EnsembleSpec, precision: str) -> Op
     """
     openvino()  # MissingDependencyError naming ensrm[openvino] before anything else
     path = variant_file(config.bundle_dir, spec, precision)
+    digests = {name: entry.sha256 for name, entry in spec.files.items()}
     backend = OpenVINOBackend(path, config.threads, precision, config.hint,
-                              properties=variant_properties(spec, precision))
+                              properties=variant_properties(spec, precision), digests=digests)
     if precision == "bf16" and not cpu_has_bf16():
         warnings.warn(bf16_note(backend.inference_precision), BF16Warning, stacklevel=4)
     return backend

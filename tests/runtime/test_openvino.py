@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 
@@ -150,7 +151,42 @@ def test_onnxruntime_refuses_bf16_naming_the_extra(bundles):
         ensrm.Scorer(bundles("bert"), backend="onnxruntime", precision="bf16")
 
 
-def test_second_process_reads_the_compiled_cache(bundles, tmp_path):
+def entries(tmp_path):
+    return sorted(p for p in (tmp_path / "cache" / "openvino").iterdir())
+
+
+def test_a_second_scorer_reads_the_compiled_cache(bundles, tmp_path):
     ensrm.Scorer(bundles("bert"), backend="openvino")
-    cached = list((tmp_path / "cache" / "openvino").iterdir())
-    assert any(p.suffix == ".blob" for p in cached), cached
+    ensrm.Scorer(bundles("bert"), backend="openvino")
+    [entry] = entries(tmp_path)
+    assert [p.suffix for p in entry.iterdir()] == [".blob"]
+
+
+def test_a_bundle_replaced_in_place_scores_its_new_weights(checkpoints, tmp_path):
+    """Replaced as an archive with normalised timestamps unpacks it: same names, sizes and times."""
+    from ensrm.export.exporter import export_bundle
+
+    for seed, name in ((0, "b"), (1, "new")):
+        export_bundle([checkpoints("bert", 2, seed)], tmp_path / name, progress=None)
+        for path in (tmp_path / name).iterdir():
+            os.utime(path, (1e9, 1e9))
+    before = ensrm.Scorer(tmp_path / "b", backend="openvino").score_texts(PROMPTS, RESPONSES)
+    for path in (tmp_path / "new").iterdir():
+        shutil.copy2(path, tmp_path / "b" / path.name)
+    after = ensrm.Scorer(tmp_path / "b", backend="openvino").score_texts(PROMPTS, RESPONSES)
+    # OpenVINO alone reuses a blob while the graph file's path, size and time match: the old weights would answer
+    assert_same_scores(after, ensrm.Scorer(tmp_path / "b", backend="onnxruntime").score_texts(PROMPTS, RESPONSES))
+    assert not np.allclose(after.heads, before.heads, atol=1e-3)
+
+
+def test_the_cache_drops_its_least_recently_used_graphs_beyond_its_limit(bundles, tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSRM_OPENVINO_CACHE_GB", str(1 / 2**30))  # one byte: only the graph in use stays
+    ensrm.Scorer(bundles("bert"), backend="openvino")
+    [first] = entries(tmp_path)
+    ensrm.Scorer(bundles("gpt2"), backend="openvino")
+    [second] = entries(tmp_path)
+    assert second != first and list(second.iterdir())
+    monkeypatch.setenv("ENSRM_OPENVINO_CACHE_GB", "0")  # off: nothing is written
+    shutil.rmtree(second)
+    ensrm.Scorer(bundles("bert"), backend="openvino")
+    assert entries(tmp_path) == []
