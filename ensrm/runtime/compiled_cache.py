@@ -42,9 +42,12 @@ def weight_files(graph: Path) -> list[Path]:
     return [path for path in candidates if path.is_file()]
 
 
-def cache_entry(root: Path, graph: Path, digests: dict[str, str] | None = None) -> Path:
-    """The entry directory (created, marked as just used) under ``root`` for ``graph``'s current content;
-    ``digests`` are the sha256 of its files by name, as a bundle's manifest lists them."""
+def cache_entry(root: Path, graph: Path, digests: dict[str, str] | None = None) -> Path | None:
+    """The entry directory (created, marked as just used) under ``root`` for ``graph``'s current content,
+    or ``None`` where the limit is 0; ``digests`` are the sha256 of its files by name, as a bundle's
+    manifest lists them."""
+    if limit_bytes() == 0:
+        return None
     digests = digests or {}
     stamp = "\n".join(f"{path.resolve()}\t{path.stat().st_size}\t{path.stat().st_mtime_ns}\t{digests.get(path.name)}"
                       for path in weight_files(graph))
@@ -66,13 +69,15 @@ def limit_bytes() -> int:
     return int(gib * 2**30)
 
 
-def prune(root: Path, keep: Path, limit: int) -> list[Path]:
+def prune(root: Path, keep: Path, limit: int | None = None) -> list[Path]:
     """Delete the least recently used entries of ``root`` (never ``keep``) until it holds at most ``limit``
-    bytes; loose files (blobs of the flat layout older versions wrote, never read now) go first.
+    bytes (default: :func:`limit_bytes`); loose files (blobs of the flat layout older versions wrote,
+    never read now) go first.
 
     Returns what was deleted. Another process pruning at the same time is harmless: an entry or file
     already gone is skipped.
     """
+    limit = limit_bytes() if limit is None else limit
     removed, entries = [], []
     for child in list(root.iterdir()):
         try:

@@ -159,8 +159,8 @@ class OpenVINOBackend:
         self.model_path = Path(path)
         self.precision = precision
         options = compile_options(threads, precision, hint, properties)
-        root, limit = cache_dir() if cache else None, compiled_cache.limit_bytes()
-        entry = compiled_cache.cache_entry(root, self.model_path, digests) if root and limit else None
+        root = cache_dir() if cache else None
+        entry = compiled_cache.cache_entry(root, self.model_path, digests) if root else None
         if entry is not None:
             options["CACHE_DIR"] = str(entry)
         try:
@@ -172,7 +172,7 @@ class OpenVINOBackend:
                               f"{self.model_path.parent}: {message[0][:300] if message else type(exc).__name__}",
                               file=self.model_path.name) from None
         if entry is not None:
-            compiled_cache.prune(root, entry, limit)
+            compiled_cache.prune(root, keep=entry)
         self._setup(hint)
 
     @classmethod

@@ -63,6 +63,12 @@ def test_a_bad_limit_is_refused_naming_the_variable(raw, monkeypatch):
         compiled_cache.limit_bytes()
 
 
+def test_a_zero_limit_turns_the_cache_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(compiled_cache.LIMIT_VARIABLE, "0")
+    assert compiled_cache.cache_entry(tmp_path / "cache", graph(tmp_path / "b")) is None
+    assert not (tmp_path / "cache").exists()
+
+
 def test_the_limit_defaults_and_reads_gib(monkeypatch):
     monkeypatch.delenv(compiled_cache.LIMIT_VARIABLE, raising=False)
     assert compiled_cache.limit_bytes() == compiled_cache.LIMIT_GB * 2**30
