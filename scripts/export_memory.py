@@ -6,8 +6,9 @@ per dtype in a child process, samples the RSS of that process and of its own chi
 source is traced in one, ``ensrm.export.trace_child``) every 0.1 s, summed, and attributes each
 sample to the export step running at the time (the progress lines, echoed to stderr as they come
 with the peak since the line before). The overall peak is the larger of the sampled sum and the
-kernel's ``ru_maxrss`` (the largest single process, from ``os.wait4``). The sum counts pages that
-the processes share (libraries) once per process, so it is an upper bound; ``peak_pss_bytes``
+largest single process's own peak (``VmHWM``, which the kernel keeps between samples; not
+``ru_maxrss``, which also counts the parent's pages that a child held between fork and exec). The
+sum counts pages that the processes share (libraries) once per process, so it is an upper bound; ``peak_pss_bytes``
 (proportional set size, shared pages split between their processes) is the tighter figure.
 Prints one JSON line per export. The checkpoint is built in a child too.
 
@@ -48,6 +49,11 @@ def rss_bytes(pid: int) -> int:
     return _proc_bytes(f"/proc/{pid}/status", "VmRSS:")
 
 
+def hwm_bytes(pid: int) -> int:
+    """The process's peak RSS since its exec, as the kernel keeps it."""
+    return _proc_bytes(f"/proc/{pid}/status", "VmHWM:")
+
+
 def pss_bytes(pid: int) -> int:
     return _proc_bytes(f"/proc/{pid}/smaps_rollup", "Pss:")
 
@@ -77,6 +83,7 @@ def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict
                             env={**os.environ, "PYTHONPATH": path})
     samples: list[tuple[float, int]] = []  # (seconds, RSS summed over the export's processes)
     pss: list[int] = []
+    hwm = 0  # the largest single process's own peak
     steps: list[tuple[float, str]] = []
 
     def read_steps():  # each progress line as it comes, with the peak RSS since the one before
@@ -91,13 +98,10 @@ def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict
 
     reader = threading.Thread(target=read_steps, daemon=True)
     reader.start()
-    while True:  # wait4, not poll: the kernel's own peak of this child (ru_maxrss), which sampling can miss
-        done, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if done:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            break
+    while proc.poll() is None:
         pids = tree(proc.pid)
         samples.append((time.perf_counter() - start, sum(rss_bytes(pid) for pid in pids)))
+        hwm = max([hwm] + [hwm_bytes(pid) for pid in pids])
         pss.append(sum(pss_bytes(pid) for pid in pids))
         time.sleep(0.1)
     reader.join()
@@ -107,7 +111,7 @@ def measure(source: Path, out: Path, dtype: str, max_length: int | None) -> dict
         label = label.split("] ", 1)[-1].split(":")[0].split(" (")[0][:40]
         peaks[label] = max(peaks.get(label, 0), rss)
     return {"returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
-            "peak_rss_bytes": max(usage.ru_maxrss * 1024, max((r for _, r in samples), default=0)),
+            "peak_rss_bytes": max(hwm, max((r for _, r in samples), default=0)),
             "peak_pss_bytes": max(pss, default=0), "peak_by_step": peaks,
             "last_lines": [line for _, line in steps[-3:]]}
 

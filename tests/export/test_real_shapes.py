@@ -5,7 +5,6 @@ saved in bf16 as sharded safetensors, with a BPE tokenizer trained here; nothing
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -61,37 +60,38 @@ def real_checkpoints(tmp_path_factory):
     return get
 
 
-def _tree_rss(pid: int) -> int:
-    """RSS of ``pid`` and its descendants, summed (a large source is traced in a child of the export)."""
-    pids, total = [pid], 0
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS summed, the largest ``VmHWM``) over ``pid`` and its descendants (a large source is traced in a
+    child of the export). ``VmHWM`` is a process's own peak since its exec, kept by the kernel between
+    samples; ``ru_maxrss`` is not used: it also counts the pages of this (large) test process that the
+    child held between fork and exec."""
+    pids, total, hwm = [pid], 0, 0
     while pids:
         current = pids.pop()
         try:
             with open(f"/proc/{current}/task/{current}/children", encoding="ascii") as handle:
                 pids += [int(child) for child in handle.read().split()]
             with open(f"/proc/{current}/status", encoding="ascii") as handle:
-                total += next((int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:")), 0)
+                fields = dict(line.split(":", 1) for line in handle if line.startswith(("VmRSS:", "VmHWM:")))
+            total += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+            hwm = max(hwm, int(fields.get("VmHWM", "0 kB").split()[0]) * 1024)
         except OSError:  # exited meanwhile
             pass
-    return total
+    return total, hwm
 
 
 def peak_rss_of(cmd: list[str]) -> tuple[int, int, str]:
     """Run ``cmd`` in a child; (its exit status, its peak RSS in bytes, its stderr). The peak is the larger of
-    the kernel's (``ru_maxrss``: the largest single process) and the RSS of the child and its own children
-    summed, sampled every 0.1 s."""
+    the RSS of the child and its own children summed and the largest single process's ``VmHWM``, sampled
+    every 0.1 s."""
     with tempfile.TemporaryFile(mode="w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         peak = 0
-        while True:  # this child's own rusage, not the test process's
-            done, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if done:
-                break
-            peak = max(peak, _tree_rss(proc.pid))
+        while proc.poll() is None:
+            peak = max(peak, *_tree_memory(proc.pid))
             time.sleep(0.1)
-        proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
-        return proc.returncode, max(peak, usage.ru_maxrss * 1024), err.read()
+        return proc.returncode, peak, err.read()
 
 
 @pytest.mark.slow
