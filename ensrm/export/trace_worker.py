@@ -25,6 +25,7 @@ def main() -> int:
     from ensrm.spec import EnsembleSpec
 
     spec = EnsembleSpec.from_json(request["spec"])
+    reply: dict = {"ok": True}
     try:
         source = load_source(**request["load_args"])
         if source.fingerprint != spec.source_fingerprint:
@@ -33,12 +34,10 @@ def main() -> int:
                               "was written")
         trace_to_onnx(source.module, spec, Path(request["path"]))
     except ExportError as exc:
-        answer.write(json.dumps({"error": str(exc)}) + "\n")
-        answer.close()
-        return 1
-    answer.write(json.dumps({"ok": True}) + "\n")
-    answer.close()
-    return 0
+        reply = {"error": str(exc)}
+    with answer:
+        answer.write(json.dumps(reply) + "\n")
+    return 0 if "ok" in reply else 1
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def cache_entry(root: Path, graph: Path, digests: dict[str, str] | None = None) 
     if limit_bytes() == 0:
         return None
     digests = digests or {}
-    stamp = "\n".join(f"{path.resolve()}\t{path.stat().st_size}\t{path.stat().st_mtime_ns}\t{digests.get(path.name)}"
-                      for path in weight_files(graph))
+    stats = [(path, path.stat()) for path in weight_files(graph)]
+    stamp = "\n".join(f"{path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\t{digests.get(path.name)}"
+                      for path, st in stats)
     entry = root / hashlib.sha256(stamp.encode()).hexdigest()[:24]
     entry.mkdir(parents=True, exist_ok=True)
     os.utime(entry)  # recency: pruning deletes the entries used longest ago
